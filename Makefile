@@ -1,0 +1,46 @@
+# t2t-edge. `make setup` creates .venv; every other target runs it first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+T2TEDGE := $(VENV)/bin/t2tedge
+OUT ?= artifacts
+MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-slow export-onnx parity bench-onnx clean help
+
+help:
+	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
+	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
+	@echo "make parity       torch vs onnxruntime parity for the five models"
+	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
+	@echo "make test         the test suite (fast)"
+	@echo "make test-slow    the test suite including slow sweeps"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# The CPU wheel first, so no dependency can pull a CUDA build of torch.
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[dev,plot]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+export-onnx: setup
+	@for m in $(MODELS); do $(T2TEDGE) export onnx $$m --out $(OUT)/onnx || exit 1; done
+
+parity: setup
+	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime || exit 1; done
+
+bench-onnx: setup
+	$(PY) benchmarks/bench_onnx.py
+
+clean:
+	rm -rf $(OUT) results .pytest_cache

@@ -1,0 +1,206 @@
+"""The `t2tedge` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from t2tedge import __version__
+from t2tedge.errors import T2TEdgeError
+from t2tedge.paths import shared_path
+
+DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
+
+
+def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", metavar="PATH|random",
+                        help="weights: an official T2T-ViT release file or a state dict; 'random' for untrained "
+                             "weights. Default: the model's real weights in ../shared/weights if any, else random.")
+
+
+def _resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
+    from t2tedge.models import default_checkpoint
+
+    resolved = default_checkpoint(model, checkpoint)
+    if resolved is None:
+        print(f"note: {model} uses untrained (random) weights; pass --checkpoint for real ones", file=sys.stderr)
+    return resolved
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from t2tedge.models import get_spec, list_models
+
+    print(f"{'model':<18}{'family':<14}{'preprocess':<44}{'paper top-1':>12}")
+    for name in list_models():
+        spec = get_spec(name)
+        pre = spec.preprocess
+        prep = f"resize {pre.resize} {pre.interpolation}, crop {pre.crop}, {spec.padding}"
+        paper = f"{spec.paper.top1:.1f}%" if spec.paper else "-"
+        print(f"{name:<18}{spec.family:<14}{prep:<44}{paper:>12}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from t2tedge.models import create_model, get_spec
+    from t2tedge.models.complexity import count_macs, count_params
+
+    spec = get_spec(args.model)
+    model = create_model(args.model)
+    info = {
+        "model": args.model, "family": spec.family, "params": count_params(model),
+        "macs": count_macs(model, spec.preprocess.crop), "preprocess": spec.preprocess.to_dict(),
+        "padding": spec.padding, "checkpoint_formats": list(spec.checkpoint_formats),
+        "paper": vars(spec.paper) if spec.paper else None, "release_url": spec.release_url,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.model} ({spec.family})")
+    print(f"  params      {info['params'] / 1e6:.2f} M" + (f"   (paper {spec.paper.params_m} M)" if spec.paper else ""))
+    print(f"  MACs        {info['macs'] / 1e9:.3f} G" + (f"   (paper {spec.paper.macs_g} G)" if spec.paper else ""))
+    pre = spec.preprocess
+    print(f"  preprocess  resize {pre.resize} ({pre.interpolation}), center crop {pre.crop}, mean {pre.mean}, "
+          f"std {pre.std}, padding {spec.padding}")
+    print(f"  checkpoints {'; '.join(spec.checkpoint_formats)}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from t2tedge.data import discover
+    from t2tedge.harness.artifacts import build_artifact
+    from t2tedge.harness.evaluate import evaluate
+    from t2tedge.models import get_spec
+    from t2tedge.runtimes import get_runtime
+
+    import tempfile
+
+    spec = get_spec(args.model)
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    samples = discover(args.data, num_classes=args.num_classes)
+    if args.limit:
+        samples = samples[: args.limit]
+    cls = get_runtime(args.runtime)
+    overrides = {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
+    with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
+        artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx, **overrides)
+        runtime = cls.load(artifact, threads=args.threads)
+        result = evaluate(runtime, samples, spec.preprocess, batch=args.batch, progress=f"eval {args.model}")
+    report = {"model": args.model, "runtime": runtime.describe().to_dict(), "data": str(args.data),
+              "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)", **result.to_dict()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.model} on {args.runtime}: top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  "
+              f"({result.images} images from {args.data})")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from t2tedge.export import OnnxExportOptions, export_onnx
+
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    options = OnnxExportOptions(opset=args.opset, batch=args.batch, dynamic_batch=args.dynamic_batch,
+                                simplify=not args.no_simplify)
+    path = export_onnx(args.model, checkpoint, out_dir=args.out, options=options)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from t2tedge.harness.parity import format_report, run_parity, write_report
+
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
+                        onnx_path=args.onnx, threads=args.threads)
+    print(format_report(report))
+    if args.json:
+        write_report(report, args.json)
+    return 0 if report["passed"] else 1
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    from t2tedge.runtimes import available_runtimes
+
+    for name, reason in available_runtimes().items():
+        print(f"{name:<14}{'available' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2tedge", description="Export, quantize and compare lite T2T-ViT and "
+                                     "MobileNet models on edge runtimes.")
+    parser.add_argument("--version", action="version", version=f"t2t-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list the registered models")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="params, MACs and preprocessing of a model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy on a labelled image folder")
+    p.add_argument("model")
+    _checkpoint_arg(p)
+    p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA,
+                   help="ImageFolder, flat wnid_*.JPEG or flat ImageNet val folder (default: %(default)s)")
+    p.add_argument("--runtime", default="torch", help="runtime to evaluate on (default: %(default)s)")
+    p.add_argument("--onnx", type=Path, help="evaluate this ONNX file instead of exporting one")
+    p.add_argument("--num-classes", type=int, default=1000,
+                   help="classifier size; other than 1000, class folders are labelled in sorted order")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    export = sub.add_parser("export", help="export a model to a runtime format")
+    export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    p = export_sub.add_parser("onnx", help="simplified, checked ONNX from the export-ready model form")
+    p.add_argument("model")
+    _checkpoint_arg(p)
+    p.add_argument("--out", type=Path, default=Path("artifacts/onnx"), help="output folder (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default: %(default)s)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="static batch size (default: %(default)s)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("parity", help="compare runtimes on the same real images (exit 1 past tolerance)")
+    p.add_argument("model")
+    p.add_argument("--runtimes", default="torch,onnxruntime",
+                   help="comma list; the first is the reference (default: %(default)s)")
+    _checkpoint_arg(p)
+    p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder (default: %(default)s)")
+    p.add_argument("--n", type=int, default=64, help="number of images (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="batch size fed to each runtime (default: %(default)s)")
+    p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("runtimes", help="list runtime adapters and whether they can run here")
+    p.set_defaults(func=cmd_runtimes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except T2TEdgeError as exc:
+        print(f"t2tedge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("t2tedge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Atomic file writes: an artifact is either complete at its destination or absent."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `destination`; rename it into place only on success."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix or ".tmp", dir=destination.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, destination)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(destination: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(destination) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(destination: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(destination, text.encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,132 @@
+"""ONNX export from the export-ready model form: simplified, checked, stamped, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from t2tedge import __version__
+from t2tedge.errors import T2TEdgeError
+from t2tedge.fileio import atomic_path, sha256_file
+from t2tedge.models import create_model, get_spec
+from t2tedge.models.registry import RANDOM_INIT_SEED
+
+MIN_OPSET, MAX_OPSET = 13, 21
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    opset: int = DEFAULT_OPSET
+    batch: int = 1
+    dynamic_batch: bool = False
+    simplify: bool = True
+
+
+def artifact_name(model_name: str, options: OnnxExportOptions) -> str:
+    if options.dynamic_batch:
+        return f"{model_name}_dynbatch.onnx"
+    return f"{model_name}.onnx" if options.batch == 1 else f"{model_name}_bs{options.batch}.onnx"
+
+
+def build_model(model_name: str, checkpoint: str | os.PathLike | None, **overrides) -> tuple[torch.nn.Module, str]:
+    """The export-form model and the provenance stamp of its weights."""
+    if checkpoint is None:
+        return create_model(model_name, export_form=True, **overrides), f"untrained (random init, seed {RANDOM_INIT_SEED})"
+    model = create_model(model_name, checkpoint=checkpoint, export_form=True, **overrides)
+    return model, f"sha256:{sha256_file(checkpoint)}"
+
+
+def class_labels(num_classes: int) -> list[str]:
+    if num_classes != 1000:
+        return [str(i) for i in range(num_classes)]
+    from t2tedge.data import imagenet_wnids
+
+    try:
+        return imagenet_wnids()
+    except T2TEdgeError:
+        return [str(i) for i in range(num_classes)]
+
+
+def trace_to_onnx(model: torch.nn.Module, options: OnnxExportOptions, input_size: int = 224) -> onnx.ModelProto:
+    """Raw torch.onnx (TorchScript exporter) output, before simplification."""
+    dummy = torch.zeros(options.batch, 3, input_size, input_size)
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (dummy,), buffer, dynamo=False, opset_version=options.opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def simplify(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: int = 224) -> onnx.ModelProto:
+    import onnxsim
+
+    # onnxsim folds the shape arithmetic of the dynamic-batch graph too when given a concrete shape to
+    # check with; the batch dimension stays symbolic in the output.
+    with contextlib.redirect_stdout(io.StringIO()):  # onnxsim prints its check progress
+        simplified, ok = onnxsim.simplify(proto, check_n=1, test_input_shapes=None if not options.dynamic_batch
+                                          else {INPUT_NAME: [2, 3, input_size, input_size]})
+    if not ok:
+        raise T2TEdgeError("onnxsim could not validate the simplified graph against the original")
+    return simplified
+
+
+def stamp_metadata(proto: onnx.ModelProto, model_name: str, weights: str, opset: int) -> None:
+    spec = get_spec(model_name)
+    num_classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or 1000
+    props = {
+        "t2tedge.model": model_name,
+        "t2tedge.family": spec.family,
+        "t2tedge.preprocess": json.dumps(spec.preprocess.to_dict(), sort_keys=True),
+        "t2tedge.padding": spec.padding,
+        "t2tedge.input_layout": "NCHW float32, RGB, normalised as in t2tedge.preprocess",
+        "t2tedge.class_order": ",".join(class_labels(num_classes)),
+        "t2tedge.weights": weights,
+        "t2tedge.version": __version__,
+        "t2tedge.opset": str(opset),
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name, proto.producer_version = "t2t-edge", __version__
+    proto.doc_string = f"{model_name} exported by t2t-edge {__version__}; weights: {weights}"
+
+
+def read_metadata(proto_or_path: onnx.ModelProto | str | os.PathLike) -> dict[str, str]:
+    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(
+        str(proto_or_path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_onnx(model_name: str, checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike = "artifacts/onnx",
+                options: OnnxExportOptions = OnnxExportOptions(), destination: str | os.PathLike | None = None,
+                **overrides) -> Path:
+    """Export `model_name` to ONNX and return the written path."""
+    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+        raise T2TEdgeError(f"opset {options.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    if options.batch < 1:
+        raise T2TEdgeError(f"batch must be >= 1, got {options.batch}")
+    spec = get_spec(model_name)
+    model, weights = build_model(model_name, checkpoint, **overrides)
+    proto = trace_to_onnx(model, options, spec.preprocess.crop)
+    if options.simplify:
+        proto = simplify(proto, options, spec.preprocess.crop)
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    stamp_metadata(proto, model_name, weights, options.opset)
+    onnx.checker.check_model(proto, full_check=True)
+    destination = Path(destination) if destination else Path(out_dir) / artifact_name(model_name, options)
+    with atomic_path(destination, suffix=".onnx") as tmp:
+        tmp.write_bytes(proto.SerializeToString(deterministic=True))
+    return destination

@@ -1,0 +1,26 @@
+"""Build what a runtime consumes from a model name and weights, so callers only name runtimes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from t2tedge.errors import T2TEdgeError
+from t2tedge.models import create_model
+
+
+def build_artifact(consumes: str, model_name: str, checkpoint: str | os.PathLike | None, workdir: Path,
+                   onnx_path: str | os.PathLike | None = None, dynamic_batch: bool = True, **overrides) -> Any:
+    if consumes == "torch":
+        return create_model(model_name, checkpoint=checkpoint, **overrides)
+    if consumes == "onnx":
+        if onnx_path is not None:
+            if not Path(onnx_path).is_file():
+                raise T2TEdgeError(f"ONNX file not found: {onnx_path}")
+            return Path(onnx_path)
+        from t2tedge.export import OnnxExportOptions, export_onnx
+
+        return export_onnx(model_name, checkpoint, out_dir=workdir,
+                           options=OnnxExportOptions(dynamic_batch=dynamic_batch), **overrides)
+    raise T2TEdgeError(f"no artifact builder for {consumes!r} yet")

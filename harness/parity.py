@@ -1,0 +1,149 @@
+"""Runtime parity: the same real images through several runtimes, compared pairwise with the first.
+
+Default tolerances per precision of the compared runtime (documented in the README):
+- fp32: max abs diff <= 1e-4 and top-1 agreement 100%;
+- fp16: cosine >= 0.999 and top-1 agreement >= 99%;
+- int8: cosine >= 0.98 and top-1 agreement >= 90%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from t2tedge.data import discover, load_batch, split
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
+from t2tedge.harness.artifacts import build_artifact
+from t2tedge.models import get_spec
+from t2tedge.runtimes import get_runtime
+
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
+    "fp16": {"cosine": 0.999, "top1_agreement": 0.99},
+    "int8": {"cosine": 0.98, "top1_agreement": 0.90},
+}
+
+
+@dataclass
+class PairReport:
+    reference: str
+    candidate: str
+    precision: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    top1_agreement: float
+    top5_overlap: float
+    tolerance: dict[str, float]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32",
+            tolerance: dict[str, float] | None = None) -> dict[str, Any]:
+    """Polygraphy-style comparison of two logit arrays (N, classes)."""
+    if reference.shape != candidate.shape:
+        raise T2TEdgeError(f"output shapes differ: {reference.shape} vs {candidate.shape}")
+    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+    diff = np.abs(ref - cand)
+    finite = bool(np.isfinite(cand).all())
+    cos = np.sum(ref * cand, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-30)
+    top5_ref, top5_cand = np.argsort(-ref, axis=1)[:, :5], np.argsort(-cand, axis=1)[:, :5]
+    overlap = np.mean([len(set(a) & set(b)) / 5.0 for a, b in zip(top5_ref, top5_cand)])
+    metrics = {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "max_rel": float((diff / (np.abs(ref) + 1e-6)).max()),
+        "cosine": float(cos.min()),
+        "top1_agreement": float(np.mean(ref.argmax(1) == cand.argmax(1))),
+        "top5_overlap": float(overlap),
+    }
+    tolerance = tolerance or TOLERANCES.get(precision, TOLERANCES["fp32"])
+    failures = [] if finite else ["non-finite outputs"]
+    for key, bound in tolerance.items():
+        value = metrics[key]
+        if (key in ("max_abs", "mean_abs", "max_rel") and not value <= bound) or \
+                (key not in ("max_abs", "mean_abs", "max_rel") and not value >= bound):
+            failures.append(f"{key}={value:.6g} (limit {bound:g})")
+    return {**metrics, "tolerance": tolerance, "passed": not failures, "failures": failures}
+
+
+def parity_images(model_name: str, data: str | os.PathLike, n: int, seed: int = 0,
+                  num_classes: int = 1000) -> tuple[np.ndarray, list[str]]:
+    samples = discover(data, num_classes=num_classes)
+    chosen, _ = split(samples, min(n, len(samples)), seed=seed)
+    images, _ = load_batch(chosen, get_spec(model_name).preprocess)
+    return images, [str(s.path) for s in chosen]
+
+
+def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([runtime.run(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike, n: int = 64, batch: int = 1,
+               checkpoint: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
+               threads: int | None = None, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run `runtimes` on the same images; the first is the reference. Returns the JSON-ready report."""
+    if len(runtimes) < 2:
+        raise T2TEdgeError("parity needs at least two runtimes, e.g. --runtimes torch,onnxruntime")
+    images, paths = parity_images(model_name, data, n)
+    outputs: dict[str, np.ndarray] = {}
+    described: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="t2tedge-parity-") as tmp:
+        work = Path(workdir) if workdir else Path(tmp)
+        for name in runtimes:
+            try:
+                cls = get_runtime(name)
+            except RuntimeUnavailable as exc:
+                skipped[name] = str(exc)
+                continue
+            artifact = build_artifact(cls.consumes, model_name, checkpoint, work, onnx_path=onnx_path,
+                                      dynamic_batch=True)
+            runtime = cls.load(artifact, threads=threads)
+            outputs[name] = run_batched(runtime, images, batch)
+            described[name] = runtime.describe().to_dict()
+    if runtimes[0] not in outputs:
+        raise T2TEdgeError(f"the reference runtime {runtimes[0]!r} is unavailable: {skipped[runtimes[0]]}")
+    reference = runtimes[0]
+    pairs = []
+    for name in runtimes[1:]:
+        if name in outputs:
+            precision = described[name]["precision"]
+            result = compare(outputs[reference], outputs[name], precision)
+            pairs.append(asdict(PairReport(reference=reference, candidate=name, precision=precision, **result)))
+    return {
+        "model": model_name, "images": len(images), "batch": batch, "data": str(data),
+        "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)",
+        "runtimes": described, "skipped": skipped, "pairs": pairs,
+        "passed": all(p["passed"] for p in pairs),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    header = (f"parity {report['model']}: {report['images']} images, batch {report['batch']}, "
+              f"weights {report['checkpoint']}")
+    columns = ["pair", "prec", "max_abs", "mean_abs", "max_rel", "cos_min", "top1_agree", "top5_overlap", "result"]
+    rows = [columns]
+    for p in report["pairs"]:
+        rows.append([f"{p['reference']} vs {p['candidate']}", p["precision"], f"{p['max_abs']:.3e}",
+                     f"{p['mean_abs']:.3e}", f"{p['max_rel']:.3e}", f"{p['cosine']:.6f}",
+                     f"{100 * p['top1_agreement']:.1f}%", f"{100 * p['top5_overlap']:.1f}%",
+                     "PASS" if p["passed"] else "FAIL: " + "; ".join(p["failures"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns) - 1)]
+    lines = [header] + ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    lines += [f"skipped {name}: {reason}" for name, reason in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    from t2tedge.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")

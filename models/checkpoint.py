@@ -1,0 +1,87 @@
+"""Reading checkpoints in the official T2T-ViT release format (and plain state dicts), strictly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from t2tedge.errors import CheckpointError
+
+# Wrapper keys of the official release (`state_dict_ema` from timm's EMA), training scripts and others.
+WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model_ema", "model")
+_SHOWN_KEYS = 3
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file as a flat {name: tensor} dict, unwrapping release wrappers and `module.`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # timm training scripts save their argparse.Namespace beside the weights; it carries no code.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source}: no state dict found (expected one of {', '.join(WRAPPER_KEYS)} or a bare dict)")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {key!r} is {type(value).__name__}, not a tensor")
+        state[key[len("module."):] if key.startswith("module.") else key] = value
+    return state
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                     model_name: str = "model") -> None:
+    """Raise CheckpointError naming the first offending keys unless `state` fits `model` exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_first(unexpected)}")
+        raise CheckpointError(f"{source} does not fit {model_name}: " + "; ".join(parts))
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if tuple(state[k].shape) != tuple(v.shape)]
+    if mismatched:
+        raise CheckpointError(f"{source} does not fit {model_name}: shape mismatch (checkpoint vs model): {_first(mismatched)}")
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if non_finite:
+        raise CheckpointError(f"{source}: non-finite values (NaN/Inf) in {_first(non_finite)}")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str = "model") -> nn.Module:
+    state = read_state_dict(path)
+    check_state_dict(model, state, source=str(path), model_name=model_name)
+    # Weights may be stored in fp16 (compact releases); the model computes in its own dtype.
+    reference = model.state_dict()
+    state = {k: v.to(reference[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model

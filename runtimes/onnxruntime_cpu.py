@@ -1,0 +1,70 @@
+"""ONNX Runtime on the CPU execution provider."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from t2tedge.errors import T2TEdgeError
+from t2tedge.runtimes.base import Runtime, RuntimeDescription
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OnnxRuntimeCPU(Runtime):
+    name = "onnxruntime"
+    consumes = "onnx"
+
+    def __init__(self, session, path: str, threads: int | None, optimization: str) -> None:
+        self.session = session
+        self.path = path
+        self.threads = threads
+        self.optimization = optimization
+        self.input_name = session.get_inputs()[0].name
+        meta = session.get_modelmeta().custom_metadata_map
+        self.precision = meta.get("t2tedge.precision", "fp32")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return None
+
+    @classmethod
+    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
+             **options: Any) -> "OnnxRuntimeCPU":
+        import onnxruntime as ort
+
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise T2TEdgeError(f"unknown graph optimization level {optimization!r}; choose {', '.join(OPTIMIZATION_LEVELS)}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(artifact), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
+            raise T2TEdgeError(f"onnxruntime cannot load {artifact}: {str(exc).splitlines()[0][:200]}") from None
+        return cls(session, str(artifact), threads, optimization)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def describe(self) -> RuntimeDescription:
+        import onnxruntime as ort
+
+        return RuntimeDescription(runtime=self.name, version=ort.__version__, precision=self.precision, device="cpu",
+                                  threads=self.threads or os.cpu_count(),
+                                  details={"execution_provider": "CPUExecutionProvider",
+                                           "graph_optimization_level": self.optimization, "artifact": self.path})
