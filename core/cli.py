@@ -101,9 +101,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from t2tedge.export import OnnxExportOptions, export_onnx
 
-    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    from t2tedge.models import get_spec
+
+    get_spec(args.model)
     options = OnnxExportOptions(opset=args.opset, batch=args.batch, dynamic_batch=args.dynamic_batch,
                                 simplify=not args.no_simplify)
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     path = export_onnx(args.model, checkpoint, out_dir=args.out, options=options)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

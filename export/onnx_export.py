@@ -31,6 +31,12 @@ class OnnxExportOptions:
     dynamic_batch: bool = False
     simplify: bool = True
 
+    def __post_init__(self) -> None:
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise T2TEdgeError(f"opset {self.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+        if self.batch < 1:
+            raise T2TEdgeError(f"batch must be >= 1, got {self.batch}")
+
 
 def artifact_name(model_name: str, options: OnnxExportOptions) -> str:
     if options.dynamic_batch:
@@ -114,10 +120,6 @@ def export_onnx(model_name: str, checkpoint: str | os.PathLike | None = None, ou
                 options: OnnxExportOptions = OnnxExportOptions(), destination: str | os.PathLike | None = None,
                 **overrides) -> Path:
     """Export `model_name` to ONNX and return the written path."""
-    if not MIN_OPSET <= options.opset <= MAX_OPSET:
-        raise T2TEdgeError(f"opset {options.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    if options.batch < 1:
-        raise T2TEdgeError(f"batch must be >= 1, got {options.batch}")
     spec = get_spec(model_name)
     model, weights = build_model(model_name, checkpoint, **overrides)
     proto = trace_to_onnx(model, options, spec.preprocess.crop)

@@ -207,7 +207,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, dim = x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # exports as one Split, where indexing would give three Gathers
         attn = (torch.matmul(q, k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
         x = torch.matmul(self.attn_drop(attn), v).transpose(1, 2).reshape(-1, tokens, dim)
         return self.proj_drop(self.proj(x))

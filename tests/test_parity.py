@@ -1,0 +1,84 @@
+"""Runtime parity torch vs ONNX Runtime on real images, batch 1 and 8 (dynamic batch)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from t2tedge.cli import main
+from t2tedge.harness.parity import compare, run_parity
+
+TABLE4 = ["t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140"]
+
+
+def _checkpoint(name, weights_dir, t2t7_checkpoint):
+    if name == "t2t_vit_7":
+        return t2t7_checkpoint  # official release format, weights with real spread
+    return {"mobilenet_v1_100": weights_dir / "mobilenet_v1_1.0_imagenet_tfsame.pth",
+            "mobilenet_v2_100": weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"}.get(name)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name", TABLE4)
+def test_torch_vs_onnxruntime_fp32(name, batch, val_dir, weights_dir, t2t7_checkpoint):
+    report = run_parity(name, ["torch", "onnxruntime"], val_dir, n=16, batch=batch,
+                        checkpoint=_checkpoint(name, weights_dir, t2t7_checkpoint))
+    (pair,) = report["pairs"]
+    assert report["passed"], pair["failures"]
+    assert pair["max_abs"] <= 1e-4 and pair["top1_agreement"] == 1.0
+    assert report["runtimes"]["onnxruntime"]["details"]["graph_optimization_level"] == "all"
+
+
+def _perturbed_copy(src, dst, scale=0.05):
+    proto = onnx.load(src)
+    rng = np.random.default_rng(0)
+    for init in proto.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.ndim >= 2 and array.size > 1000:
+            noisy = array + scale * array.std() * rng.standard_normal(array.shape).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    onnx.save(proto, dst)
+    return dst
+
+
+def test_cli_passes_then_fails_on_corrupted_onnx(val_dir, t2t7_checkpoint, tmp_path, capsys):
+    from t2tedge.export import OnnxExportOptions, export_onnx
+
+    good = export_onnx("t2t_vit_7", t2t7_checkpoint, out_dir=tmp_path, options=OnnxExportOptions(dynamic_batch=True))
+    base = ["parity", "t2t_vit_7", "--runtimes", "torch,onnxruntime", "--checkpoint", str(t2t7_checkpoint),
+            "--data", str(val_dir), "--n", "8"]
+    assert main(base + ["--onnx", str(good), "--json", str(tmp_path / "ok.json")]) == 0
+    table = capsys.readouterr().out
+    assert "torch vs onnxruntime" in table and "PASS" in table
+    assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True
+
+    corrupted = _perturbed_copy(good, tmp_path / "corrupted.onnx")
+    assert main(base + ["--onnx", str(corrupted)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_missing_runtime_is_reported_as_skipped(val_dir, monkeypatch):
+    from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
+
+    monkeypatch.setattr(OnnxRuntimeCPU, "unavailable_reason", classmethod(lambda cls: "onnxruntime is not installed"))
+    report = run_parity("mobilenet_v2_100", ["torch", "onnxruntime"], val_dir, n=2)
+    assert report["skipped"] == {"onnxruntime": "onnxruntime is not installed"}
+    assert report["pairs"] == []
+
+
+def test_compare_metrics_and_tolerances():
+    ref = np.array([[3.0, 1.0, 0.0, -1.0, -2.0, -3.0], [0.0, 2.0, 1.0, 0.5, -1.0, -2.0]])
+    same = compare(ref, ref.copy())
+    assert same["passed"] and same["max_abs"] == 0 and same["top1_agreement"] == 1.0
+    swapped = ref.copy()
+    swapped[1, [1, 2]] = swapped[1, [2, 1]]
+    result = compare(ref, swapped)
+    assert not result["passed"] and result["top1_agreement"] == 0.5 and result["max_abs"] == 1.0
+    assert any("top1_agreement" in f for f in result["failures"])
+    nan = ref.copy()
+    nan[0, 0] = np.nan
+    assert not compare(ref, nan, "int8")["passed"]
