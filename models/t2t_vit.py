@@ -189,8 +189,14 @@ class T2TModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attention1(self.soft_split0(x))
         x = self.attention2(self.soft_split1(self._tokens_to_map(x, self.grid1)))
-        x = self.soft_split2(self._tokens_to_map(x, self.grid2))
-        return self.project(x)
+        x = self._tokens_to_map(x, self.grid2)
+        if self.soft_split2.export_form:
+            # A linear map of 3x3 patches in Unfold's c*9 + i*3 + j order is exactly a dense 3x3 conv.
+            split = self.soft_split2
+            kernel = self.project.weight.reshape(-1, split.channels, split.kernel_size, split.kernel_size)
+            x = F.conv2d(x, kernel, self.project.bias, stride=split.stride, padding=split.padding)
+            return x.flatten(2).transpose(1, 2)
+        return self.project(self.soft_split2(x))
 
 
 class Attention(nn.Module):
@@ -206,9 +212,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, dim = x.shape[1], x.shape[2]
-        qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # exports as one Split, where indexing would give three Gathers
-        attn = (torch.matmul(q, k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        # Split on the feature axis, then one transpose per tensor (k straight to k^T): the same arithmetic as
+        # the published reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4), without a 5-D transpose in the graph.
+        q, k, v = torch.split(self.qkv(x), dim, dim=-1)
+        q = q.reshape(-1, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        k_t = k.reshape(-1, tokens, self.num_heads, self.head_dim).permute(0, 2, 3, 1)
+        v = v.reshape(-1, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        attn = (torch.matmul(q, k_t) * self.scale).softmax(dim=-1)
         x = torch.matmul(self.attn_drop(attn), v).transpose(1, 2).reshape(-1, tokens, dim)
         return self.proj_drop(self.proj(x))
 
