@@ -125,6 +125,21 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from t2tedge.models import get_spec
+    from t2tedge.train import TrainConfig, train
+
+    get_spec(args.model)
+    cfg = TrainConfig(model=args.model, data=str(args.data), epochs=args.epochs, img_size=args.img_size,
+                      batch=args.batch, lr=args.lr, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                      mixup=args.mixup, ema_decay=args.ema_decay, amp=args.amp, seed=args.seed, workers=args.workers,
+                      max_steps_per_epoch=args.max_steps, limit=args.limit, drop_path=args.drop_path)
+    out = args.out or Path("artifacts/train") / f"{args.model}_{Path(args.data).parent.name or 'data'}.pth"
+    result = train(cfg, out, val_data=args.val, resume=not args.no_resume, save_fp16=args.fp16)
+    print(f"wrote {result['checkpoint']} ({result['num_classes']} classes)")
+    return 0
+
+
 def cmd_runtimes(args: argparse.Namespace) -> int:
     from t2tedge.runtimes import available_runtimes
 
@@ -187,6 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("train", help="train a model from scratch on an ImageFolder (checkpoint in release format)")
+    p.add_argument("model")
+    p.add_argument("--data", type=Path, required=True, help="training folder <class>/<image>; classes in sorted order")
+    p.add_argument("--val", type=Path, help="validation folder, evaluated after every epoch")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=int, default=5)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; 0 disables (default)")
+    p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate for T2T-ViT")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="keep an EMA of weights (saved as state_dict_ema)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke tests)")
+    p.add_argument("--limit", type=int, help="train on an evenly spread subset of N images")
+    p.add_argument("--out", type=Path, help="checkpoint path (default: artifacts/train/MODEL_DATASET.pth)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
+    p.add_argument("--fp16", action="store_true", help="also write a compact fp16 release file beside --out")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runtimes", help="list runtime adapters and whether they can run here")
     p.set_defaults(func=cmd_runtimes)
