@@ -76,11 +76,9 @@ def trace_to_onnx(model: torch.nn.Module, options: OnnxExportOptions, input_size
     return onnx.load_from_string(buffer.getvalue())
 
 
-def simplify(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: int = 224) -> onnx.ModelProto:
+def _onnxsim(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: int) -> onnx.ModelProto:
     import onnxsim
 
-    # onnxsim folds the shape arithmetic of the dynamic-batch graph too when given a concrete shape to
-    # check with; the batch dimension stays symbolic in the output.
     with contextlib.redirect_stdout(io.StringIO()):  # onnxsim prints its check progress
         simplified, ok = onnxsim.simplify(proto, check_n=1, test_input_shapes=None if not options.dynamic_batch
                                           else {INPUT_NAME: [2, 3, input_size, input_size]})
@@ -89,7 +87,29 @@ def simplify(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: int
     return simplified
 
 
-def stamp_metadata(proto: onnx.ModelProto, model_name: str, weights: str, opset: int) -> None:
+def _onnxslim(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: int) -> onnx.ModelProto:
+    import onnxslim
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnxslim.slim(onnx.ModelProto.FromString(proto.SerializeToString()))
+
+
+SIMPLIFIERS = {"onnxsim": _onnxsim, "onnxslim": _onnxslim}
+
+
+def simplify(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: int = 224) -> tuple[onnx.ModelProto, str]:
+    """Run both simplifiers and keep the graph with fewer nodes (ties: onnxsim, which also checks numerics).
+
+    Measured on T2T-ViT-7: static batch, onnxsim 324 nodes vs onnxslim 331; dynamic batch, onnxsim 364 vs
+    onnxslim 301, because onnxsim rewrites each 3-D MatMul+Add as Reshape-Gemm-Reshape with shape arithmetic.
+    """
+    candidates = [(len(graph.graph.node), name, graph) for name, graph in
+                  ((name, fn(proto, options, input_size)) for name, fn in SIMPLIFIERS.items())]
+    nodes, name, graph = min(candidates, key=lambda c: (c[0], c[1] != "onnxsim"))
+    return graph, name
+
+
+def stamp_metadata(proto: onnx.ModelProto, model_name: str, weights: str, opset: int, simplifier: str) -> None:
     spec = get_spec(model_name)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or 1000
     props = {
@@ -102,6 +122,7 @@ def stamp_metadata(proto: onnx.ModelProto, model_name: str, weights: str, opset:
         "t2tedge.weights": weights,
         "t2tedge.version": __version__,
         "t2tedge.opset": str(opset),
+        "t2tedge.simplifier": simplifier,
     }
     del proto.metadata_props[:]
     for key, value in props.items():
@@ -123,10 +144,11 @@ def export_onnx(model_name: str, checkpoint: str | os.PathLike | None = None, ou
     spec = get_spec(model_name)
     model, weights = build_model(model_name, checkpoint, **overrides)
     proto = trace_to_onnx(model, options, spec.preprocess.crop)
+    simplifier = "none"
     if options.simplify:
-        proto = simplify(proto, options, spec.preprocess.crop)
+        proto, simplifier = simplify(proto, options, spec.preprocess.crop)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    stamp_metadata(proto, model_name, weights, options.opset)
+    stamp_metadata(proto, model_name, weights, options.opset, simplifier)
     onnx.checker.check_model(proto, full_check=True)
     destination = Path(destination) if destination else Path(out_dir) / artifact_name(model_name, options)
     with atomic_path(destination, suffix=".onnx") as tmp:

@@ -44,6 +44,7 @@ def test_metadata(exported):
     assert meta["t2tedge.class_order"].split(",")[:2] == ["n01440764", "n01443537"]
     assert meta["t2tedge.weights"].startswith("untrained")
     assert meta["t2tedge.opset"] == "17" and meta["t2tedge.version"]
+    assert meta["t2tedge.simplifier"] in ("onnxsim", "onnxslim")
 
 
 def test_checkpoint_sha256_is_recorded(t2t7_checkpoint, tmp_path):
@@ -59,10 +60,14 @@ def test_reexport_is_byte_identical(exported, tmp_path):
 
 
 def test_dynamic_batch_graph(tmp_path):
-    path = export_onnx("t2t_vit_7", None, out_dir=tmp_path, options=OnnxExportOptions(dynamic_batch=True))
+    options = OnnxExportOptions(dynamic_batch=True)
+    path = export_onnx("t2t_vit_7", None, out_dir=tmp_path, options=options)
     assert path.name == "t2t_vit_7_dynbatch.onnx"
-    dim = onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0]
-    assert dim.dim_param == "batch"
+    proto = onnx.load(path)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert read_metadata(proto)["t2tedge.simplifier"] == "onnxslim"  # fewer nodes than onnxsim's Gemm rewrite
+    again = export_onnx("t2t_vit_7", None, out_dir=tmp_path / "again", options=options)
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
