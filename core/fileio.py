@@ -20,6 +20,11 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            # mkstemp makes private files; an artifact gets the permissions a plain open() would give it.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, destination)
     finally:
         if tmp_path.exists():

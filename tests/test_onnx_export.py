@@ -117,3 +117,11 @@ def test_bad_options_raise_before_any_work():
         OnnxExportOptions(opset=12)
     with pytest.raises(T2TEdgeError, match="batch must be >= 1"):
         OnnxExportOptions(batch=0)
+
+
+def test_artifact_permissions_follow_umask(exported):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert exported["t2t_vit_7"].stat().st_mode & 0o777 == 0o666 & ~umask
