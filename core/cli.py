@@ -125,6 +125,44 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from t2tedge.export import OnnxExportOptions, export_onnx
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.models import get_spec
+    from t2tedge.quantize import ImageCalibrationReader, OpQuantConfig, QuantConfig, calibration_samples, quantize_onnx
+
+    import onnx
+
+    spec = get_spec(args.model)
+    config = QuantConfig.load(args.config) if args.config else QuantConfig(
+        method=args.method, global_config=OpQuantConfig(
+            weight_granularity="per_channel" if args.per_channel else "per_tensor", activation_dtype=args.activation_dtype))
+    samples = calibration_samples(args.calib, args.num_calib, seed=args.seed, num_classes=args.num_classes)
+    out = args.out / f"{args.model}_int8.onnx"
+    with tempfile.TemporaryDirectory(prefix="t2tedge-quantize-") as tmp:
+        fp32 = args.onnx
+        if fp32 is None:
+            checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+            overrides = {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
+            # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
+            fp32 = export_onnx(args.model, checkpoint, out_dir=tmp, options=OnnxExportOptions(dynamic_batch=True),
+                               **overrides)
+        if args.exclude:
+            config = config.with_float([e.strip() for e in args.exclude.split(",") if e.strip()],
+                                       onnx.load(str(fp32), load_external_data=False).graph)
+        batch = 16 if onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
+        reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
+        report = quantize_onnx(fp32, out, reader, config)
+    report.update({"model": args.model, "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
+                   "config": config.to_dict()})
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float) "
+          f"and {out.with_suffix('.json')}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from t2tedge.models import get_spec
     from t2tedge.train import TrainConfig, train
@@ -202,6 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("quantize", help="post-training INT8 (QDQ ONNX) calibrated on real images")
+    p.add_argument("model")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--onnx", type=Path, help="quantize this fp32 ONNX export")
+    source.add_argument("--checkpoint", metavar="PATH|random", help="export these weights first (see `export onnx`)")
+    p.add_argument("--calib", type=Path, default=shared_path("data", "imagenet-sample"),
+                   help="calibration images, disjoint from evaluation data (default: %(default)s)")
+    p.add_argument("--num-calib", type=int, default=256, help="calibration images drawn with --seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="activation range calibration (default: %(default)s)")
+    granularity = p.add_mutually_exclusive_group()
+    granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                             help="per-channel symmetric int8 weights (default)")
+    granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weights")
+    p.add_argument("--activation-dtype", choices=["uint8", "int8"], default="uint8",
+                   help="per-tensor activation type; uint8 asymmetric is ORT's fast x86 path (default: %(default)s)")
+    p.add_argument("--exclude", metavar="OP_TYPES|NODE_NAMES",
+                   help="comma list kept in float: ONNX op types (MatMul) or node names / fnmatch patterns")
+    p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("train", help="train a model from scratch on an ImageFolder (checkpoint in release format)")
     p.add_argument("model")

@@ -23,6 +23,8 @@ class OnnxRuntimeCPU(Runtime):
         self.threads = threads
         self.optimization = optimization
         self.input_name = session.get_inputs()[0].name
+        batch_dim = session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         meta = session.get_modelmeta().custom_metadata_map
         self.precision = meta.get("t2tedge.precision", "fp32")
 
@@ -59,7 +61,19 @@ class OnnxRuntimeCPU(Runtime):
         return cls(session, str(artifact), threads, optimization)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        size = self.fixed_batch
+        if size is None or len(batch) == size:
+            return self.session.run(None, {self.input_name: batch})[0]
+        # A static-batch graph takes any batch: chunks of its size, the last one zero-padded.
+        outputs = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            pad = size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:size - pad])
+        return np.concatenate(outputs)
 
     def describe(self) -> RuntimeDescription:
         import onnxruntime as ort

@@ -82,3 +82,16 @@ def test_compare_metrics_and_tolerances():
     nan = ref.copy()
     nan[0, 0] = np.nan
     assert not compare(ref, nan, "int8")["passed"]
+
+
+def test_static_batch_graph_takes_any_batch(tmp_path):
+    from t2tedge.export import OnnxExportOptions, export_onnx
+    from t2tedge.runtimes import get_runtime
+
+    rt = get_runtime("onnxruntime")
+    one = rt.load(export_onnx("mobilenet_v2_100", None, out_dir=tmp_path))
+    four = rt.load(export_onnx("mobilenet_v2_100", None, out_dir=tmp_path, options=OnnxExportOptions(batch=4)))
+    images = np.random.default_rng(0).standard_normal((6, 3, 224, 224), dtype=np.float32)
+    expected = np.concatenate([one.run(images[i:i + 1]) for i in range(6)])
+    assert np.allclose(one.run(images), expected, atol=1e-5)
+    assert np.allclose(four.run(images), expected, atol=1e-4)  # 4 + 2 padded

@@ -1,0 +1,49 @@
+"""Calibration images: real images through the model's own preprocessing, a seeded subset."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from t2tedge.data import Sample, discover, load_batch, split
+from t2tedge.errors import DataError
+
+
+def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0, num_classes: int = 1000,
+                        exclude: Sequence[Sample] = ()) -> list[Sample]:
+    """`count` images drawn with `seed` from `folder`, never any of `exclude` (the evaluation images)."""
+    samples = discover(folder, num_classes=num_classes)
+    held_out = {s.path.resolve() for s in exclude}
+    samples = [s for s in samples if s.path.resolve() not in held_out]
+    if not samples:
+        raise DataError(f"no calibration images left in {folder}")
+    chosen, _ = split(samples, min(count, len(samples)), seed=seed)
+    return chosen
+
+
+class ImageCalibrationReader:
+    """onnxruntime.quantization CalibrationDataReader over preprocessed images, `batch` at a time."""
+
+    def __init__(self, samples: Sequence[Sample], preprocess, input_name: str = "image", batch: int = 1,
+                 progress: str | None = "calibrate") -> None:
+        from tqdm import tqdm
+
+        self.input_name = input_name
+        self.images, _ = load_batch(samples, preprocess)
+        self.batch = batch
+        self._position = 0
+        self._bar = tqdm(total=len(self.images), desc=progress, unit="img", disable=progress is None, leave=False)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._position >= len(self.images):
+            self._bar.close()
+            return None
+        chunk = self.images[self._position:self._position + self.batch]
+        self._position += len(chunk)
+        self._bar.update(len(chunk))
+        return {self.input_name: chunk}
+
+    def rewind(self) -> None:
+        self._position = 0

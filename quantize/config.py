@@ -1,0 +1,144 @@
+"""One quantization config shape, like coremltools.optimize's: a global setting, then per-op-type and
+per-node-name overrides. `None` at any level means "keep this in float". The sensitivity analysis,
+`--exclude` and the mixed-precision search all produce and consume this shape.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import onnx
+
+from t2tedge.errors import T2TEdgeError
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class OpQuantConfig:
+    """How one op is quantized: int8 weights (per channel or per tensor), 8-bit activations per tensor."""
+
+    weight_granularity: str = "per_channel"  # per_channel | per_tensor
+    activation_dtype: str = "uint8"  # uint8 | int8
+    activation_symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_granularity not in ("per_channel", "per_tensor"):
+            raise T2TEdgeError(f"weight_granularity must be per_channel or per_tensor, not {self.weight_granularity!r}")
+        if self.activation_dtype not in ("uint8", "int8"):
+            raise T2TEdgeError(f"activation_dtype must be uint8 or int8, not {self.activation_dtype!r}")
+
+
+# MatMul/Gemm/Conv carry nearly all MACs; LayerNorm, Softmax, GELU and the Performer's exp and normalisation
+# stay float (ORT runs them in float anyway, and they are where ViT PTQ loses accuracy).
+DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass
+class QuantConfig:
+    """`global_config` applies to every op of `op_types`; `op_type_configs` then `op_name_configs` override it."""
+
+    global_config: OpQuantConfig | None = field(default_factory=OpQuantConfig)
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    op_type_configs: dict[str, OpQuantConfig | None] = field(default_factory=dict)
+    # Keys are node names or fnmatch patterns ("/blocks.0/*").
+    op_name_configs: dict[str, OpQuantConfig | None] = field(default_factory=dict)
+    method: str = "minmax"
+    percentile: float = 99.999
+    # MatMuls whose both inputs are activations (attention scores, the Performer's kernel products).
+    quantize_activation_matmul: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise T2TEdgeError(f"unknown calibration method {self.method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+
+    def config_for(self, node: onnx.NodeProto) -> OpQuantConfig | None:
+        """The effective setting of one node: node name beats op type beats global."""
+        for pattern, value in self.op_name_configs.items():
+            if node.name == pattern or fnmatch.fnmatchcase(node.name, pattern):
+                return value
+        if node.op_type in self.op_type_configs:
+            return self.op_type_configs[node.op_type]
+        return self.global_config if node.op_type in self.op_types else None
+
+    def with_float(self, names_or_types: Iterable[str], graph: onnx.GraphProto | None = None) -> "QuantConfig":
+        """A copy keeping the given op types (if they are op types of `graph`) or node names in float."""
+        op_types = {n.op_type for n in graph.node} if graph is not None else set()
+        types, names = dict(self.op_type_configs), dict(self.op_name_configs)
+        for item in names_or_types:
+            if item in op_types or (graph is None and item[:1].isupper() and "/" not in item):
+                types[item] = None
+            else:
+                names[item] = None
+        return replace(self, op_type_configs=types, op_name_configs=names)
+
+    def to_dict(self) -> dict[str, Any]:
+        def dump(value):
+            return None if value is None else asdict(value)
+
+        return {"global_config": dump(self.global_config), "op_types": list(self.op_types),
+                "op_type_configs": {k: dump(v) for k, v in self.op_type_configs.items()},
+                "op_name_configs": {k: dump(v) for k, v in self.op_name_configs.items()},
+                "method": self.method, "percentile": self.percentile,
+                "quantize_activation_matmul": self.quantize_activation_matmul}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
+        def load(value):
+            return None if value is None else OpQuantConfig(**value)
+
+        try:
+            return cls(global_config=load(data.get("global_config", asdict(OpQuantConfig()))),
+                       op_types=tuple(data.get("op_types", DEFAULT_OP_TYPES)),
+                       op_type_configs={k: load(v) for k, v in data.get("op_type_configs", {}).items()},
+                       op_name_configs={k: load(v) for k, v in data.get("op_name_configs", {}).items()},
+                       method=data.get("method", "minmax"), percentile=data.get("percentile", 99.999),
+                       quantize_activation_matmul=data.get("quantize_activation_matmul", False))
+        except TypeError as exc:
+            raise T2TEdgeError(f"bad quantization config: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        from t2tedge.fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "QuantConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise T2TEdgeError(f"cannot read quantization config {path}: {exc}") from None
+
+
+def has_constant_input(node: onnx.NodeProto, initializers: set[str]) -> bool:
+    return any(name in initializers for name in node.input[1:2])
+
+
+# ORT folds these into the quantized range of their producer (a Conv+ReLU6 output is calibrated on [0, 6],
+# not on the pre-activation range) only when they are themselves among the nodes to quantize.
+FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
+
+
+def plan(config: QuantConfig, graph: onnx.GraphProto) -> dict[str, OpQuantConfig]:
+    """Node name -> setting for every node that will be quantized under `config`."""
+    initializers = {init.name for init in graph.initializer}
+    chosen = {}
+    producer_setting: dict[str, OpQuantConfig] = {}
+    for node in graph.node:
+        if node.op_type in FOLDABLE_ACTIVATIONS and node.input[0] in producer_setting:
+            if config.config_for(node) is not None or node.op_type not in config.op_types:
+                chosen[node.name] = producer_setting[node.input[0]]
+            continue
+        setting = config.config_for(node)
+        if setting is None:
+            continue
+        if node.op_type == "MatMul" and not config.quantize_activation_matmul and not has_constant_input(node, initializers):
+            continue
+        chosen[node.name] = setting
+        producer_setting.update({output: setting for output in node.output})
+    return chosen

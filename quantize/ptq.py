@@ -1,0 +1,72 @@
+"""Static post-training quantization of our ONNX exports to QDQ INT8 with onnxruntime.quantization."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from t2tedge.errors import T2TEdgeError
+from t2tedge.fileio import atomic_path
+from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
+
+
+def _ort_method(config: QuantConfig):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[config.method]
+
+
+def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, reader,
+                  config: QuantConfig = QuantConfig()) -> dict[str, Any]:
+    """Write the QDQ model of `fp32_path` calibrated with `reader`; return what was quantized and how."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    proto = onnx.load(str(fp32_path))
+    chosen = plan(config, proto.graph)
+    if not chosen:
+        raise T2TEdgeError("the quantization config leaves no node to quantize")
+    settings = set(chosen.values())
+    if len(settings) > 1:
+        raise T2TEdgeError("per-node weight granularity / activation dtype overrides are not supported yet; "
+                           "use one setting for every quantized node (None keeps a node in float)")
+    (setting,) = settings
+    eligible = [n.name for n in proto.graph.node if n.op_type in config.op_types]
+    extra = {
+        "ActivationSymmetric": setting.activation_symmetric,
+        "WeightSymmetric": True,
+        "MatMulConstBOnly": not config.quantize_activation_matmul,
+        "CalibPercentile": config.percentile,
+    }
+    with tempfile.TemporaryDirectory(prefix="t2tedge-ptq-") as tmp, atomic_path(destination, suffix=".onnx") as out:
+        staged = Path(tmp) / "qdq.onnx"
+        # ORT logs a recommendation to pre-process on every call; our exports are already simplified.
+        logging.getLogger().setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(fp32_path), str(staged), reader, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS)),
+                nodes_to_quantize=sorted(chosen),
+                per_channel=setting.weight_granularity == "per_channel", reduce_range=False,
+                activation_type=QuantType.QUInt8 if setting.activation_dtype == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8, calibrate_method=_ort_method(config), extra_options=extra)
+        qdq = onnx.load(str(staged))
+        meta = {p.key: p.value for p in qdq.metadata_props}
+        meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
+                     "t2tedge.source_fp32": Path(fp32_path).name})
+        del qdq.metadata_props[:]
+        for key, value in sorted(meta.items()):
+            qdq.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(qdq)
+        out.write_bytes(qdq.SerializeToString(deterministic=True))
+    return {"quantized_nodes": sorted(chosen), "float_nodes": sorted(set(eligible) - set(chosen)),
+            "method": config.method, "weight_granularity": setting.weight_granularity,
+            "activation_dtype": setting.activation_dtype, "destination": str(destination)}
