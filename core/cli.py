@@ -131,16 +131,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from t2tedge.export import OnnxExportOptions, export_onnx
     from t2tedge.fileio import atomic_write_text
     from t2tedge.models import get_spec
-    from t2tedge.quantize import ImageCalibrationReader, OpQuantConfig, QuantConfig, calibration_samples, quantize_onnx
+    from t2tedge.quantize import ImageCalibrationReader, QuantConfig, calibration_samples, preset, quantize_onnx
+    from t2tedge.quantize.tensorrt_checks import write_calibration_cache
 
     import onnx
 
     spec = get_spec(args.model)
-    config = QuantConfig.load(args.config) if args.config else QuantConfig(
-        method=args.method, global_config=OpQuantConfig(
-            weight_granularity="per_channel" if args.per_channel else "per_tensor", activation_dtype=args.activation_dtype))
+    config = QuantConfig.load(args.config) if args.config else preset(args.target, args.method, args.per_channel)
     samples = calibration_samples(args.calib, args.num_calib, seed=args.seed, num_classes=args.num_classes)
-    out = args.out / f"{args.model}_int8.onnx"
+    suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
+    out = args.out / f"{args.model}_int8{suffix}.onnx"
     with tempfile.TemporaryDirectory(prefix="t2tedge-quantize-") as tmp:
         fp32 = args.onnx
         if fp32 is None:
@@ -157,10 +157,33 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         report = quantize_onnx(fp32, out, reader, config)
     report.update({"model": args.model, "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
                    "config": config.to_dict()})
+    cache = out.with_suffix(".trt.cache")
+    report["trt_calibration_cache"] = {"path": str(cache), "tensors": write_calibration_cache(out, cache)}
     atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float) "
-          f"and {out.with_suffix('.json')}")
+    print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
+          f"{out.with_suffix('.json')} and {cache}")
     return 0
+
+
+def cmd_check_trt(args: argparse.Namespace) -> int:
+    import onnx
+
+    from t2tedge.quantize.tensorrt_checks import check_tensorrt
+
+    if not args.onnx.is_file():
+        raise T2TEdgeError(f"ONNX file not found: {args.onnx}")
+    try:
+        proto = onnx.load(str(args.onnx))
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise T2TEdgeError(f"cannot read ONNX file {args.onnx}: {exc}") from None
+    report = check_tensorrt(proto)
+    for line in report.errors:
+        print(f"error: {line}")
+    for line in report.warnings:
+        print(f"warning: {line}")
+    print(f"{args.onnx}: {'OK' if report.ok else 'NOT READY'} for TensorRT ({len(report.errors)} errors, "
+          f"{len(report.warnings)} warnings, {report.qdq_pairs} quantized tensors)")
+    return 0 if report.ok else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -256,14 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                              help="per-channel symmetric int8 weights (default)")
     granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weights")
-    p.add_argument("--activation-dtype", choices=["uint8", "int8"], default="uint8",
-                   help="per-tensor activation type; uint8 asymmetric is ORT's fast x86 path (default: %(default)s)")
+    p.add_argument("--target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); tensorrt: "
+                        "symmetric int8 activations, float biases, as TensorRT's explicit quantization requires "
+                        "(default: %(default)s)")
     p.add_argument("--exclude", metavar="OP_TYPES|NODE_NAMES",
                    help="comma list kept in float: ONNX op types (MatMul) or node names / fnmatch patterns")
     p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("check-trt", help="list what TensorRT's ONNX parser and INT8 Q/DQ fusion would reject")
+    p.add_argument("onnx", type=Path)
+    p.set_defaults(func=cmd_check_trt)
 
     p = sub.add_parser("train", help="train a model from scratch on an ImageFolder (checkpoint in release format)")
     p.add_argument("model")

@@ -1,7 +1,7 @@
 """Post-training quantization: one config shape, real-image calibration, QDQ INT8 through onnxruntime."""
 
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
-from t2tedge.quantize.config import OpQuantConfig, QuantConfig, plan
+from t2tedge.quantize.config import OpQuantConfig, QuantConfig, plan, preset
 from t2tedge.quantize.ptq import quantize_onnx
 
-__all__ = ["ImageCalibrationReader", "OpQuantConfig", "QuantConfig", "calibration_samples", "plan", "quantize_onnx"]
+__all__ = ["ImageCalibrationReader", "OpQuantConfig", "QuantConfig", "calibration_samples", "plan", "preset", "quantize_onnx"]

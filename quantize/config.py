@@ -52,6 +52,8 @@ class QuantConfig:
     percentile: float = 99.999
     # MatMuls whose both inputs are activations (attention scores, the Performer's kernel products).
     quantize_activation_matmul: bool = False
+    # int32 bias DQs let ORT fuse QLinearConv; TensorRT wants float biases.
+    quantize_bias: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -85,7 +87,7 @@ class QuantConfig:
                 "op_type_configs": {k: dump(v) for k, v in self.op_type_configs.items()},
                 "op_name_configs": {k: dump(v) for k, v in self.op_name_configs.items()},
                 "method": self.method, "percentile": self.percentile,
-                "quantize_activation_matmul": self.quantize_activation_matmul}
+                "quantize_activation_matmul": self.quantize_activation_matmul, "quantize_bias": self.quantize_bias}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
@@ -98,7 +100,8 @@ class QuantConfig:
                        op_type_configs={k: load(v) for k, v in data.get("op_type_configs", {}).items()},
                        op_name_configs={k: load(v) for k, v in data.get("op_name_configs", {}).items()},
                        method=data.get("method", "minmax"), percentile=data.get("percentile", 99.999),
-                       quantize_activation_matmul=data.get("quantize_activation_matmul", False))
+                       quantize_activation_matmul=data.get("quantize_activation_matmul", False),
+                       quantize_bias=data.get("quantize_bias", True))
         except TypeError as exc:
             raise T2TEdgeError(f"bad quantization config: {exc}") from None
 
@@ -113,6 +116,17 @@ class QuantConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as exc:
             raise T2TEdgeError(f"cannot read quantization config {path}: {exc}") from None
+
+
+def preset(target: str, method: str = "minmax", per_channel: bool = True) -> QuantConfig:
+    """Defaults per deployment target: ORT CPU runs U8S8 fastest; TensorRT takes symmetric INT8 only."""
+    granularity = "per_channel" if per_channel else "per_tensor"
+    if target == "onnxruntime":
+        return QuantConfig(method=method, global_config=OpQuantConfig(weight_granularity=granularity))
+    if target == "tensorrt":
+        return QuantConfig(method=method, quantize_bias=False, global_config=OpQuantConfig(
+            weight_granularity=granularity, activation_dtype="int8", activation_symmetric=True))
+    raise T2TEdgeError(f"unknown quantization target {target!r}; choose onnxruntime or tensorrt")
 
 
 def has_constant_input(node: onnx.NodeProto, initializers: set[str]) -> bool:

@@ -45,6 +45,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         "WeightSymmetric": True,
         "MatMulConstBOnly": not config.quantize_activation_matmul,
         "CalibPercentile": config.percentile,
+        "QuantizeBias": config.quantize_bias,
     }
     with tempfile.TemporaryDirectory(prefix="t2tedge-ptq-") as tmp, atomic_path(destination, suffix=".onnx") as out:
         staged = Path(tmp) / "qdq.onnx"

@@ -82,3 +82,50 @@ def test_quantize_cli_errors(argv, message, tmp_path, capsys):
     code = main(["quantize", "mobilenet_v2_100", "--checkpoint", "random", "--out", str(tmp_path / "out")] + argv)
     assert code == 1 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_tensorrt_target_passes_check_and_writes_cache(weights_dir, sample_dir, tmp_path, capsys):
+    from t2tedge.quantize.tensorrt_checks import read_calibration_cache
+
+    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
+                 "--calib", str(sample_dir), "--num-calib", "16", "--target", "tensorrt", "--out", str(tmp_path)]) == 0
+    qdq = tmp_path / "mobilenet_v2_100_int8_tensorrt.onnx"
+    assert main(["check-trt", str(qdq)]) == 0
+    assert "OK for TensorRT" in capsys.readouterr().out
+    header, scales = read_calibration_cache(qdq.with_suffix(".trt.cache"))
+    assert header == "TRT-100300-EntropyCalibration2"
+    # The cache holds amax/127 of each calibrated tensor, under the fp32 graph's tensor names.
+    proto = onnx.load(qdq)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    q_image = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+    assert scales["image"] == pytest.approx(float(inits[q_image.input[1]]) * 128 / 127, rel=1e-6)
+    assert all(s > 0 for s in scales.values()) and len(scales) > 50
+
+
+def test_check_trt_flags_ort_int8_and_einsum(mobilenet_int8, tmp_path, capsys):
+    assert main(["check-trt", str(mobilenet_int8)]) == 1
+    assert "uint8 Q/DQ; TensorRT takes INT8 only" in capsys.readouterr().out
+    einsum = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Einsum", ["a", "b"], ["c"], equation="bti,mi->btm", name="performer")], "g",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in "ab"],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(einsum, tmp_path / "einsum.onnx")
+    assert main(["check-trt", str(tmp_path / "einsum.onnx")]) == 1
+    assert "Einsum runs in FP32/FP16 only" in capsys.readouterr().out
+
+
+def test_check_trt_passes_fp32_exports(tmp_path, capsys):
+    from t2tedge.export import export_onnx
+
+    for name in ["t2t_vit_7", "mobilenet_v2_100"]:
+        assert main(["check-trt", str(export_onnx(name, None, out_dir=tmp_path))]) == 0
+
+
+def test_calibration_cache_rejects_foreign_file(tmp_path):
+    from t2tedge.errors import T2TEdgeError
+    from t2tedge.quantize.tensorrt_checks import read_calibration_cache
+
+    (tmp_path / "x.cache").write_text("hello\n")
+    with pytest.raises(T2TEdgeError, match="not a TensorRT calibration cache"):
+        read_calibration_cache(tmp_path / "x.cache")

@@ -1,0 +1,139 @@
+"""What TensorRT will make of an ONNX graph, checked on the CPU: parser support and Q/DQ placement,
+plus the INT8 calibration cache that implicit-quantization builds (`trtexec --int8 --calib=`) read.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from t2tedge.errors import T2TEdgeError
+from t2tedge.fileio import atomic_write_text
+
+# Marked unsupported in onnx-tensorrt's operator matrix (docs/operators.md).
+UNSUPPORTED_OPS = frozenset({
+    "BitShift", "Compress", "ConcatFromSequence", "ConvInteger", "Det", "DynamicQuantizeLinear", "Hardmax",
+    "MatMulInteger", "MaxRoiPool", "MaxUnpool", "MeanVarianceNormalization", "Multinomial",
+    "NegativeLogLikelihoodLoss", "QLinearConv", "QLinearMatMul", "RandomNormal", "RandomNormalLike", "SequenceAt",
+    "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength", "Shrink",
+    "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringNormalizer", "TfIdfVectorizer", "Unique",
+})
+# Parsed, but fp32/fp16 only and restricted to some equations: never in graphs we ship.
+DISCOURAGED_OPS = {"Einsum": "Einsum runs in FP32/FP16 only (no INT8) and only for some equations; export the "
+                             "MatMul form (t2tedge export form)"}
+# Ops TensorRT can run in INT8 and so fuse with the DQ in front of them.
+INT8_CONSUMERS = frozenset({
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool",
+    "Add", "Concat", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "Transpose", "Reshape", "Flatten", "Squeeze",
+    "Unsqueeze", "Slice", "Pad", "Identity", "Gather", "QuantizeLinear",
+})
+WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
+
+
+@dataclass
+class TrtReport:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    qdq_pairs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _constant(graph_inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
+    return numpy_helper.to_array(graph_inits[name]) if name in graph_inits else None
+
+
+def check_tensorrt(proto: onnx.ModelProto) -> TrtReport:
+    report = TrtReport()
+    graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        report.errors.append(f"opset {opset} < 13: per-channel Q/DQ needs opset 13")
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    for node in graph.node:
+        where = f"{node.op_type} {node.name or node.output[0]}"
+        if node.domain not in ("", "ai.onnx"):
+            report.errors.append(f"{where}: custom-domain op ({node.domain}) is not parsed by TensorRT")
+        elif node.op_type in UNSUPPORTED_OPS:
+            report.errors.append(f"{where}: not supported by TensorRT's ONNX parser")
+        elif node.op_type in DISCOURAGED_OPS:
+            report.errors.append(f"{where}: {DISCOURAGED_OPS[node.op_type]}")
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zero_point = _constant(inits, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero_point is not None:
+            if zero_point.dtype != np.int8:
+                report.errors.append(f"{where}: {zero_point.dtype} Q/DQ; TensorRT takes INT8 only "
+                                     "(quantize with --target tensorrt)")
+            elif np.any(zero_point != 0):
+                report.errors.append(f"{where}: non-zero zero point; TensorRT needs symmetric quantization")
+        if node.op_type == "QuantizeLinear":
+            report.qdq_pairs += 1
+            continue
+        weight = node.input[0] in inits
+        for consumer in consumers[node.output[0]]:
+            if consumer.op_type not in INT8_CONSUMERS:
+                report.warnings.append(f"{where} feeds {consumer.op_type} {consumer.name}, which TensorRT runs in "
+                                       "float: the Q/DQ pair cannot fuse and costs a reformat")
+            if weight and consumer.op_type in WEIGHT_AXIS:
+                scale = _constant(inits, node.input[1])
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                if scale is not None and scale.size > 1 and axis != WEIGHT_AXIS[consumer.op_type]:
+                    report.errors.append(f"{where}: per-channel axis {axis} on {consumer.op_type} weights; "
+                                         f"TensorRT needs axis {WEIGHT_AXIS[consumer.op_type]}")
+    return report
+
+
+def _activation_ranges(proto: onnx.ModelProto) -> list[tuple[str, float]]:
+    """(tensor, amax) for every activation QuantizeLinear of a QDQ model, in graph order."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    ranges = []
+    for node in proto.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        scale = float(numpy_helper.to_array(inits[node.input[1]]))
+        zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else np.int8(0)
+        lo, hi = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
+        amax = max(abs(scale * (lo - int(zp))), abs(scale * (hi - int(zp))))
+        ranges.append((node.input[0], amax))
+    return ranges
+
+
+def write_calibration_cache(qdq_model: str | os.PathLike | onnx.ModelProto, destination: str | os.PathLike,
+                            trt_version: str = "10.3.0") -> int:
+    """TensorRT's text cache: a header, then `tensor: <hex of the float32 scale amax/127>` per activation."""
+    proto = qdq_model if isinstance(qdq_model, onnx.ModelProto) else onnx.load(str(qdq_model))
+    ranges = _activation_ranges(proto)
+    if not ranges:
+        raise T2TEdgeError("no activation QuantizeLinear in the model: nothing to write a calibration cache from")
+    major, minor, patch = (int(p) for p in (trt_version.split(".") + ["0", "0"])[:3])
+    version = major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
+    # trtexec's calibrator is IInt8EntropyCalibrator2: the header must name that algorithm to be accepted.
+    lines = [f"TRT-{version}-EntropyCalibration2"]
+    lines += [f"{name}: {struct.pack('>f', amax / 127.0).hex()}" for name, amax in ranges]
+    atomic_write_text(destination, "\n".join(lines) + "\n")
+    return len(ranges)
+
+
+def read_calibration_cache(path: str | os.PathLike) -> tuple[str, dict[str, float]]:
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].startswith("TRT-"):
+        raise T2TEdgeError(f"{path}: not a TensorRT calibration cache (no TRT- header)")
+    scales = {}
+    for line in lines[1:]:
+        name, _, value = line.rpartition(":")
+        scales[name] = struct.unpack(">f", bytes.fromhex(value.strip()))[0]
+    return lines[0], scales
