@@ -7,11 +7,12 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow export-onnx parity bench-onnx clean help
+.PHONY: setup test test-slow export-onnx quantize parity bench-onnx clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
 	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
+	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       torch vs onnxruntime parity for the five models"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make test         the test suite (fast)"
@@ -35,6 +36,9 @@ test-slow: setup
 
 export-onnx: setup
 	@for m in $(MODELS); do $(T2TEDGE) export onnx $$m --out $(OUT)/onnx || exit 1; done
+
+quantize: setup
+	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
 parity: setup
 	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime || exit 1; done

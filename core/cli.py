@@ -154,7 +154,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                        onnx.load(str(fp32), load_external_data=False).graph)
         batch = 16 if onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
         reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
-        report = quantize_onnx(fp32, out, reader, config)
+        if args.sensitivity or args.target_agreement:
+            report, config = _search_mixed_precision(args, fp32, reader, config, samples, spec, Path(tmp))
+        else:
+            report = quantize_onnx(fp32, out, reader, config)
     report.update({"model": args.model, "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
                    "config": config.to_dict()})
     cache = out.with_suffix(".trt.cache")
@@ -163,6 +166,44 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
           f"{out.with_suffix('.json')} and {cache}")
     return 0
+
+
+def _search_mixed_precision(args, fp32, reader, config, calibration, spec, workdir):
+    """Sensitivity per node on held-out images (disjoint from calibration), then the float fallback search."""
+    from t2tedge.data import discover, load_batch, split
+    from t2tedge.quantize import quantize_onnx
+    from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
+
+    used = {s.path for s in calibration}
+    rest = [s for s in discover(args.calib, num_classes=args.num_classes) if s.path not in used]
+    if not rest:
+        raise T2TEdgeError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration images")
+    held_out, _ = split(rest, min(args.num_heldout, len(rest)), seed=args.seed + 1)
+    images, _ = load_batch(held_out, spec.preprocess)
+    session = PTQSession(fp32, reader, config, images, workdir=workdir / "search")
+    ranking = analyse(session)
+    result = {"held_out_images": len(held_out),
+              "all_int8": {"top1_agreement": session.full.top1_agreement, "sqnr_db": session.full.sqnr_db},
+              "sensitivity": ranking}
+    print(f"all INT8: top-1 agreement {100 * session.full.top1_agreement:.1f}%, logits SQNR "
+          f"{session.full.sqnr_db:.1f} dB on {len(held_out)} held-out images; most sensitive nodes:")
+    for row in ranking[:10]:
+        print(f"  {row['node']:<60} float -> agreement {100 * row['float_top1_agreement']:.1f}%, "
+              f"SQNR +{row['sqnr_gain_db']:.2f} dB")
+    if args.target_agreement:
+        budget = args.max_float if args.max_float is not None else max(1, len(ranking) // 10)
+        config, kept, achieved = mixed_precision(session, ranking, args.target_agreement, max_float=budget)
+        result["mixed_precision"] = {"target_agreement": args.target_agreement, "kept_float": kept, "max_float": budget,
+                                     "top1_agreement": achieved.top1_agreement, "sqnr_db": achieved.sqnr_db,
+                                     "reached": achieved.top1_agreement >= args.target_agreement}
+        reached = "reached" if achieved.top1_agreement >= args.target_agreement else f"NOT reached within {budget} float nodes"
+        print(f"mixed precision: {len(kept)} node(s) kept float -> agreement {100 * achieved.top1_agreement:.1f}% "
+              f"(target {100 * args.target_agreement:.1f}%: {reached})")
+    out = args.out / f"{args.model}_int8{'' if args.target == 'onnxruntime' else '_' + args.target}.onnx"
+    report = quantize_onnx(fp32, out, None, config, ranges_cache=session.ranges)
+    session.close()
+    report.update(result)
+    return report, config
 
 
 def cmd_check_trt(args: argparse.Namespace) -> int:
@@ -286,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", metavar="OP_TYPES|NODE_NAMES",
                    help="comma list kept in float: ONNX op types (MatMul) or node names / fnmatch patterns")
     p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="score every quantizable node (left in float alone) on held-out images; report sorted")
+    p.add_argument("--target-agreement", type=float, metavar="FRACTION",
+                   help="keep the most sensitive nodes in float until top-1 agreement with fp32 reaches this "
+                        "(e.g. 0.99); implies --sensitivity")
+    p.add_argument("--max-float", type=int, metavar="N",
+                   help="at most N nodes kept float by --target-agreement (default: 10%% of quantizable nodes)")
+    p.add_argument("--num-heldout", type=int, default=200,
+                   help="held-out images from --calib (disjoint from calibration) for scoring (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_quantize)

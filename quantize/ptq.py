@@ -26,8 +26,12 @@ def _ort_method(config: QuantConfig):
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, reader,
-                  config: QuantConfig = QuantConfig()) -> dict[str, Any]:
-    """Write the QDQ model of `fp32_path` calibrated with `reader`; return what was quantized and how."""
+                  config: QuantConfig = QuantConfig(), ranges_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the QDQ model of `fp32_path` calibrated with `reader`; return what was quantized and how.
+
+    `ranges_cache`: a JSON file of calibrated ranges (ORT's format); written on first use, then read instead
+    of calibrating again, so many variants of one model share a single calibration.
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     proto = onnx.load(str(fp32_path))
@@ -58,7 +62,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
                 nodes_to_quantize=sorted(chosen),
                 per_channel=setting.weight_granularity == "per_channel", reduce_range=False,
                 activation_type=QuantType.QUInt8 if setting.activation_dtype == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8, calibrate_method=_ort_method(config), extra_options=extra)
+                weight_type=QuantType.QInt8, calibrate_method=_ort_method(config), extra_options=extra,
+                calibration_cache_path=str(ranges_cache) if ranges_cache else None)
         qdq = onnx.load(str(staged))
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),

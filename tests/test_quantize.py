@@ -129,3 +129,42 @@ def test_calibration_cache_rejects_foreign_file(tmp_path):
     (tmp_path / "x.cache").write_text("hello\n")
     with pytest.raises(T2TEdgeError, match="not a TensorRT calibration cache"):
         read_calibration_cache(tmp_path / "x.cache")
+
+
+def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp_path):
+    """Ranking is sorted by what leaving a node float buys; the fallback keeps a prefix of it, in order."""
+    from t2tedge.data import discover, load_batch, split
+    from t2tedge.export import OnnxExportOptions, export_onnx
+    from t2tedge.models import get_spec
+    from t2tedge.quantize import ImageCalibrationReader
+    from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
+
+    spec = get_spec("mobilenet_v2_100")
+    fp32 = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=tmp_path,
+                       options=OnnxExportOptions(dynamic_batch=True))
+    calib, rest = split(discover(sample_dir), 32, seed=0)
+    held_out, _ = split(rest, 32, seed=1)
+    images, _ = load_batch(held_out, spec.preprocess)
+    session = PTQSession(fp32, ImageCalibrationReader(calib, spec.preprocess, batch=16, progress=None), QuantConfig(),
+                         images, workdir=tmp_path / "work")
+    assert session.ranges.is_file()  # one calibration, reused by every variant
+    session.candidates = ["/classifier/classifier.1/Gemm"] + session.candidates[:3]
+    ranking = analyse(session, progress=False)
+    gains = [r["sqnr_gain_db"] for r in ranking]
+    assert gains == sorted(gains, reverse=True) and len(ranking) == 4
+    chosen, kept, achieved = mixed_precision(session, ranking, target_agreement=1.01)  # unreachable: keeps all
+    assert kept == [r["node"] for r in ranking]
+    assert all(chosen.op_name_configs[name] is None for name in kept)
+    assert "/classifier/classifier.1/Gemm" not in plan(chosen, session.graph)
+    _, none_kept, same = mixed_precision(session, ranking, target_agreement=0.0)  # already met: keeps none
+    assert none_kept == [] and same == session.full
+
+
+@pytest.mark.slow
+def test_mixed_precision_reaches_target_on_mobilenet_v2(weights_dir, sample_dir, tmp_path, capsys):
+    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
+                 "--calib", str(sample_dir), "--num-calib", "256", "--target-agreement", "0.99",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "mobilenet_v2_100_int8.json").read_text())
+    assert report["mixed_precision"]["reached"] and report["sensitivity"]
+    assert set(report["mixed_precision"]["kept_float"]) <= set(report["float_nodes"])
