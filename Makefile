@@ -7,13 +7,14 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow export-onnx quantize parity bench-onnx clean help
+.PHONY: setup test test-slow export-onnx quantize parity table4 bench-onnx clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
 	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       torch vs onnxruntime parity for the five models"
+	@echo "make table4       Table 4 grid (torch/onnxruntime x fp32/int8 here) to results/"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
@@ -42,6 +43,9 @@ quantize: setup
 
 parity: setup
 	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime || exit 1; done
+
+table4: setup
+	$(T2TEDGE) table4 --out results
 
 bench-onnx: setup
 	$(PY) benchmarks/bench_onnx.py

@@ -242,6 +242,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table4(args: argparse.Namespace) -> int:
+    from t2tedge.harness.table4 import Grid, GridSettings, load_table, merge, write_outputs
+
+    if args.merge:
+        table = merge([load_table(p) for p in args.merge])
+    else:
+        split_list = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+        settings = GridSettings(data=args.data, limit=args.limit, threads=args.threads, runs=args.runs)
+        table = Grid(split_list(args.models), split_list(args.runtimes), split_list(args.precisions), settings,
+                     args.out).run()
+    paths = write_outputs(table, args.out)
+    measured = sum(c.get("status") == "measured" for c in table["cells"])
+    print(f"{measured} cells measured, {len(table['cells']) - measured} skipped; wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def cmd_runtimes(args: argparse.Namespace) -> int:
     from t2tedge.runtimes import available_runtimes
 
@@ -366,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     p.add_argument("--fp16", action="store_true", help="also write a compact fp16 release file beside --out")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x runtimes x precisions")
+    p.add_argument("--models", default="t2t_vit_7,t2t_vit_12,mobilenet_v1_100,mobilenet_v2_100,mobilenet_v2_140")
+    p.add_argument("--runtimes", default="torch,onnxruntime,coreml,tensorrt")
+    p.add_argument("--precisions", default="fp32,fp16,int8")
+    p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="evaluation images (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="first N images only, for quick runs")
+    p.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")
+    p.set_defaults(func=cmd_table4)
 
     p = sub.add_parser("runtimes", help="list runtime adapters and whether they can run here")
     p.set_defaults(func=cmd_runtimes)

@@ -1,0 +1,34 @@
+"""Latency in the conventions of onnxruntime_perf_test / trtexec: warm-up, then a fixed count, percentiles."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+
+def measure_latency(runtime, batch: np.ndarray, warmup: int = 10, runs: int = 50) -> dict[str, float]:
+    for _ in range(warmup):
+        runtime.run(batch)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        runtime.run(batch)
+        times[i] = (time.perf_counter() - start) * 1e3
+    return {"min_ms": float(times.min()), "p50_ms": float(np.percentile(times, 50)),
+            "p90_ms": float(np.percentile(times, 90)), "p99_ms": float(np.percentile(times, 99)),
+            "mean_ms": float(times.mean()), "runs": runs, "warmup": warmup}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "hostname_hash": str(abs(hash(platform.node())) % 10**8)}

@@ -1,0 +1,216 @@
+"""The Table 4 grid: models x runtimes x precisions, each cell measured (accuracy, size, latency).
+
+Results are data first (`table4.json`, one schema for every runtime so files from a Mac or a GPU box
+merge), then views (`table4.md`, `table4.png`). Finished cells are cached by the content hash of
+artifact + data + settings, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from t2tedge import __version__
+from t2tedge.data import discover
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
+from t2tedge.fileio import atomic_write_text, sha256_file
+from t2tedge.harness.evaluate import evaluate
+from t2tedge.harness.latency import machine_info, measure_latency
+from t2tedge.models import create_model, default_checkpoint, get_spec
+from t2tedge.models.complexity import count_macs, count_params
+from t2tedge.runtimes import available_runtimes, get_runtime
+
+SCHEMA = "t2tedge.table4/1"
+TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
+RUNTIMES = ("torch", "onnxruntime", "coreml", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+# What each runtime adapter can run here, and why not otherwise.
+SUPPORTED = {
+    ("torch", "fp32"): None,
+    ("torch", "fp16"): "torch eager on CPU is the fp32 reference; fp16 is measured on Core ML / TensorRT",
+    ("torch", "int8"): "INT8 is measured through the QDQ graph on onnxruntime / TensorRT",
+    ("onnxruntime", "fp32"): None,
+    ("onnxruntime", "int8"): None,
+    ("onnxruntime", "fp16"): "ONNX Runtime's CPU EP has no fp16 kernels for most ops",
+}
+
+
+@dataclass
+class GridSettings:
+    data: Path
+    limit: int | None = None
+    threads: int | None = None
+    warmup: int = 10
+    runs: int = 50
+    throughput_batch: int = 8
+    num_calib: int = 256
+
+
+def _hash_bytes(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _state_hash(model: torch.nn.Module) -> tuple[str, int]:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return _hash_bytes(buffer.getvalue()), buffer.tell()
+
+
+class Grid:
+    def __init__(self, models: Sequence[str], runtimes: Sequence[str], precisions: Sequence[str],
+                 settings: GridSettings, out: Path, artifacts: Path | None = None) -> None:
+        for name in models:
+            get_spec(name)
+        unknown = [r for r in runtimes if r not in RUNTIMES] + [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            raise T2TEdgeError(f"unknown runtime/precision {unknown}; runtimes: {', '.join(RUNTIMES)}, "
+                               f"precisions: {', '.join(PRECISIONS)}")
+        self.models, self.runtimes, self.precisions = list(models), list(runtimes), list(precisions)
+        self.settings = settings
+        self.out = out
+        self.cache_dir = out / "cache"
+        self.artifacts = artifacts or out / "artifacts"
+        samples = discover(settings.data)
+        self.samples = samples[: settings.limit] if settings.limit else samples
+        self.data_hash = _hash_bytes("\n".join(str(s.path) for s in self.samples).encode())
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        return [(m, r, p) for m in self.models for r in self.runtimes for p in self.precisions]
+
+    def _artifact(self, model_name: str, runtime: str, precision: str, checkpoint: Path | None) -> tuple[Any, str, int]:
+        """(artifact for the adapter, content hash, size on disk in bytes)."""
+        if runtime == "torch":
+            model = create_model(model_name, checkpoint=checkpoint)
+            digest, size = _state_hash(model)
+            return model, digest, size
+        from t2tedge.export import OnnxExportOptions, export_onnx
+
+        fp32 = self.artifacts / "onnx" / f"{model_name}_dynbatch.onnx"
+        if not fp32.is_file():
+            export_onnx(model_name, checkpoint, options=OnnxExportOptions(dynamic_batch=True), destination=fp32)
+        if precision == "fp32":
+            return fp32, sha256_file(fp32), fp32.stat().st_size
+        int8 = self.artifacts / "int8" / f"{model_name}_int8.onnx"
+        if not int8.is_file():
+            from t2tedge.paths import shared_path
+            from t2tedge.quantize import ImageCalibrationReader, QuantConfig, calibration_samples, quantize_onnx
+
+            calib = calibration_samples(shared_path("data", "imagenet-sample"), self.settings.num_calib,
+                                        exclude=self.samples)
+            quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
+                                                             progress=f"calibrate {model_name}"), QuantConfig())
+        return int8, sha256_file(int8), int8.stat().st_size
+
+    def run_cell(self, model_name: str, runtime: str, precision: str, reference: np.ndarray | None) -> dict[str, Any]:
+        spec = get_spec(model_name)
+        checkpoint = default_checkpoint(model_name)
+        cell: dict[str, Any] = {"model": model_name, "runtime": runtime, "precision": precision,
+                                "family": spec.family, "weights": "trained" if checkpoint else "untrained",
+                                "paper": vars(spec.paper) if spec.paper else None}
+        reason = SUPPORTED.get((runtime, precision), "")
+        if runtime not in available_runtimes():
+            reason = f"no {runtime} adapter in t2t-edge {__version__} yet"
+        else:
+            try:
+                cls = get_runtime(runtime)
+            except RuntimeUnavailable as exc:
+                reason = str(exc)
+        if reason or (runtime, precision) not in SUPPORTED:
+            return {**cell, "status": "skipped",
+                    "reason": reason or f"{runtime} {precision} is measured on its device (see README: profiling)"}
+        artifact, artifact_hash, size = self._artifact(model_name, runtime, precision, checkpoint)
+        settings = {k: str(v) for k, v in vars(self.settings).items()}
+        key = _hash_bytes(artifact_hash.encode(), self.data_hash.encode(), json.dumps(
+            {"cell": [model_name, runtime, precision], "settings": settings, "version": __version__},
+            sort_keys=True).encode())
+        cached = self.cache_dir / f"{key}.json"
+        if cached.is_file():
+            return {**json.loads(cached.read_text()), "cached": True}
+        instance = cls.load(artifact, threads=self.settings.threads)
+        result = evaluate(instance, self.samples, spec.preprocess, batch=32, progress=f"{model_name} {runtime} {precision}")
+        image = np.zeros((1, 3, spec.preprocess.crop, spec.preprocess.crop), np.float32)
+        batch = np.zeros((self.settings.throughput_batch,) + image.shape[1:], np.float32)
+        latency = measure_latency(instance, image, self.settings.warmup, self.settings.runs)
+        batch_latency = measure_latency(instance, batch, max(2, self.settings.warmup // 2), max(5, self.settings.runs // 5))
+        reference_model = create_model(model_name)
+        cell.update({
+            "status": "measured", "top1": result.top1, "top5": result.top5, "images": result.images,
+            "predictions": result.predictions.tolist(),
+            "params": count_params(reference_model), "macs": count_macs(reference_model, spec.preprocess.crop),
+            "artifact_bytes": size, "artifact_sha256": artifact_hash, "latency_b1": latency,
+            "throughput_b8_ips": self.settings.throughput_batch / (batch_latency["p50_ms"] / 1e3),
+            "runtime_info": instance.describe().to_dict(), "cache_key": key,
+        })
+        cell["runtime_info"]["details"].pop("artifact", None)
+        atomic_write_text(cached, json.dumps(cell, sort_keys=True))
+        return {**cell, "cached": False}
+
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cells = []
+        for model_name, runtime, precision in tqdm(self.cells(), desc="table4", unit="cell"):
+            cells.append(self.run_cell(model_name, runtime, precision, None))
+        return finish({"schema": SCHEMA, "version": __version__, "machine": machine_info(),
+                       "data": {"folder": str(self.settings.data), "images": len(self.samples)}, "cells": cells})
+
+
+def finish(table: dict[str, Any]) -> dict[str, Any]:
+    """Derived columns: delta top-1 and top-1 agreement against the same model's fp32 on the same machine."""
+    for cell in table["cells"]:
+        cell.setdefault("machine", table.get("machine"))
+    for cell in table["cells"]:
+        if cell.get("status") != "measured":
+            continue
+        peers = [c for c in table["cells"] if c.get("status") == "measured" and c["model"] == cell["model"]
+                 and c["precision"] == "fp32" and c.get("machine") == cell.get("machine")
+                 and len(c["predictions"]) == len(cell["predictions"])]
+        reference = next((c for c in peers if c["runtime"] == "torch"), peers[0] if peers else None)
+        if reference is not None:
+            cell["delta_top1"] = cell["top1"] - reference["top1"]
+            cell["top1_agreement"] = float(np.mean(np.asarray(cell["predictions"]) == np.asarray(reference["predictions"])))
+            cell["reference"] = f"{reference['runtime']} fp32"
+    return table
+
+
+def merge(tables: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One table from several runs (this machine, a Mac, a GPU box); a later file wins for the same cell."""
+    cells: dict[tuple, dict[str, Any]] = {}
+    for table in tables:
+        if table.get("schema") != SCHEMA:
+            raise T2TEdgeError(f"not a Table 4 result (schema {table.get('schema')!r}, expected {SCHEMA})")
+        for cell in table["cells"]:
+            cell = {**cell, "machine": cell.get("machine") or table.get("machine")}
+            cells[(cell["model"], cell["runtime"], cell["precision"], json.dumps(cell["machine"], sort_keys=True))] = cell
+    machines = {json.dumps(c["machine"], sort_keys=True) for c in cells.values()}
+    return finish({"schema": SCHEMA, "version": __version__, "machine": None if len(machines) != 1 else
+                   json.loads(machines.pop()), "data": tables[-1].get("data"), "cells": list(cells.values())})
+
+
+def write_outputs(table: dict[str, Any], out: Path) -> dict[str, Path]:
+    from t2tedge.harness.table4_views import render_markdown, render_plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "table4.json", "md": out / "table4.md", "png": out / "table4.png"}
+    atomic_write_text(paths["json"], json.dumps(table, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(paths["md"], render_markdown(table))
+    render_plot(table, paths["png"])
+    return paths
+
+
+def load_table(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise T2TEdgeError(f"cannot read Table 4 result {path}: {exc}") from None

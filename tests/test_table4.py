@@ -1,0 +1,80 @@
+"""Table 4 harness on a tiny grid: data first, views that match it, skips with reasons, cache, merge."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from t2tedge.cli import main
+from t2tedge.harness.table4 import load_table
+from t2tedge.harness.table4_views import cell_row, parse_markdown_rows, pareto_front
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, val_dir):
+    out = tmp_path_factory.mktemp("table4")
+    argv = ["table4", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes", "torch,onnxruntime,coreml",
+            "--precisions", "fp32,int8", "--data", str(val_dir), "--limit", "16", "--runs", "5", "--out", str(out)]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_json_cells(grid):
+    table = load_table(grid[0] / "table4.json")
+    cells = {(c["model"], c["runtime"], c["precision"]): c for c in table["cells"]}
+    assert len(cells) == 2 * 3 * 2
+    measured = [k for k, c in cells.items() if c["status"] == "measured"]
+    assert sorted(measured) == sorted([(m, r, p) for m in ("t2t_vit_7", "mobilenet_v2_100")
+                                       for r, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))])
+    assert "adapter" in cells[("t2t_vit_7", "coreml", "fp32")]["reason"]
+    mnv2 = cells[("mobilenet_v2_100", "onnxruntime", "int8")]
+    assert mnv2["weights"] == "trained" and cells[("t2t_vit_7", "torch", "fp32")]["weights"] == "untrained"
+    assert mnv2["images"] == 16 and mnv2["reference"] == "torch fp32" and 0 <= mnv2["top1_agreement"] <= 1
+    assert cells[("mobilenet_v2_100", "torch", "fp32")]["top1_agreement"] == 1.0
+    lat = mnv2["latency_b1"]
+    assert lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["runs"] == 5
+    assert mnv2["artifact_bytes"] < cells[("mobilenet_v2_100", "onnxruntime", "fp32")]["artifact_bytes"] / 2
+    assert table["machine"]["cores"] and mnv2["paper"]["top1"] == 72.0
+
+
+def test_markdown_matches_json(grid):
+    table = load_table(grid[0] / "table4.json")
+    rows = parse_markdown_rows((grid[0] / "table4.md").read_text())
+    assert rows == [cell_row(c) for c in table["cells"]]
+    untrained = [r for r in rows if r[0] == "t2t_vit_7" and r[1] == "torch" and r[2] == "fp32"][0]
+    assert untrained[3] == "untrained"
+
+
+def test_png_is_written(grid):
+    data = (grid[0] / "table4.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_rerun_uses_cache(grid, capsys):
+    out, argv = grid
+    assert main(argv) == 0
+    table = load_table(out / "table4.json")
+    assert all(c["cached"] for c in table["cells"] if c["status"] == "measured")
+
+
+def test_merge_two_machines(grid, tmp_path):
+    table = load_table(grid[0] / "table4.json")
+    other = copy.deepcopy(table)
+    other["machine"] = {"cpu": "Apple M2", "cores": 8}
+    for cell in other["cells"]:
+        cell["machine"] = other["machine"]
+    (tmp_path / "a.json").write_text(json.dumps(table))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    assert main(["table4", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m")]) == 0
+    merged = load_table(tmp_path / "m" / "table4.json")
+    assert len(merged["cells"]) == 2 * len(table["cells"])
+    assert {c["machine"]["cpu"] for c in merged["cells"]} == {table["machine"]["cpu"], "Apple M2"}
+    (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
+    assert main(["table4", "--merge", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_pareto_front():
+    points = [(1.0, 70.0), (2.0, 75.0), (3.0, 74.0), (0.5, 60.0), (2.0, 72.0)]
+    assert pareto_front(points) == [3, 0, 1]
