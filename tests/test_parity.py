@@ -70,6 +70,14 @@ def test_missing_runtime_is_reported_as_skipped(val_dir, monkeypatch):
     assert report["pairs"] == []
 
 
+def test_planned_runtimes_are_skipped_with_reason_and_typos_fail(val_dir, capsys):
+    report = run_parity("mobilenet_v2_100", ["torch", "onnxruntime", "coreml", "tensorrt"], val_dir, n=2)
+    assert set(report["skipped"]) == {"coreml", "tensorrt"} and report["passed"]
+    assert "Core ML" in report["skipped"]["coreml"]
+    assert main(["parity", "mobilenet_v2_100", "--runtimes", "torch,onnxruntim", "--data", str(val_dir), "--n", "2"]) == 1
+    assert "unknown runtime 'onnxruntim'" in capsys.readouterr().err
+
+
 def test_compare_metrics_and_tolerances():
     ref = np.array([[3.0, 1.0, 0.0, -1.0, -2.0, -3.0], [0.0, 2.0, 1.0, 0.5, -1.0, -2.0]])
     same = compare(ref, ref.copy())

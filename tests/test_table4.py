@@ -28,7 +28,7 @@ def test_json_cells(grid):
     measured = [k for k, c in cells.items() if c["status"] == "measured"]
     assert sorted(measured) == sorted([(m, r, p) for m in ("t2t_vit_7", "mobilenet_v2_100")
                                        for r, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))])
-    assert "adapter" in cells[("t2t_vit_7", "coreml", "fp32")]["reason"]
+    assert "Core ML" in cells[("t2t_vit_7", "coreml", "fp32")]["reason"]
     mnv2 = cells[("mobilenet_v2_100", "onnxruntime", "int8")]
     assert mnv2["weights"] == "trained" and cells[("t2t_vit_7", "torch", "fp32")]["weights"] == "untrained"
     assert mnv2["images"] == 16 and mnv2["reference"] == "torch fp32" and 0 <= mnv2["top1_agreement"] <= 1
