@@ -149,13 +149,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
             fp32 = export_onnx(args.model, checkpoint, out_dir=tmp, options=OnnxExportOptions(dynamic_batch=True),
                                **overrides)
+        graph = onnx.load(str(fp32), load_external_data=False).graph
         if args.exclude:
-            config = config.with_float([e.strip() for e in args.exclude.split(",") if e.strip()],
-                                       onnx.load(str(fp32), load_external_data=False).graph)
-        batch = 16 if onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
+            config = config.with_float([e.strip() for e in args.exclude.split(",") if e.strip()], graph)
+        batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
         reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
         if args.sensitivity or args.target_agreement:
-            report, config = _search_mixed_precision(args, fp32, reader, config, samples, spec, Path(tmp))
+            report, config = _search_mixed_precision(args, fp32, out, reader, config, samples, spec, Path(tmp))
         else:
             report = quantize_onnx(fp32, out, reader, config)
     report.update({"model": args.model, "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
@@ -168,7 +168,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_mixed_precision(args, fp32, reader, config, calibration, spec, workdir):
+def _search_mixed_precision(args, fp32, out, reader, config, calibration, spec, workdir):
     """Sensitivity per node on held-out images (disjoint from calibration), then the float fallback search."""
     from t2tedge.data import discover, load_batch, split
     from t2tedge.quantize import quantize_onnx
@@ -199,7 +199,6 @@ def _search_mixed_precision(args, fp32, reader, config, calibration, spec, workd
         reached = "reached" if achieved.top1_agreement >= args.target_agreement else f"NOT reached within {budget} float nodes"
         print(f"mixed precision: {len(kept)} node(s) kept float -> agreement {100 * achieved.top1_agreement:.1f}% "
               f"(target {100 * args.target_agreement:.1f}%: {reached})")
-    out = args.out / f"{args.model}_int8{'' if args.target == 'onnxruntime' else '_' + args.target}.onnx"
     report = quantize_onnx(fp32, out, None, config, ranges_cache=session.ranges)
     session.close()
     report.update(result)

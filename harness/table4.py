@@ -112,7 +112,7 @@ class Grid:
                                                              progress=f"calibrate {model_name}"), QuantConfig())
         return int8, sha256_file(int8), int8.stat().st_size
 
-    def run_cell(self, model_name: str, runtime: str, precision: str, reference: np.ndarray | None) -> dict[str, Any]:
+    def run_cell(self, model_name: str, runtime: str, precision: str) -> dict[str, Any]:
         spec = get_spec(model_name)
         checkpoint = default_checkpoint(model_name)
         cell: dict[str, Any] = {"model": model_name, "runtime": runtime, "precision": precision,
@@ -158,7 +158,7 @@ class Grid:
 
         cells = []
         for model_name, runtime, precision in tqdm(self.cells(), desc="table4", unit="cell"):
-            cells.append(self.run_cell(model_name, runtime, precision, None))
+            cells.append(self.run_cell(model_name, runtime, precision))
         return finish({"schema": SCHEMA, "version": __version__, "machine": machine_info(),
                        "data": {"folder": str(self.settings.data), "images": len(self.samples)}, "cells": cells})
 
