@@ -15,6 +15,10 @@ from t2tedge.paths import shared_path
 DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PATH|random",
                         help="weights: an official T2T-ViT release file or a state dict; 'random' for untrained "
@@ -116,7 +120,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from t2tedge.harness.parity import format_report, run_parity, write_report
 
     checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
-    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    runtimes = _comma_list(args.runtimes)
     report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
                         onnx_path=args.onnx, threads=args.threads)
     print(format_report(report))
@@ -151,7 +155,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                **overrides)
         graph = onnx.load(str(fp32), load_external_data=False).graph
         if args.exclude:
-            config = config.with_float([e.strip() for e in args.exclude.split(",") if e.strip()], graph)
+            config = config.with_float(_comma_list(args.exclude), graph)
         batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
         reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
         if args.sensitivity or args.target_agreement:
@@ -247,9 +251,8 @@ def cmd_table4(args: argparse.Namespace) -> int:
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
     else:
-        split_list = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
         settings = GridSettings(data=args.data, limit=args.limit, threads=args.threads, runs=args.runs)
-        table = Grid(split_list(args.models), split_list(args.runtimes), split_list(args.precisions), settings,
+        table = Grid(_comma_list(args.models), _comma_list(args.runtimes), _comma_list(args.precisions), settings,
                      args.out).run()
     paths = write_outputs(table, args.out)
     measured = sum(c.get("status") == "measured" for c in table["cells"])

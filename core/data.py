@@ -120,9 +120,13 @@ def preprocess(img: Image.Image, cfg) -> np.ndarray:
     new_w, new_h = max(cfg.crop, round(width * scale)), max(cfg.crop, round(height * scale))
     img = img.resize((new_w, new_h), interp)
     left, top = int(round((new_w - cfg.crop) / 2.0)), int(round((new_h - cfg.crop) / 2.0))
-    img = img.crop((left, top, left + cfg.crop, top + cfg.crop))
+    return normalize(img.crop((left, top, left + cfg.crop, top + cfg.crop)), cfg.mean, cfg.std)
+
+
+def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """RGB image -> float32 CHW, scaled to [0, 1] then (x - mean) / std."""
     array = np.asarray(img, dtype=np.float32) / 255.0
-    array = (array - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 

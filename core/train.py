@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from t2tedge.data import Sample, discover, load_image, preprocess
+from t2tedge.data import Sample, discover, load_image, normalize, preprocess
 from t2tedge.errors import CheckpointError, DataError
 from t2tedge.fileio import atomic_path
 from t2tedge.models import create_model, get_spec
@@ -67,8 +67,12 @@ def augment(sample: Sample, size: int, mean, std, seed: int) -> np.ndarray:
     img = _random_resized_crop(load_image(sample.path), size, rng)
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    array = (np.asarray(img, dtype=np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return normalize(img, mean, std)
+
+
+def steps_per_epoch(images: int, cfg: TrainConfig) -> int:
+    steps = images // cfg.batch
+    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
 def train_batches(samples: list[Sample], cfg: TrainConfig, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,9 +81,7 @@ def train_batches(samples: list[Sample], cfg: TrainConfig, epoch: int) -> Iterat
     spec = get_spec(cfg.model).preprocess
     order = list(range(len(samples)))
     random.Random(cfg.seed * 100003 + epoch).shuffle(order)
-    steps = len(order) // cfg.batch
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
+    steps = steps_per_epoch(len(order), cfg)
     with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
         for step in range(steps):
             idx = order[step * cfg.batch:(step + 1) * cfg.batch]
@@ -152,19 +154,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, val_data: str | os.PathLike 
             ema = {k: v.to(device) for k, v in state["state_dict_ema"].items()}
         start_epoch, history = state["epoch"] + 1, state.get("history", [])
         log(f"resuming {out} at epoch {start_epoch}")
-    steps_per_epoch = len(samples) // cfg.batch
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    steps = steps_per_epoch(len(samples), cfg)
+    total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        bar = tqdm(train_batches(samples, cfg, epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(train_batches(samples, cfg, epoch), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False)
         losses = []
         for step, (images, labels) in enumerate(bar):
-            global_step = epoch * steps_per_epoch + step
+            global_step = epoch * steps + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total, warmup, cfg.lr)
             images, labels = images.to(device, non_blocking=True), labels.to(device)

@@ -25,6 +25,19 @@ def _ort_method(config: QuantConfig):
             "entropy": CalibrationMethod.Entropy}[config.method]
 
 
+@contextlib.contextmanager
+def _quiet_ort_logging():
+    """ORT logs a pre-processing recommendation through the root logger on every call (our exports are
+    already simplified); silence it for the call only, leaving the caller's logging as it was."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, reader,
                   config: QuantConfig = QuantConfig(), ranges_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the QDQ model of `fp32_path` calibrated with `reader`; return what was quantized and how.
@@ -53,9 +66,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     }
     with tempfile.TemporaryDirectory(prefix="t2tedge-ptq-") as tmp, atomic_path(destination, suffix=".onnx") as out:
         staged = Path(tmp) / "qdq.onnx"
-        # ORT logs a recommendation to pre-process on every call; our exports are already simplified.
-        logging.getLogger().setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(fp32_path), str(staged), reader, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS)),
