@@ -7,15 +7,18 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow export-onnx quantize parity table4 bench-onnx clean help
+.PHONY: setup test test-slow export-onnx export-coreml quantize parity table4 bench-onnx bench-coreml clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
 	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
+	@echo "make export-coreml  T2T-ViT-7/12 .mlpackage to artifacts/coreml (OUT=, ALL=1 adds the MobileNets,"
+	@echo "                    CHECKPOINT=path or WEIGHTS=random, COMPRESS=w8|palettize6|palettize4|w8a8, TARGET=iOS17)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       torch vs onnxruntime parity for the five models"
 	@echo "make table4       Table 4 grid (torch/onnxruntime x fp32/int8 here) to results/"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
+	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
 
@@ -24,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# The CPU wheel first, so no dependency can pull a CUDA build of torch.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev,plot]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,6 +41,15 @@ test-slow: setup
 export-onnx: setup
 	@for m in $(MODELS); do $(T2TEDGE) export onnx $$m --out $(OUT)/onnx || exit 1; done
 
+# Core ML: OUT given on the command line is the package folder itself; by default artifacts/coreml.
+COREML_OUT = $(if $(filter command line environment,$(origin OUT)),$(OUT),$(OUT)/coreml)
+COREML_MODELS = $(if $(ALL),$(MODELS),$(if $(filter command line environment,$(origin MODELS)),$(MODELS),t2t_vit_7 t2t_vit_12))
+COREML_WEIGHTS = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),$(if $(filter random,$(WEIGHTS)),--checkpoint random))
+COREML_FLAGS = $(if $(COMPRESS),--compress $(COMPRESS)) $(if $(TARGET),--target $(TARGET)) $(if $(PRECISION),--precision $(PRECISION))
+
+export-coreml: setup
+	@for m in $(COREML_MODELS); do $(T2TEDGE) export coreml $$m --out $(COREML_OUT) $(COREML_WEIGHTS) $(COREML_FLAGS) || exit 1; done
+
 quantize: setup
 	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
@@ -49,6 +61,9 @@ table4: setup
 
 bench-onnx: setup
 	$(PY) benchmarks/bench_onnx.py
+
+bench-coreml: setup
+	$(PY) benchmarks/bench_coreml.py
 
 clean:
 	rm -rf $(OUT) results .pytest_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from t2tedge import __version__
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.paths import shared_path
 
 DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
@@ -113,6 +113,96 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     path = export_onnx(args.model, checkpoint, out_dir=args.out, options=options)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_export_coreml(args: argparse.Namespace) -> int:
+    import time
+
+    from t2tedge.export.coreml_checks import inspect_package
+    from t2tedge.export.coreml_export import CoreMLExportOptions, export_coreml, require_coremltools
+    from t2tedge.models import get_spec
+
+    spec = get_spec(args.model)
+    options = CoreMLExportOptions(precision=args.precision, target=args.target, compress=args.compress,
+                                  output=args.output, calib=str(args.calib) if args.calib else None,
+                                  num_calib=args.num_calib)
+    if args.calib is not None and not args.calib.is_dir():
+        raise DataError(f"calibration folder not found: {args.calib}")
+    require_coremltools()
+    if args.checkpoint is None and spec.release_url:
+        from t2tedge.models.release import fetch_official
+
+        checkpoint = fetch_official(args.model)
+    else:
+        checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    start = time.perf_counter()
+    path = export_coreml(args.model, checkpoint, out_dir=args.out, options=options)
+    report = inspect_package(path)
+    if report.unsupported_ops:
+        print(f"warning: ops not in {report.deployment_target}: {', '.join(report.unsupported_ops)}", file=sys.stderr)
+    print(f"wrote {path} ({report.size_bytes / 1e6:.2f} MB, {options.compress}, {options.precision}, "
+          f"{report.deployment_target}, {sum(report.op_counts.values())} ops) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_export_tensorrt(args: argparse.Namespace) -> int:
+    from t2tedge.export.tensorrt_engine import EngineOptions, build_engine, require_tensorrt
+
+    options = EngineOptions(precision=args.precision, calibration_cache=str(args.calib_cache) if args.calib_cache else None,
+                            min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
+                            workspace_mib=args.workspace_mib, timing_cache=str(args.timing_cache) if args.timing_cache else None)
+    require_tensorrt()
+    destination = args.out / f"{args.onnx.stem}_{args.precision}.engine"
+    result = build_engine(args.onnx, destination, options)
+    if args.log:
+        from t2tedge.fileio import atomic_write_text
+
+        atomic_write_text(args.log, "\n".join(result.log) + "\n")
+    mode = "explicit (Q/DQ)" if result.explicit_quantization else "implicit" if args.precision == "int8" else "-"
+    print(f"wrote {result.engine_path} ({result.engine_path.stat().st_size / 1e6:.1f} MB, {args.precision}, "
+          f"int8 mode {mode})")
+    return 0
+
+
+def cmd_export_ort(args: argparse.Namespace) -> int:
+    from t2tedge.export.ort_format import export_ort
+
+    ort_file, config = export_ort(args.onnx, args.out, style=args.style, platform=args.platform)
+    print(f"wrote {ort_file} ({ort_file.stat().st_size / 1e6:.1f} MB) and {config}")
+    return 0
+
+
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    from t2tedge.harness.bundle import make_bundle
+
+    path = make_bundle(args.artifacts, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): copy it to the device, then "
+          f"tar xzf {path.name} && sh profile.sh")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.harness.measure import LatencySettings
+    from t2tedge.harness.profile import detect_runtime, profile_artifact
+
+    runtime = args.runtime or detect_runtime(args.artifact)
+    options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
+                                             ("precision", args.precision)) if value}
+    table = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
+                             settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
+                             **options)
+    cell = table["cells"][0]
+    out = args.out
+    if out.suffix != ".json":
+        out = out / f"{args.artifact.name}_{runtime}{'_' + '_'.join(map(str, options.values())) if options else ''}.json"
+    atomic_write_text(out, json.dumps(table, indent=1, sort_keys=True) + "\n")
+    latency = cell["latency_b1"]
+    accuracy = f", top-1 {100 * cell['top1']:.2f}% on {cell['images']} images" if "top1" in cell else ""
+    print(f"{cell['model']} {runtime} {cell['precision']} ({cell['runtime_info']['device']}): batch-1 p50 "
+          f"{latency['p50_ms']:.2f} ms (min {latency['min_ms']:.2f}, p90 {latency['p90_ms']:.2f}, p99 "
+          f"{latency['p99_ms']:.2f}), batch-8 {cell['throughput_b8_ips']:.1f} img/s{accuracy}; wrote {out}")
     return 0
 
 
@@ -310,6 +400,86 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = export_sub.add_parser(
+        "coreml", help="ML Program (.mlpackage) with an image input, optionally compressed",
+        description="Convert to a Core ML ML Program whose input is an RGB image (normalisation inside the model) "
+                    "and whose output is a classifier (labels + probabilities) or raw logits. Compression uses "
+                    "coremltools.optimize: w8 = int8 per-channel weights; palettize6/4 = k-means weight LUTs; "
+                    "w8a8 = int8 weights and activations, calibrated on real images in torch (needs iOS17+).")
+    p.add_argument("model")
+    p.add_argument("--checkpoint", metavar="PATH|random",
+                   help="weights file, or 'random' for untrained weights. Default: T2T-ViT downloads the official "
+                        "release file (cached, sha256-checked); MobileNets use ../shared/weights.")
+    p.add_argument("--out", type=Path, default=Path("artifacts/coreml"), help="output folder (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+                   help="compute precision (default: %(default)s, Core ML's own default)")
+    p.add_argument("--target", default="iOS16", metavar="TARGET",
+                   help="minimum deployment target: iOS15..iOS18, macOS12..macOS15 (default: %(default)s)")
+    p.add_argument("--compress", default="none", metavar="MODE",
+                   help="none | w8 | palettize6 | palettize4 | w8a8 (default: %(default)s)")
+    p.add_argument("--output", choices=("classifier", "logits"), default="classifier",
+                   help="classifier (class label + probabilities) or raw logits (default: %(default)s)")
+    p.add_argument("--calib", type=Path, help="w8a8 calibration images (default: ../shared/data/imagenet-sample)")
+    p.add_argument("--num-calib", type=int, default=128, help="w8a8 calibration images used (default: %(default)s)")
+    p.set_defaults(func=cmd_export_coreml)
+
+    p = export_sub.add_parser(
+        "tensorrt", help="serialized TensorRT engine from an ONNX export (needs TensorRT 10 and an NVIDIA GPU)",
+        description="Build a TensorRT engine. int8 uses the Q/DQ scales of a model from `t2tedge quantize --target "
+                    "tensorrt` (explicit quantization), or --calib-cache for an fp32 model (implicit). Exit code 2 "
+                    "when TensorRT is not installed.")
+    p.add_argument("onnx", type=Path, help="ONNX file (fp32, or QDQ INT8)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    p.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache written by `t2tedge quantize`")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=8, help="optimization profile for dynamic-batch graphs")
+    p.add_argument("--workspace-mib", type=int, default=1024)
+    p.add_argument("--timing-cache", type=Path, help="read and update this timing cache (faster rebuilds)")
+    p.add_argument("--log", type=Path, help="write the builder log here")
+    p.add_argument("--out", type=Path, default=Path("artifacts/tensorrt"), help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_export_tensorrt)
+
+    p = export_sub.add_parser(
+        "ort", help="ORT format (.ort) for ONNX Runtime Mobile, via onnxruntime's own converter",
+        description="Convert an ONNX export to ONNX Runtime's ORT format and write the required-operators config "
+                    "for a minimal build. 'fixed' bakes in CPU optimizations for --platform; 'runtime' leaves them "
+                    "to session creation, which the XNNPACK execution provider needs to claim nodes.")
+    p.add_argument("onnx", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (default: beside the ONNX file)")
+    p.add_argument("--style", choices=("fixed", "runtime"), default="fixed")
+    p.add_argument("--platform", choices=("arm", "amd64"), default="arm", help="target CPU (default: %(default)s)")
+    p.set_defaults(func=cmd_export_ort)
+
+    p = export_sub.add_parser(
+        "bundle", help="artifacts + profiler + runner script in one .tar.gz for a device",
+        description="Pack artifacts (.onnx, .ort, .mlpackage, .engine) with the profiler and profile.sh. On the "
+                    "device: tar xzf BUNDLE && sh profile.sh (needs python3, numpy, pillow, tqdm and the runtime). "
+                    "Each run leaves a JSON in results/ to merge with `t2tedge table4 --merge`.")
+    p.add_argument("artifacts", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("artifacts/bundle.tar.gz"), help="default: %(default)s")
+    p.set_defaults(func=cmd_export_bundle)
+
+    p = sub.add_parser(
+        "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
+        description="Measure an exported artifact with its runtime, chosen from the suffix (.onnx/.ort: "
+                    "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt): warm-up, then --runs timed batch-1 "
+                    "runs (min/p50/p90/p99/mean) and batch-8 throughput. Writes a Table 4 JSON with one cell.")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. tensorrt for an .onnx)")
+    p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
+    p.add_argument("--data", type=Path, help="labelled images: also measure top-1/top-5")
+    p.add_argument("--limit", type=int, help="first N images of --data")
+    p.add_argument("--runs", type=int, default=50, help="timed batch-1 runs (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--compute-units", choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"), help="Core ML only")
+    p.add_argument("--provider", choices=("cpu", "xnnpack"), help="onnxruntime execution provider (default: cpu)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT: engine precision for an .onnx")
+    p.add_argument("--out", type=Path, default=Path("results/profile"),
+                   help="a .json file, or a folder for <artifact>_<runtime>.json (default: %(default)s)")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("parity", help="compare runtimes on the same real images (exit 1 past tolerance)")
     p.add_argument("model")

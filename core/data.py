@@ -39,6 +39,16 @@ def imagenet_wnids() -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+def imagenet_class_names() -> list[str]:
+    """Readable, unique class labels in class-index order: each synset's first name (wnid added where two clash)."""
+    path = synset_words_file()
+    if not path.is_file():
+        raise DataError(f"ImageNet class list not found at {path} (set T2TEDGE_SHARED)")
+    entries = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
+    firsts = [words.split(",")[0].strip() for _, words in entries]
+    return [f"{name} ({wnid})" if firsts.count(name) > 1 else name for (wnid, _), name in zip(entries, firsts)]
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -46,3 +47,30 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a path for a directory artifact (an .mlpackage) beside `destination`; swap it in only on success.
+
+    A previous artifact at `destination` stays in place until the new one is complete.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    tmp_path = staging / destination.name
+    retired = None
+    try:
+        yield tmp_path
+        if not tmp_path.exists():
+            raise FileNotFoundError(f"nothing was written to {tmp_path}")
+        if destination.exists():
+            retired = staging / f"{destination.name}.old"
+            os.replace(destination, retired)
+        os.replace(tmp_path, destination)
+    except BaseException:
+        if retired is not None and retired.exists() and not destination.exists():
+            os.replace(retired, destination)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,9 +15,9 @@ import torch
 
 from t2tedge import __version__
 from t2tedge.errors import T2TEdgeError
-from t2tedge.fileio import atomic_path, sha256_file
-from t2tedge.models import create_model, get_spec
-from t2tedge.models.registry import RANDOM_INIT_SEED
+from t2tedge.export.common import build_model, class_labels
+from t2tedge.fileio import atomic_path
+from t2tedge.models import get_spec
 
 MIN_OPSET, MAX_OPSET = 13, 21
 DEFAULT_OPSET = 17
@@ -42,25 +42,6 @@ def artifact_name(model_name: str, options: OnnxExportOptions) -> str:
     if options.dynamic_batch:
         return f"{model_name}_dynbatch.onnx"
     return f"{model_name}.onnx" if options.batch == 1 else f"{model_name}_bs{options.batch}.onnx"
-
-
-def build_model(model_name: str, checkpoint: str | os.PathLike | None, **overrides) -> tuple[torch.nn.Module, str]:
-    """The export-form model and the provenance stamp of its weights."""
-    if checkpoint is None:
-        return create_model(model_name, export_form=True, **overrides), f"untrained (random init, seed {RANDOM_INIT_SEED})"
-    model = create_model(model_name, checkpoint=checkpoint, export_form=True, **overrides)
-    return model, f"sha256:{sha256_file(checkpoint)}"
-
-
-def class_labels(num_classes: int) -> list[str]:
-    if num_classes != 1000:
-        return [str(i) for i in range(num_classes)]
-    from t2tedge.data import imagenet_wnids
-
-    try:
-        return imagenet_wnids()
-    except T2TEdgeError:
-        return [str(i) for i in range(num_classes)]
 
 
 def trace_to_onnx(model: torch.nn.Module, options: OnnxExportOptions, input_size: int = 224) -> onnx.ModelProto:

@@ -23,4 +23,10 @@ def build_artifact(consumes: str, model_name: str, checkpoint: str | os.PathLike
 
         return export_onnx(model_name, checkpoint, out_dir=workdir,
                            options=OnnxExportOptions(dynamic_batch=dynamic_batch), **overrides)
+    if consumes == "coreml":
+        from t2tedge.export.coreml_export import CoreMLExportOptions, export_coreml
+
+        # Raw logits, so parity against other runtimes compares the same quantity.
+        return export_coreml(model_name, checkpoint, out_dir=workdir, options=CoreMLExportOptions(output="logits"),
+                             progress=False, **overrides)
     raise T2TEdgeError(f"no artifact builder for {consumes!r} yet")

@@ -22,8 +22,8 @@ from t2tedge import __version__
 from t2tedge.data import discover
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.fileio import atomic_write_text, sha256_file
-from t2tedge.harness.evaluate import evaluate
-from t2tedge.harness.latency import machine_info, measure_latency
+from t2tedge.harness.latency import machine_info
+from t2tedge.harness.measure import LatencySettings, measure_runtime
 from t2tedge.models import create_model, default_checkpoint, get_spec
 from t2tedge.models.complexity import count_macs, count_params
 from t2tedge.runtimes import get_runtime
@@ -135,21 +135,15 @@ class Grid:
         if cached.is_file():
             return {**json.loads(cached.read_text()), "cached": True}
         instance = cls.load(artifact, threads=self.settings.threads)
-        result = evaluate(instance, self.samples, spec.preprocess, batch=32, progress=f"{model_name} {runtime} {precision}")
-        image = np.zeros((1, 3, spec.preprocess.crop, spec.preprocess.crop), np.float32)
-        batch = np.zeros((self.settings.throughput_batch,) + image.shape[1:], np.float32)
-        latency = measure_latency(instance, image, self.settings.warmup, self.settings.runs)
-        batch_latency = measure_latency(instance, batch, max(2, self.settings.warmup // 2), max(5, self.settings.runs // 5))
+        latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
+        cell.update(measure_runtime(instance, self.samples, spec.preprocess, latency,
+                                    progress=f"{model_name} {runtime} {precision}"))
         reference_model = create_model(model_name)
         cell.update({
-            "status": "measured", "top1": result.top1, "top5": result.top5, "images": result.images,
-            "predictions": result.predictions.tolist(),
-            "params": count_params(reference_model), "macs": count_macs(reference_model, spec.preprocess.crop),
-            "artifact_bytes": size, "artifact_sha256": artifact_hash, "latency_b1": latency,
-            "throughput_b8_ips": self.settings.throughput_batch / (batch_latency["p50_ms"] / 1e3),
-            "runtime_info": instance.describe().to_dict(), "cache_key": key,
+            "status": "measured", "params": count_params(reference_model),
+            "macs": count_macs(reference_model, spec.preprocess.crop),
+            "artifact_bytes": size, "artifact_sha256": artifact_hash, "cache_key": key,
         })
-        cell["runtime_info"]["details"].pop("artifact", None)
         atomic_write_text(cached, json.dumps(cell, sort_keys=True))
         return {**cell, "cached": False}
 

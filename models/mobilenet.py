@@ -19,6 +19,8 @@ class Conv2dSame(nn.Conv2d):
     def __init__(self, *args, **kwargs) -> None:
         kwargs["padding"] = 0
         super().__init__(*args, **kwargs)
+        # Set by `freeze_same_padding` for tracers that cannot read shapes as ints (torch.fx).
+        self.frozen_pads: tuple[int, int, int, int] | None = None
 
     def _same_pads(self, height: int, width: int) -> tuple[int, int, int, int]:
         pads = []
@@ -30,10 +32,31 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Computed from the static spatial size (ints under tracing), so exported graphs carry constant pads.
-        left, right, top, bottom = self._same_pads(int(x.shape[-2]), int(x.shape[-1]))
+        if self.frozen_pads is not None:
+            left, right, top, bottom = self.frozen_pads
+        else:
+            left, right, top, bottom = self._same_pads(int(x.shape[-2]), int(x.shape[-1]))
         if left or right or top or bottom:
             x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def freeze_same_padding(model: nn.Module, input_size: int) -> nn.Module:
+    """Fix every Conv2dSame's pads for `input_size` inputs, so symbolic tracers see constants."""
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, Conv2dSame):
+            def record(mod: Conv2dSame, args: tuple) -> None:
+                mod.frozen_pads = mod._same_pads(int(args[0].shape[-2]), int(args[0].shape[-1]))
+            module.frozen_pads = None
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, tf_same: bool) -> nn.Conv2d:
@@ -133,3 +156,51 @@ def _init_conv_net(model: nn.Module) -> None:
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
             nn.init.zeros_(module.bias)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a conv in a Sequential into that conv, in place (eval only).
+
+    The result computes the same function with the weights a deployment format stores after its own
+    conv+BN fusion, so weights read back from such a package line up with this model's parameters.
+    """
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                with torch.no_grad():
+                    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+                    conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * factor)
+                setattr(module, bn_name, nn.Identity())
+    return model
+
+
+def explicit_same_padding(model: nn.Module, input_size: int) -> nn.Module:
+    """Replace each Conv2dSame by ZeroPad2d + plain nn.Conv2d (same weights), in place, for `input_size` inputs.
+
+    Graph-pattern tools (torch.fx quantizers) recognise conv -> BN -> ReLU6 only for nn.Conv2d modules.
+    """
+    freeze_same_padding(model, input_size)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv2dSame):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, 0,
+                                 child.dilation, child.groups, bias=child.bias is not None)
+                conv.load_state_dict(child.state_dict())
+                pad = nn.ZeroPad2d(child.frozen_pads)
+                if isinstance(parent, nn.Sequential):
+                    # Keep conv, BN and ReLU6 siblings: splice the pad in front of the conv.
+                    layers = list(parent.children())
+                    index = layers.index(child)
+                    layers[index:index + 1] = [pad, conv]
+                    for name in list(parent._modules):
+                        del parent._modules[name]
+                    for i, layer in enumerate(layers):
+                        parent.add_module(str(i), layer)
+                else:
+                    setattr(parent, child_name, nn.Sequential(pad, conv))
+    return model

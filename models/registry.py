@@ -54,6 +54,8 @@ class ModelSpec:
     paper: PaperReference | None = None
     release_url: str | None = None
     shared_weights: str | None = None  # file name under ../shared/weights used when no checkpoint is given
+    license: str = "see the source of the weights"
+    release_sha256: str | None = None  # pinned digest of the release file; None: recorded at first download
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -78,6 +80,7 @@ def _t2t(name: str, depth: int, embed_dim: int, heads: int, mlp_ratio: float, to
         kwargs=dict(tokens_type=tokens, embed_dim=embed_dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio),
         preprocess=_T2T_PREPROCESS, padding="symmetric", checkpoint_formats=_T2T_FORMATS, paper=paper,
         release_url=_T2T_RELEASE.format(release_file) if release_file else None,
+        license="BSD-3-Clause-Clear (official T2T-ViT code and weights, YITU Technology)",
     ))
 
 
@@ -98,6 +101,7 @@ for _name, _cls, _width, _paper in [
         checkpoint_formats=("bare state dict (MobileNetV2: torchvision key layout)",), paper=_paper,
         shared_weights={"mobilenet_v1_100": "mobilenet_v1_1.0_imagenet_tfsame.pth",
                         "mobilenet_v2_100": "mobilenet_v2_1.0_imagenet_tfsame.pth"}.get(_name),
+        license="Apache-2.0 (TensorFlow-trained MobileNet weights)",
     ))
 
 

@@ -54,11 +54,8 @@ class Runtime(ABC):
 
 
 _ADAPTERS: dict[str, type[Runtime]] = {}
-# Runtimes the toolkit targets whose adapters are not written yet: reported as unavailable, never unknown.
-PLANNED = {
-    "coreml": "no Core ML adapter in this version yet (coremltools predicts on macOS only)",
-    "tensorrt": "no TensorRT adapter in this version yet (TensorRT 10 on an NVIDIA GPU)",
-}
+# Adapter modules that failed to import here (module name -> why), reported instead of crashing discovery.
+_BROKEN: dict[str, str] = {}
 
 
 def _discover() -> None:
@@ -69,7 +66,11 @@ def _discover() -> None:
     for info in pkgutil.iter_modules(package.__path__):
         if info.name == "base":
             continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        try:
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+        except ImportError as exc:  # e.g. torch absent on a device that only profiles ONNX / Core ML artifacts
+            _BROKEN[info.name] = f"adapter {info.name} cannot be imported here: {exc}"
+            continue
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, Runtime) and value is not Runtime and getattr(value, "name", None):
                 _ADAPTERS[value.name] = value
@@ -79,15 +80,14 @@ def available_runtimes() -> dict[str, str | None]:
     """Every known adapter name -> None if usable, else the reason it is not."""
     _discover()
     reasons = {name: cls.unavailable_reason() for name, cls in _ADAPTERS.items()}
-    return dict(sorted({**{n: r for n, r in PLANNED.items() if n not in _ADAPTERS}, **reasons}.items()))
+    return dict(sorted({**_BROKEN, **reasons}.items()))
 
 
 def get_runtime(name: str) -> type[Runtime]:
     _discover()
     if name not in _ADAPTERS:
-        if name in PLANNED:
-            raise RuntimeUnavailable(PLANNED[name])
-        raise T2TEdgeError(f"unknown runtime {name!r}; known: {', '.join(sorted(set(_ADAPTERS) | set(PLANNED)))}")
+        broken = f"; not importable here: {'; '.join(_BROKEN.values())}" if _BROKEN else ""
+        raise T2TEdgeError(f"unknown runtime {name!r}; known: {', '.join(sorted(_ADAPTERS))}{broken}")
     cls = _ADAPTERS[name]
     reason = cls.unavailable_reason()
     if reason:

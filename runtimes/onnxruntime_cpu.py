@@ -7,18 +7,21 @@ from typing import Any
 
 import numpy as np
 
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
+EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
 
 
 class OnnxRuntimeCPU(Runtime):
     name = "onnxruntime"
     consumes = "onnx"
 
-    def __init__(self, session, path: str, threads: int | None, optimization: str) -> None:
+    def __init__(self, session, path: str, threads: int | None, optimization: str, provider: str = "cpu") -> None:
         self.session = session
+        self.provider = provider
         self.path = path
         self.threads = threads
         self.optimization = optimization
@@ -38,9 +41,15 @@ class OnnxRuntimeCPU(Runtime):
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
-             **options: Any) -> "OnnxRuntimeCPU":
+             provider: str = "cpu", **options: Any) -> "OnnxRuntimeCPU":
+        """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack."""
         import onnxruntime as ort
 
+        if provider not in EXECUTION_PROVIDERS:
+            raise T2TEdgeError(f"unknown execution provider {provider!r}; choose {', '.join(EXECUTION_PROVIDERS)}")
+        if EXECUTION_PROVIDERS[provider] not in ort.get_available_providers():
+            raise RuntimeUnavailable(f"this onnxruntime build has no {EXECUTION_PROVIDERS[provider]} (the Android/iOS "
+                                     f"packages have it); available: {', '.join(ort.get_available_providers())}")
         if optimization not in OPTIMIZATION_LEVELS:
             raise T2TEdgeError(f"unknown graph optimization level {optimization!r}; choose {', '.join(OPTIMIZATION_LEVELS)}")
         opts = ort.SessionOptions()
@@ -54,11 +63,17 @@ class OnnxRuntimeCPU(Runtime):
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if provider == "xnnpack":
+            # XNNPACK keeps its own thread pool; ORT's intra-op pool then stays at one thread to avoid contention.
+            providers.insert(0, ("XnnpackExecutionProvider", {"intra_op_num_threads": threads or os.cpu_count()}))
+            opts.intra_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(artifact), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(artifact), opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
             raise T2TEdgeError(f"onnxruntime cannot load {artifact}: {str(exc).splitlines()[0][:200]}") from None
-        return cls(session, str(artifact), threads, optimization)
+        return cls(session, str(artifact), threads, optimization, provider)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -80,5 +95,6 @@ class OnnxRuntimeCPU(Runtime):
 
         return RuntimeDescription(runtime=self.name, version=ort.__version__, precision=self.precision, device="cpu",
                                   threads=self.threads or os.cpu_count(),
-                                  details={"execution_provider": "CPUExecutionProvider",
+                                  details={"execution_provider": EXECUTION_PROVIDERS[self.provider],
+                                           "format": "ort" if self.path.endswith(".ort") else "onnx",
                                            "graph_optimization_level": self.optimization, "artifact": self.path})

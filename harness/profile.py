@@ -1,0 +1,118 @@
+"""`t2tedge profile ARTIFACT`: the latency protocol on this host for one exported artifact.
+
+Writes a Table 4 result with one cell (same schema), so a file measured on a Mac, a phone host or a GPU
+box merges into the grid with `t2tedge table4 --merge`. Needs no torch: it runs where only the runtime
+library (onnxruntime, coremltools, tensorrt) and numpy/pillow are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from t2tedge import __version__
+from t2tedge.data import discover
+from t2tedge.errors import T2TEdgeError
+from t2tedge.fileio import sha256_file
+from t2tedge.harness.latency import machine_info
+from t2tedge.harness.measure import LatencySettings, measure_runtime
+from t2tedge.runtimes import get_runtime
+
+SCHEMA = "t2tedge.table4/1"  # the grid's schema (harness.table4.SCHEMA), repeated so this imports without torch
+RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
+                     ".plan": "tensorrt"}
+
+
+def detect_runtime(path: Path) -> str:
+    try:
+        return RUNTIME_BY_SUFFIX[path.suffix]
+    except KeyError:
+        raise T2TEdgeError(f"cannot tell the runtime of {path.name}; known suffixes: "
+                           f"{', '.join(RUNTIME_BY_SUFFIX)} (or pass --runtime)") from None
+
+
+def artifact_metadata(path: Path) -> dict[str, str]:
+    """The t2tedge.* metadata stamped at export (ONNX metadata_props, Core ML user metadata)."""
+    if path.suffix in (".onnx", ".ort"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT's own exception types
+            raise T2TEdgeError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+        return dict(session.get_modelmeta().custom_metadata_map)
+    if path.suffix == ".mlpackage":
+        manifest = path / "Manifest.json"
+        if not manifest.is_file():
+            raise T2TEdgeError(f"{path} is not an .mlpackage (no Manifest.json)")
+        import coremltools as ct
+
+        return dict(ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata)
+    return {}
+
+
+def artifact_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model: str | None = None,
+                     data: str | os.PathLike | None = None, limit: int | None = None,
+                     settings: LatencySettings = LatencySettings(), threads: int | None = None,
+                     **load_options: Any) -> dict[str, Any]:
+    """Measure `path` with its runtime; accuracy too when `data` is given."""
+    path = Path(path)
+    if not path.exists():
+        raise T2TEdgeError(f"artifact not found: {path}")
+    runtime = runtime or detect_runtime(path)
+    meta = artifact_metadata(path)
+    model = model or meta.get("t2tedge.model")
+    if not model:
+        raise T2TEdgeError(f"{path.name} carries no t2tedge.model metadata; pass --model NAME")
+    spec = _spec(model)
+    if "t2tedge.preprocess" in meta:
+        preprocess = SimpleNamespace(**json.loads(meta["t2tedge.preprocess"]))
+    elif spec is not None:
+        preprocess = spec.preprocess
+    else:
+        raise T2TEdgeError(f"{path.name} carries no t2tedge.preprocess metadata and torch is not installed")
+    samples = discover(data)[:limit] if data else []
+    cls = get_runtime(runtime)
+    instance = cls.load(path, threads=threads, **load_options)
+    weights = meta.get("t2tedge.weights", "")
+    cell: dict[str, Any] = {
+        "model": model, "runtime": runtime, "family": meta.get("t2tedge.family") or (spec and spec.family),
+        "precision": meta.get("t2tedge.precision") or load_options.get("precision") or "fp32",
+        "weights": "untrained" if weights.startswith("untrained") else "trained" if weights else "unknown",
+        "paper": vars(spec.paper) if spec and spec.paper else None, "status": "measured",
+        "artifact": path.name, "artifact_bytes": artifact_bytes(path),
+        "artifact_sha256": sha256_file(path) if path.is_file() else None,
+    }
+    cell.update(measure_runtime(instance, samples, preprocess, settings, progress=f"profile {path.name}"))
+    cell["params"], cell["macs"] = _complexity(model, preprocess.crop)
+    return {"schema": SCHEMA, "version": __version__, "machine": machine_info(),
+            "data": {"folder": str(data) if data else None, "images": len(samples)}, "cells": [cell]}
+
+
+def _spec(model: str):
+    """The registry entry where torch is installed (the registry builds torch modules), else None."""
+    try:
+        from t2tedge.models.registry import get_spec
+    except ImportError:
+        return None
+    return get_spec(model)
+
+
+def _complexity(model: str, crop: int) -> tuple[int | None, int | None]:
+    """Params and MACs where torch is installed; a device without it leaves them to the merged host cell."""
+    try:
+        from t2tedge.models import create_model
+        from t2tedge.models.complexity import count_macs, count_params
+    except ImportError:
+        return None, None
+    network = create_model(model)
+    return count_params(network), count_macs(network, crop)

@@ -1,0 +1,99 @@
+"""TensorRT 10 on an NVIDIA GPU: runs a serialized engine, or builds one from an ONNX file at load time.
+
+Device buffers come from torch's CUDA allocator (a CUDA build of torch on the GPU machine); timing uses
+CUDA events on the execution stream, as trtexec does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2tedge.errors import T2TEdgeError
+from t2tedge.runtimes.base import Runtime, RuntimeDescription
+
+
+class TensorRT(Runtime):
+    name = "tensorrt"
+    consumes = "onnx"  # an .onnx (built here with `precision=`) or a prebuilt .engine / .plan
+
+    def __init__(self, engine, path: str, precision: str) -> None:
+        import torch
+
+        self.engine = engine
+        self.path = path
+        self.precision = precision
+        self.context = engine.create_execution_context()
+        self.input_name = engine.get_tensor_name(0)
+        self.output_name = engine.get_tensor_name(1)
+        self.stream = torch.cuda.Stream()
+        self.last_gpu_ms: float | None = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "TensorRT is not installed; install the tensorrt wheel for your CUDA from NVIDIA's index"
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return "TensorRT needs a CUDA GPU and a CUDA build of torch for device buffers; none found"
+        except ImportError:
+            return "torch is not installed"
+        return None
+
+    @classmethod
+    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, precision: str = "fp16",
+             **options: Any) -> "TensorRT":
+        import tensorrt as trt
+
+        from t2tedge.export.tensorrt_engine import EngineOptions, build_engine
+
+        path = Path(artifact)
+        if path.suffix == ".onnx":
+            with tempfile.TemporaryDirectory() as tmp:
+                built = build_engine(path, Path(tmp) / "model.engine", EngineOptions(precision=precision, **options))
+                data = built.engine_path.read_bytes()
+        elif path.is_file():
+            data = path.read_bytes()
+        else:
+            raise T2TEdgeError(f"TensorRT engine or ONNX file not found: {path}")
+        logger = trt.Logger(trt.Logger.WARNING)
+        engine = trt.Runtime(logger).deserialize_cuda_engine(data)
+        if engine is None:
+            raise T2TEdgeError(f"TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
+        return cls(engine, str(path), precision)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        self.context.set_input_shape(self.input_name, tuple(images.shape))
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        output = torch.empty(out_shape, dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.input_name, images.data_ptr())
+        self.context.set_tensor_address(self.output_name, output.data_ptr())
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(self.stream):
+            start.record(self.stream)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise T2TEdgeError("TensorRT execution failed")
+            end.record(self.stream)
+        self.stream.synchronize()
+        self.last_gpu_ms = start.elapsed_time(end)
+        return output.cpu().numpy()
+
+    def describe(self) -> RuntimeDescription:
+        import tensorrt as trt
+        import torch
+
+        return RuntimeDescription(
+            runtime=self.name, version=trt.__version__, precision=self.precision,
+            device=torch.cuda.get_device_name(), threads=None,
+            details={"engine": self.path, "last_gpu_ms": self.last_gpu_ms})

@@ -1,0 +1,96 @@
+"""`t2tedge profile`, the ORT format and device bundles: one JSON cell that merges into Table 4."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from t2tedge.cli import main
+from t2tedge.export import OnnxExportOptions, export_onnx
+from t2tedge.harness.table4 import SCHEMA, load_table
+from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
+
+
+@pytest.fixture(scope="module")
+def mnv2_onnx(tmp_path_factory, weights_dir):
+    return export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth",
+                       out_dir=tmp_path_factory.mktemp("profile"), options=OnnxExportOptions(dynamic_batch=True))
+
+
+@pytest.fixture(scope="module")
+def mnv2_ort(mnv2_onnx):
+    assert main(["export", "ort", str(mnv2_onnx)]) == 0
+    return mnv2_onnx.with_suffix(".ort")
+
+
+def test_ort_format_gives_the_same_logits(mnv2_onnx, mnv2_ort):
+    assert mnv2_ort.is_file() and mnv2_onnx.with_name(mnv2_onnx.stem + ".required_operators.config").is_file()
+    batch = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    onnx_out = OnnxRuntimeCPU.load(mnv2_onnx).run(batch)
+    ort_runtime = OnnxRuntimeCPU.load(mnv2_ort)
+    assert np.abs(ort_runtime.run(batch) - onnx_out).max() < 1e-4
+    assert ort_runtime.describe().details["format"] == "ort"
+
+
+def test_profile_writes_a_cell_that_merges_into_table4(mnv2_ort, val_dir, tmp_path, capsys):
+    out = tmp_path / "cell.json"
+    assert main(["profile", str(mnv2_ort), "--data", str(val_dir), "--limit", "16", "--runs", "5", "--warmup", "1",
+                 "--out", str(out)]) == 0
+    assert "batch-1 p50" in capsys.readouterr().out
+    table = load_table(out)
+    assert table["schema"] == SCHEMA and len(table["cells"]) == 1
+    cell = table["cells"][0]
+    assert (cell["model"], cell["runtime"], cell["precision"], cell["weights"]) == \
+        ("mobilenet_v2_100", "onnxruntime", "fp32", "trained")
+    assert cell["images"] == 16 and 0 <= cell["top1"] <= 1 and len(cell["predictions"]) == 16
+    latency = cell["latency_b1"]
+    assert latency["runs"] == 5 and 0 < latency["min_ms"] <= latency["p50_ms"] <= latency["p99_ms"]
+    assert cell["params"] == 3504872 and cell["artifact_bytes"] == mnv2_ort.stat().st_size
+    assert main(["table4", "--merge", str(out), str(out), "--out", str(tmp_path / "merged")]) == 0
+    assert len(load_table(tmp_path / "merged" / "table4.json")["cells"]) == 1
+
+
+def test_profile_errors(mnv2_onnx, tmp_path, capsys):
+    assert main(["profile", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 1
+    assert "artifact not found" in capsys.readouterr().err
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert main(["profile", str(tmp_path / "weights.bin"), "--out", str(tmp_path)]) == 1
+    assert "cannot tell the runtime" in capsys.readouterr().err
+    import onnxruntime as ort
+
+    if "XnnpackExecutionProvider" not in ort.get_available_providers():
+        assert main(["profile", str(mnv2_onnx), "--provider", "xnnpack", "--out", str(tmp_path)]) == 2
+        assert "no XnnpackExecutionProvider" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]
+
+
+def test_bundle_runs_its_profiler_without_the_installed_package(mnv2_ort, tmp_path):
+    bundle = tmp_path / "device.tar.gz"
+    assert main(["export", "bundle", str(mnv2_ort), "--out", str(bundle)]) == 0
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "device", filter="data")
+    assert "profile.sh" in names and "artifacts/mobilenet_v2_100_dynbatch.ort" in names
+    assert "t2tedge/harness/profile.py" in names and "t2tedge/runtimes/onnxruntime_cpu.py" in names
+    manifest = json.loads((tmp_path / "device" / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["runtime"] == "onnxruntime"
+    # On the device the bundle's own copy of the profiler runs (PYTHONPATH=.), not an installed t2tedge.
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": "3"}
+    done = subprocess.run(["sh", "profile.sh"], cwd=tmp_path / "device", env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = sorted((tmp_path / "device" / "results").glob("*.json"))
+    assert results and load_table(results[0])["cells"][0]["latency_b1"]["runs"] == 3
+
+
+def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert main(["export", "bundle", str(tmp_path / "model.pt"), "--out", str(tmp_path / "b.tar.gz")]) == 1
+    assert "cannot bundle model.pt" in capsys.readouterr().err
+    assert not (tmp_path / "b.tar.gz").exists()
