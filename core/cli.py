@@ -248,10 +248,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             config = config.with_float(_comma_list(args.exclude), graph)
         batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
         reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
+        searching = bool(args.sensitivity or args.target_agreement)
+        held_out = _held_out_images(args, samples, spec, args.num_heldout if searching else LAYER_SQNR_IMAGES)
         if args.sensitivity or args.target_agreement:
-            report, config = _search_mixed_precision(args, fp32, out, reader, config, samples, spec, Path(tmp))
+            report, config = _search_mixed_precision(args, fp32, out, reader, config, held_out, Path(tmp))
         else:
             report = quantize_onnx(fp32, out, reader, config)
+        _report_layer_sqnr(report, fp32, out, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold)
     report.update({"model": args.model, "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
                    "config": config.to_dict()})
     cache = out.with_suffix(".trt.cache")
@@ -262,25 +265,46 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_mixed_precision(args, fp32, out, reader, config, calibration, spec, workdir):
-    """Sensitivity per node on held-out images (disjoint from calibration), then the float fallback search."""
+LAYER_SQNR_IMAGES = 8
+
+
+def _held_out_images(args, calibration, spec, count: int):
+    """(images, count): held-out images from the calibration folder, disjoint from the calibration subset."""
     from t2tedge.data import discover, load_batch, split
-    from t2tedge.quantize import quantize_onnx
-    from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
 
     used = {s.path for s in calibration}
     rest = [s for s in discover(args.calib, num_classes=args.num_classes) if s.path not in used]
     if not rest:
         raise T2TEdgeError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration images")
-    held_out, _ = split(rest, min(args.num_heldout, len(rest)), seed=args.seed + 1)
+    held_out, _ = split(rest, min(count, len(rest)), seed=args.seed + 1)
     images, _ = load_batch(held_out, spec.preprocess)
+    return images, len(held_out)
+
+
+def _report_layer_sqnr(report, fp32, out, images, threshold_db) -> None:
+    from t2tedge.quantize.layer_sqnr import layer_sqnr
+
+    rows = layer_sqnr(fp32, out, report["quantized_nodes"], images, threshold_db)
+    flagged = [r["node"] for r in rows if r["flagged"]]
+    report["layer_sqnr"] = {"threshold_db": threshold_db, "images": len(images), "layers": rows, "flagged": flagged}
+    if flagged:
+        print(f"warning: {len(flagged)} layer(s) below {threshold_db:g} dB SQNR vs fp32 (first: {flagged[0]}); "
+              f"see layer_sqnr in the report", file=sys.stderr)
+
+
+def _search_mixed_precision(args, fp32, out, reader, config, held_out, workdir):
+    """Sensitivity per node on held-out images (disjoint from calibration), then the float fallback search."""
+    from t2tedge.quantize import quantize_onnx
+    from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
+
+    images, count = held_out
     session = PTQSession(fp32, reader, config, images, workdir=workdir / "search")
     ranking = analyse(session)
-    result = {"held_out_images": len(held_out),
+    result = {"held_out_images": count,
               "all_int8": {"top1_agreement": session.full.top1_agreement, "sqnr_db": session.full.sqnr_db},
               "sensitivity": ranking}
     print(f"all INT8: top-1 agreement {100 * session.full.top1_agreement:.1f}%, logits SQNR "
-          f"{session.full.sqnr_db:.1f} dB on {len(held_out)} held-out images; most sensitive nodes:")
+          f"{session.full.sqnr_db:.1f} dB on {count} held-out images; most sensitive nodes:")
     for row in ranking[:10]:
         print(f"  {row['node']:<60} float -> agreement {100 * row['float_top1_agreement']:.1f}%, "
               f"SQNR +{row['sqnr_gain_db']:.2f} dB")
@@ -525,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most N nodes kept float by --target-agreement (default: 10%% of quantizable nodes)")
     p.add_argument("--num-heldout", type=int, default=200,
                    help="held-out images from --calib (disjoint from calibration) for scoring (default: %(default)s)")
+    p.add_argument("--sqnr-threshold", type=float, default=10.0, metavar="DB",
+                   help="flag layers whose output SQNR vs fp32 (cumulative, on held-out images) is below this "
+                        "(default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_quantize)
