@@ -7,7 +7,7 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow export-onnx export-coreml quantize parity table4 bench-onnx bench-coreml clean help
+.PHONY: setup test test-slow export-onnx export-coreml quantize parity table4 bench-onnx bench-coreml bench-ptq clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -19,6 +19,7 @@ help:
 	@echo "make table4       Table 4 grid (torch/onnxruntime x fp32/int8 here) to results/"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
+	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
 
@@ -64,6 +65,9 @@ bench-onnx: setup
 
 bench-coreml: setup
 	$(PY) benchmarks/bench_coreml.py
+
+bench-ptq: setup
+	$(PY) benchmarks/bench_ptq.py
 
 clean:
 	rm -rf $(OUT) results .pytest_cache

@@ -189,7 +189,16 @@ def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: st
                           disable=not progress):
             images, _ = load_batch(chosen[start:start + batch_size], preprocess)
             prepared(torch.from_numpy(images))
-    return quantizer.finalize(inplace=False).eval()
+    finalized = quantizer.finalize(inplace=False).eval()
+    broken = [name for name, value in finalized.state_dict().items()
+              if "_scale_" in name and value.numel() == 1 and not torch.isfinite(value).all()]
+    if broken:
+        # Seen on T2T-ViT: coremltools' quantizer also quantizes the Performer's normaliser, whose int8 zero
+        # turns the division into inf, and every later range into NaN.
+        raise T2TEdgeError(f"w8a8 calibration gave non-finite activation scales for {len(broken)} tensors (first: "
+                           f"{broken[0]}); this model cannot take coremltools' activation quantization, use "
+                           f"--compress w8 or palettize6")
+    return finalized
 
 
 def _compress_program(mlmodel, options: CoreMLExportOptions):

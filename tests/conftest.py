@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from t2tedge.models.synthetic import trained_like_state_dict  # noqa: E402,F401 (tests import it from here)
 from t2tedge.paths import shared_dir  # noqa: E402
 
 
@@ -43,31 +43,6 @@ def real_images(folder: Path, n: int, preprocess) -> torch.Tensor:
     chosen, _ = split(discover(folder), n, seed=1)
     images, _ = load_batch(chosen, preprocess)
     return torch.from_numpy(images)
-
-
-def trained_like_state_dict(model_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict in the model's key layout whose weights are not near-constant.
-
-    Default init (std 0.02) makes a ViT almost an identity map; Kaiming-scaled weights and non-trivial
-    norms give logits with real spread, so comparisons at 1e-5 are meaningful.
-    """
-    from t2tedge.models import create_model
-
-    generator = torch.Generator().manual_seed(seed)
-    state = create_model(model_name).state_dict()
-    out = {}
-    for key, value in state.items():
-        if key.endswith(".w") or key == "pos_embed" or not value.is_floating_point():
-            out[key] = value.clone()  # the Performer's random features and the position table stay as drawn
-        elif value.ndim >= 2:
-            fan_in = value[0].numel()
-            out[key] = torch.randn(value.shape, generator=generator) / math.sqrt(fan_in)
-        elif ".norm" in key or key.startswith("norm."):
-            base = 1.0 if key.endswith("weight") else 0.0
-            out[key] = base + 0.1 * torch.randn(value.shape, generator=generator)
-        else:
-            out[key] = 0.1 * torch.randn(value.shape, generator=generator)
-    return out
 
 
 def save_official_checkpoint(state: dict[str, torch.Tensor], path: Path, wrapper: str = "state_dict_ema",

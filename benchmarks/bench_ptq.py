@@ -1,0 +1,127 @@
+"""PTQ benchmark: plain onnxruntime.quantization (the peer rows) against t2t-edge's quantizer, same run.
+
+Per model: fp32, then ORT `quantize_static` in QDQ with its defaults except the noted setting (per-tensor
+MinMax, per-channel MinMax, per-channel Entropy, per-channel Percentile), then ours (`t2tedge quantize`
+defaults). Same calibration images for all (a seeded subset of imagenet-sample), evaluated on
+imagenet-val1300: top-1, delta vs fp32, top-1 agreement with fp32, logits SQNR, and ORT batch-1 latency
+p50 (one session at a time). T2T-ViT has no real weights here: it gets seeded trained-like weights and is
+scored by agreement and SQNR only. Prints a table; writes results/bench_ptq.json. `make bench-ptq`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2tedge.data import discover, load_batch
+from t2tedge.export import OnnxExportOptions, export_onnx
+from t2tedge.fileio import atomic_write_text
+from t2tedge.harness.latency import machine_info, measure_latency
+from t2tedge.models import default_checkpoint, get_spec
+from t2tedge.paths import shared_path
+from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
+from t2tedge.quantize.sensitivity import sqnr_db
+from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
+
+PEERS = [  # (row name, per_channel, ORT calibration method)
+    ("ORT per-tensor MinMax", False, "MinMax"),
+    ("ORT per-channel MinMax", True, "MinMax"),
+    ("ORT per-channel Entropy", True, "Entropy"),
+    ("ORT per-channel Percentile", True, "Percentile"),
+]
+
+
+def plain_ort(fp32: Path, out: Path, reader, per_channel: bool, method: str) -> None:
+    """What a user gets from onnxruntime.quantization directly: QDQ, its default types and op set."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        calibrate_method=getattr(CalibrationMethod, method))
+
+
+def checkpoint_for(name: str, workdir: Path) -> Path | None:
+    checkpoint = default_checkpoint(name)
+    if checkpoint is not None:
+        return checkpoint
+    from t2tedge.models.synthetic import trained_like_state_dict
+
+    path = workdir / f"{name}_trained_like.pth"
+    torch.save(trained_like_state_dict(name), path)
+    return path
+
+
+def score(path: Path, images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, threads: int,
+          runs: int) -> dict:
+    runtime = OnnxRuntimeCPU.load(path, threads=threads)
+    logits = np.concatenate([runtime.run(images[i:i + 64]) for i in range(0, len(images), 64)])
+    row = {"top1": float(np.mean(logits.argmax(1) == labels)), "logits": logits,
+           "latency_p50_ms": measure_latency(runtime, images[:1], warmup=10, runs=runs)["p50_ms"]}
+    if reference is not None:
+        row["agreement"] = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+        row["sqnr_db"] = sqnr_db(reference, logits)
+    del runtime
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v2_100,mobilenet_v1_100,t2t_vit_7")
+    parser.add_argument("--num-calib", type=int, default=256)
+    parser.add_argument("--limit", type=int, help="first N evaluation images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("results/bench_ptq.json"))
+    args = parser.parse_args()
+    evaluation = discover(shared_path("data", "imagenet-val1300"))[: args.limit]
+    rows = []
+    print(f"{'model':18} {'variant':28} {'top-1':>7} {'delta':>7} {'agree':>7} {'SQNR dB':>8} {'p50 ms':>7} {'vs fp32':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.models.split(","):
+            spec = get_spec(name)
+            trained = default_checkpoint(name) is not None
+            checkpoint = checkpoint_for(name, work)
+            images, labels = load_batch(evaluation, spec.preprocess)
+            fp32 = export_onnx(name, checkpoint, out_dir=work, options=OnnxExportOptions(dynamic_batch=True))
+            calib = calibration_samples(shared_path("data", "imagenet-sample"), args.num_calib, exclude=evaluation)
+            reader = ImageCalibrationReader(calib, spec.preprocess, batch=16, progress=None)
+            base = score(fp32, images, labels, None, args.threads, args.runs)
+            variants = [("fp32", base)]
+            for label, per_channel, method in PEERS:
+                out = work / f"{name}_{method}_{per_channel}.onnx"
+                reader.rewind()
+                plain_ort(fp32, out, reader, per_channel, method)
+                variants.append((label, score(out, images, labels, base["logits"], args.threads, args.runs)))
+            reader.rewind()
+            ours = work / f"{name}_ours.onnx"
+            quantize_onnx(fp32, ours, reader, preset("onnxruntime"))
+            variants.append(("t2t-edge default", score(ours, images, labels, base["logits"], args.threads, args.runs)))
+            for label, row in variants:
+                row.pop("logits")
+                entry = {"model": name, "variant": label, "weights": "trained" if trained else "trained-like random",
+                         **row, "latency_vs_fp32": row["latency_p50_ms"] / base["latency_p50_ms"]}
+                rows.append(entry)
+                top1 = f"{100 * row['top1']:6.2f}%" if trained else "    -  "
+                delta = f"{100 * (row['top1'] - base['top1']):+6.2f}" if trained and label != "fp32" else "    -  "
+                agree = f"{100 * row['agreement']:6.2f}%" if "agreement" in row else "    -  "
+                sqnr = f"{row['sqnr_db']:8.1f}" if "sqnr_db" in row else "       -"
+                print(f"{name:18} {label:28} {top1:>7} {delta:>7} {agree:>7} {sqnr} {row['latency_p50_ms']:7.2f} "
+                      f"{entry['latency_vs_fp32']:6.2f}x", flush=True)
+    report = {"machine": machine_info(), "images": len(evaluation), "calibration_images": args.num_calib,
+              "threads": args.threads, "rows": rows}
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
