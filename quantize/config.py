@@ -16,7 +16,7 @@ import onnx
 
 from t2tedge.errors import T2TEdgeError
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class QuantConfig:
     op_type_configs: dict[str, OpQuantConfig | None] = field(default_factory=dict)
     # Keys are node names or fnmatch patterns ("/blocks.0/*").
     op_name_configs: dict[str, OpQuantConfig | None] = field(default_factory=dict)
-    method: str = "minmax"
+    method: str = "mse"
     percentile: float = 99.999
     # MatMuls whose both inputs are activations (attention scores, the Performer's kernel products).
     quantize_activation_matmul: bool = False
@@ -99,7 +99,7 @@ class QuantConfig:
                        op_types=tuple(data.get("op_types", DEFAULT_OP_TYPES)),
                        op_type_configs={k: load(v) for k, v in data.get("op_type_configs", {}).items()},
                        op_name_configs={k: load(v) for k, v in data.get("op_name_configs", {}).items()},
-                       method=data.get("method", "minmax"), percentile=data.get("percentile", 99.999),
+                       method=data.get("method", "mse"), percentile=data.get("percentile", 99.999),
                        quantize_activation_matmul=data.get("quantize_activation_matmul", False),
                        quantize_bias=data.get("quantize_bias", True))
         except TypeError as exc:
@@ -118,7 +118,7 @@ class QuantConfig:
             raise T2TEdgeError(f"cannot read quantization config {path}: {exc}") from None
 
 
-def preset(target: str, method: str = "minmax", per_channel: bool = True) -> QuantConfig:
+def preset(target: str, method: str = "mse", per_channel: bool = True) -> QuantConfig:
     """Defaults per deployment target: ORT CPU runs U8S8 fastest; TensorRT takes symmetric INT8 only."""
     granularity = "per_channel" if per_channel else "per_tensor"
     if target == "onnxruntime":

@@ -16,13 +16,15 @@ import onnx
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
+from t2tedge.quantize.mse_calibration import write_mse_ranges
 
 
 def _ort_method(config: QuantConfig):
     from onnxruntime.quantization import CalibrationMethod
 
+    # "mse" ranges are computed here and handed to ORT as a MinMax calibration cache.
     return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}[config.method]
+            "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.MinMax}[config.method]
 
 
 @contextlib.contextmanager
@@ -64,12 +66,18 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         "CalibPercentile": config.percentile,
         "QuantizeBias": config.quantize_bias,
     }
+    op_types = sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS))
     with tempfile.TemporaryDirectory(prefix="t2tedge-ptq-") as tmp, atomic_path(destination, suffix=".onnx") as out:
         staged = Path(tmp) / "qdq.onnx"
+        if config.method == "mse":
+            ranges_cache = Path(ranges_cache or Path(tmp) / "mse_ranges.json")
+            if not ranges_cache.is_file():
+                with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
+                    write_mse_ranges(fp32_path, reader, op_types, ranges_cache, setting.activation_symmetric)
         with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(fp32_path), str(staged), reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS)),
+                op_types_to_quantize=op_types,
                 nodes_to_quantize=sorted(chosen),
                 per_channel=setting.weight_granularity == "per_channel", reduce_range=False,
                 activation_type=QuantType.QUInt8 if setting.activation_dtype == "uint8" else QuantType.QInt8,

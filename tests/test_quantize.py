@@ -26,7 +26,7 @@ def test_int8_graph_and_report(mobilenet_int8):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert "Clip" not in ops  # ReLU6 folded into the quantized Conv output range
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["t2tedge.precision"] == "int8" and json.loads(meta["t2tedge.quant_config"])["method"] == "minmax"
+    assert meta["t2tedge.precision"] == "int8" and json.loads(meta["t2tedge.quant_config"])["method"] == "mse"
     report = json.loads(mobilenet_int8.with_suffix(".json").read_text())
     assert report["calibration"]["images"] == 64 and len(report["quantized_nodes"]) > 50
 
@@ -79,9 +79,49 @@ def test_config_precedence_and_json_round_trip(tmp_path):
     assert QuantConfig.load(tmp_path / "q.json").to_dict() == by_name.to_dict()
 
 
+def _sample_mse(values: np.ndarray, low: float, high: float, levels: int = 255) -> float:
+    """Quantize-dequantize `values` on [low, high] the way ORT's uint8 QDQ does and return the MSE."""
+    step = (high - low) / levels
+    zero = np.round(-low / step)
+    q = np.clip(np.round(values / step) + zero, 0, levels)
+    return float(np.mean(((q - zero) * step - values) ** 2))
+
+
+def test_mse_range_is_the_best_clipping_on_samples():
+    from t2tedge.quantize.mse_calibration import mse_range
+
+    values = np.random.default_rng(0).laplace(0.3, 1.0, 50_000)  # heavy tails, as activations have
+    threshold = np.abs(values).max()
+    counts, edges = np.histogram(values, 2048, range=(-threshold, threshold))
+    low, high = mse_range(counts, edges, values.min(), values.max(), symmetric=False)
+    brute_force = min(_sample_mse(values, a * values.min(), b * values.max())
+                      for a in np.linspace(0.3, 1, 36) for b in np.linspace(0.3, 1, 36))
+    assert values.min() < low < 0 < high < values.max()
+    assert _sample_mse(values, low, high) <= 1.02 * brute_force
+    assert _sample_mse(values, low, high) < 0.95 * _sample_mse(values, values.min(), values.max())
+
+    relu = np.maximum(values, 0)
+    counts, edges = np.histogram(relu, 2048, range=(-relu.max(), relu.max()))
+    low, high = mse_range(counts, edges, 0.0, relu.max(), symmetric=False)
+    assert low == 0.0 and 0 < high < relu.max()
+
+    low, high = mse_range(*np.histogram(values, 2048, range=(-threshold, threshold)), values.min(), values.max(),
+                          symmetric=True)
+    assert low == -high and 0 < high < threshold
+
+
+def test_quantize_cli_offers_every_calibration_method():
+    from t2tedge.cli import build_parser
+    from t2tedge.quantize.config import CALIBRATION_METHODS
+
+    quantize = next(a for a in build_parser()._subparsers._group_actions[0].choices["quantize"]._actions
+                    if "--method" in a.option_strings)
+    assert set(quantize.choices) == set(CALIBRATION_METHODS) and quantize.default == QuantConfig().method
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--calib", "{empty}"], "no images found"),
-    (["--method", "mse"], None),
+    (["--method", "kl"], None),
     (["--config", "{bad}"], "cannot read quantization config"),
 ])
 def test_quantize_cli_errors(argv, message, tmp_path, capsys):
