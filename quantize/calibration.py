@@ -34,16 +34,26 @@ class ImageCalibrationReader:
         self.images, _ = load_batch(samples, preprocess)
         self.batch = batch
         self._position = 0
+        self._end = len(self.images)
         self._bar = tqdm(total=len(self.images), desc=progress, unit="img", disable=progress is None, leave=False)
 
+    def __len__(self) -> int:
+        return len(self.images)
+
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._position >= len(self.images):
-            self._bar.close()
+        if self._position >= self._end:
+            if self._end >= len(self.images):
+                self._bar.close()
             return None
-        chunk = self.images[self._position:self._position + self.batch]
+        chunk = self.images[self._position:min(self._position + self.batch, self._end)]
         self._position += len(chunk)
         self._bar.update(len(chunk))
         return {self.input_name: chunk}
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read images [start_index, end_index) only: ORT's calibrators keep every output of a pass in memory,
+        so they are fed a bounded window at a time (ORT's `CalibStridedMinMax` protocol)."""
+        self._position, self._end = start_index, min(end_index, len(self.images))
+
     def rewind(self) -> None:
-        self._position = 0
+        self._position, self._end = 0, len(self.images)

@@ -7,16 +7,11 @@ a grid of (low, high) clipping points is scored by
 
     clipped tails: sum of (x - bound)^2,   inside: step^2 / 12 per value,   step = (high - low) / levels
 
-and the best pair is written as ORT's calibration cache, so `quantize_static` places Q/DQ exactly as for
-MinMax, only with these ranges.
+and the best pair becomes the tensor's range (`t2tedge.quantize.ranges` writes it as ORT's calibration cache,
+so `quantize_static` places Q/DQ exactly as for MinMax, only with these ranges).
 """
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -58,25 +53,3 @@ def mse_range(counts: np.ndarray, edges: np.ndarray, low: float, high: float, sy
     error = lower_error[:, None] + upper_error[None, :] + inside * steps ** 2 / 12
     i, j = np.unravel_index(int(np.argmin(error)), error.shape)
     return float(lows[i]), float(highs[j])
-
-
-def write_mse_ranges(model_path: str | os.PathLike, reader, op_types: Sequence[str], cache_path: str | os.PathLike,
-                     symmetric: bool) -> int:
-    """Calibrate `model_path` with `reader` and write MSE ranges in ORT's cache format; return the tensor count."""
-    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData, TensorsData, create_calibrator,
-                                                    save_tensors_data)
-
-    with tempfile.TemporaryDirectory(prefix="t2tedge-mse-") as tmp:
-        calibrator = create_calibrator(Path(model_path), list(op_types),
-                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.Entropy,
-                                       extra_options={"num_bins": HISTOGRAM_BINS})
-        calibrator.collect_data(reader)
-        histograms = calibrator.collector.histogram_dict
-        del calibrator
-    ranges = {}
-    for tensor, (counts, edges, low, high, _) in histograms.items():
-        lowest, highest = mse_range(counts, edges, float(low), float(high), symmetric)
-        ranges[tensor] = TensorData(lowest=np.float32(lowest), highest=np.float32(highest))
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), Path(cache_path))
-    return len(ranges)

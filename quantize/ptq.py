@@ -16,15 +16,7 @@ import onnx
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
-from t2tedge.quantize.mse_calibration import write_mse_ranges
-
-
-def _ort_method(config: QuantConfig):
-    from onnxruntime.quantization import CalibrationMethod
-
-    # "mse" ranges are computed here and handed to ORT as a MinMax calibration cache.
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.MinMax}[config.method]
+from t2tedge.quantize.ranges import ort_method, write_ranges
 
 
 @contextlib.contextmanager
@@ -45,7 +37,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     """Write the QDQ model of `fp32_path` calibrated with `reader`; return what was quantized and how.
 
     `ranges_cache`: a JSON file of calibrated ranges (ORT's format); written on first use, then read instead
-    of calibrating again, so many variants of one model share a single calibration.
+    of calibrating again, so many variants of one model share a single calibration. Calibration runs a
+    window of images at a time, so memory does not grow with the number of calibration images.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -69,20 +62,22 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     op_types = sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS))
     with tempfile.TemporaryDirectory(prefix="t2tedge-ptq-") as tmp, atomic_path(destination, suffix=".onnx") as out:
         staged = Path(tmp) / "qdq.onnx"
-        if config.method == "mse":
-            ranges_cache = Path(ranges_cache or Path(tmp) / "mse_ranges.json")
-            if not ranges_cache.is_file():
-                with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
-                    write_mse_ranges(fp32_path, reader, op_types, ranges_cache, setting.activation_symmetric)
+        ranges_cache = Path(ranges_cache or Path(tmp) / "ranges.json")
+        if not ranges_cache.is_file():
+            if reader is None:
+                raise T2TEdgeError(f"no calibration data and no calibrated ranges at {ranges_cache}")
+            with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
+                write_ranges(fp32_path, reader, op_types, ranges_cache, config.method,
+                             setting.activation_symmetric, config.percentile)
         with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
-                str(fp32_path), str(staged), reader, quant_format=QuantFormat.QDQ,
+                str(fp32_path), str(staged), None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 nodes_to_quantize=sorted(chosen),
                 per_channel=setting.weight_granularity == "per_channel", reduce_range=False,
                 activation_type=QuantType.QUInt8 if setting.activation_dtype == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8, calibrate_method=_ort_method(config), extra_options=extra,
-                calibration_cache_path=str(ranges_cache) if ranges_cache else None)
+                weight_type=QuantType.QInt8, calibrate_method=ort_method(config.method)[1], extra_options=extra,
+                calibration_cache_path=str(ranges_cache))
         qdq = onnx.load(str(staged))
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
