@@ -223,7 +223,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import tempfile
 
     from t2tedge.export import OnnxExportOptions, export_onnx
-    from t2tedge.fileio import atomic_write_text
+    from t2tedge.fileio import atomic_write_bytes, atomic_write_text
     from t2tedge.models import get_spec
     from t2tedge.quantize import ImageCalibrationReader, QuantConfig, calibration_samples, preset, quantize_onnx
     from t2tedge.quantize.tensorrt_checks import write_calibration_cache
@@ -236,6 +236,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
     out = args.out / f"{args.model}_int8{suffix}.onnx"
     with tempfile.TemporaryDirectory(prefix="t2tedge-quantize-") as tmp:
+        # Everything is made in tmp and moved into place only once the report is complete, so a failure in
+        # a later step never leaves an INT8 model without its report.
+        staged = Path(tmp) / out.name
         fp32 = args.onnx
         if fp32 is None:
             checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
@@ -251,15 +254,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         searching = bool(args.sensitivity or args.target_agreement)
         held_out = _held_out_images(args, samples, spec, args.num_heldout if searching else LAYER_SQNR_IMAGES)
         if args.sensitivity or args.target_agreement:
-            report, config = _search_mixed_precision(args, fp32, out, reader, config, held_out, Path(tmp))
+            report, config = _search_mixed_precision(args, fp32, staged, reader, config, held_out, Path(tmp))
         else:
-            report = quantize_onnx(fp32, out, reader, config)
-        _report_layer_sqnr(report, fp32, out, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold)
-    report.update({"model": args.model, "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
-                   "config": config.to_dict()})
-    cache = out.with_suffix(".trt.cache")
-    report["trt_calibration_cache"] = {"path": str(cache), "tensors": write_calibration_cache(out, cache)}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+            report = quantize_onnx(fp32, staged, reader, config)
+        _report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold)
+        cache = out.with_suffix(".trt.cache")
+        report.update({"model": args.model, "destination": str(out),
+                       "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
+                       "config": config.to_dict(),
+                       "trt_calibration_cache": {"path": str(cache), "tensors": write_calibration_cache(
+                           staged, staged.with_suffix(".trt.cache"))}})
+        atomic_write_bytes(out, staged.read_bytes())
+        atomic_write_bytes(cache, staged.with_suffix(".trt.cache").read_bytes())
+        atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
           f"{out.with_suffix('.json')} and {cache}")
     return 0

@@ -104,12 +104,12 @@ class Grid:
         int8 = self.artifacts / "int8" / f"{model_name}_int8.onnx"
         if not int8.is_file():
             from t2tedge.paths import shared_path
-            from t2tedge.quantize import ImageCalibrationReader, QuantConfig, calibration_samples, quantize_onnx
+            from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
 
             calib = calibration_samples(shared_path("data", "imagenet-sample"), self.settings.num_calib,
                                         exclude=self.samples)
             quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
-                                                             progress=f"calibrate {model_name}"), QuantConfig())
+                                                             progress=f"calibrate {model_name}"), preset("onnxruntime"))
         return int8, sha256_file(int8), int8.stat().st_size
 
     def run_cell(self, model_name: str, runtime: str, precision: str) -> dict[str, Any]:

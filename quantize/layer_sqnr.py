@@ -37,8 +37,11 @@ def _outputs_of(proto: onnx.ModelProto, names: dict[str, str], images: np.ndarra
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     available = {o.name for o in session.get_outputs()}
     keys = [k for k, t in names.items() if t in available]
-    values = session.run([names[k] for k in keys], {session.get_inputs()[0].name: images.astype(np.float32)})
-    return dict(zip(keys, values))
+    feed = session.get_inputs()[0]
+    step = feed.shape[0] if isinstance(feed.shape[0], int) else len(images)  # a static-batch export takes its batch
+    chunks = [session.run([names[k] for k in keys], {feed.name: images[i:i + step].astype(np.float32)})
+              for i in range(0, len(images), step)]
+    return {key: np.concatenate([chunk[i] for chunk in chunks]) for i, key in enumerate(keys)}
 
 
 def layer_sqnr(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, nodes: list[str], images: np.ndarray,

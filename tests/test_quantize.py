@@ -60,6 +60,44 @@ def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8
     assert len(collapsed["flagged"]) > 20 and collapsed["layers"][0]["sqnr_db"] > 10  # the first conv is still fine
 
 
+def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t7_checkpoint, sample_dir, val_dir,
+                                                                              tmp_path):
+    """Trained-like T2T-ViT-7 (plain ORT per-channel MinMax: 6.6 dB, 46% agreement in bench-ptq): ours keeps
+    >= 25 dB. The static-batch export also exercises the per-layer report, which must feed it one image a time."""
+    from t2tedge.data import discover, load_batch
+    from t2tedge.export import export_onnx
+    from t2tedge.models import get_spec
+    from t2tedge.quantize.sensitivity import sqnr_db
+    from t2tedge.runtimes import get_runtime
+
+    fp32 = export_onnx("t2t_vit_7", t2t7_checkpoint, out_dir=tmp_path)
+    assert main(["quantize", "t2t_vit_7", "--onnx", str(fp32), "--calib", str(sample_dir), "--num-calib", "32",
+                 "--out", str(tmp_path / "int8")]) == 0
+    report = json.loads((tmp_path / "int8" / "t2t_vit_7_int8.json").read_text())
+    soft_splits = [n for n in report["float_nodes"] if "/soft_split" in n]
+    assert len(soft_splits) == 2 and not any("/soft_split" in n for n in report["quantized_nodes"])
+    assert report["layer_sqnr"]["images"] == 8 and report["layer_sqnr"]["flagged"] == []
+    images, _ = load_batch(discover(val_dir)[::40], get_spec("t2t_vit_7").preprocess)
+    reference = get_runtime("onnxruntime").load(fp32).run(images)
+    logits = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx").run(images)
+    assert sqnr_db(reference, logits) >= 25
+    assert np.mean(reference.argmax(1) == logits.argmax(1)) >= 0.85
+
+
+def test_a_failure_after_quantizing_leaves_no_int8_model(weights_dir, sample_dir, tmp_path, monkeypatch, capsys):
+    from t2tedge.errors import T2TEdgeError
+    from t2tedge.quantize import layer_sqnr
+
+    def fail(*args, **kwargs):
+        raise T2TEdgeError("per-layer report failed")
+
+    monkeypatch.setattr(layer_sqnr, "layer_sqnr", fail)
+    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
+                 "--calib", str(sample_dir), "--num-calib", "8", "--out", str(tmp_path / "int8")]) == 1
+    assert "per-layer report failed" in capsys.readouterr().err
+    assert not (tmp_path / "int8").exists() or list((tmp_path / "int8").iterdir()) == []
+
+
 def test_config_precedence_and_json_round_trip(tmp_path):
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="/stem/Conv"),
