@@ -96,20 +96,26 @@ class Grid:
             return model, digest, size
         from t2tedge.export import OnnxExportOptions, export_onnx
 
-        fp32 = self.artifacts / "onnx" / f"{model_name}_dynbatch.onnx"
+        # Artifact names carry what they were made from, so a new checkpoint, toolkit version or quantization
+        # default makes a new artifact instead of silently reusing a stale one.
+        weights = sha256_file(checkpoint) if checkpoint else "untrained"
+        fp32 = self.artifacts / "onnx" / f"{model_name}_dynbatch_{_hash_bytes(__version__.encode(), weights.encode())[:12]}.onnx"
         if not fp32.is_file():
             export_onnx(model_name, checkpoint, options=OnnxExportOptions(dynamic_batch=True), destination=fp32)
         if precision == "fp32":
             return fp32, sha256_file(fp32), fp32.stat().st_size
-        int8 = self.artifacts / "int8" / f"{model_name}_int8.onnx"
+        from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
+
+        config = preset("onnxruntime")
+        recipe = json.dumps({"config": config.to_dict(), "num_calib": self.settings.num_calib}, sort_keys=True)
+        int8 = self.artifacts / "int8" / f"{model_name}_int8_{_hash_bytes(fp32.name.encode(), recipe.encode())[:12]}.onnx"
         if not int8.is_file():
             from t2tedge.paths import shared_path
-            from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
 
             calib = calibration_samples(shared_path("data", "imagenet-sample"), self.settings.num_calib,
                                         exclude=self.samples)
             quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
-                                                             progress=f"calibrate {model_name}"), preset("onnxruntime"))
+                                                             progress=f"calibrate {model_name}"), config)
         return int8, sha256_file(int8), int8.stat().st_size
 
     def run_cell(self, model_name: str, runtime: str, precision: str) -> dict[str, Any]:
