@@ -52,7 +52,6 @@ def plain_ort(fp32: Path, out: Path, reader, per_channel: bool, method: str) -> 
         quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         calibrate_method=getattr(CalibrationMethod, method),
                         extra_options={"CalibStridedMinMax": window})
-    reader.rewind()
 
 
 def checkpoint_for(name: str, workdir: Path) -> Path | None:

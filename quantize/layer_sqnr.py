@@ -12,6 +12,8 @@ import os
 import numpy as np
 import onnx
 
+from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
+
 DEFAULT_SQNR_THRESHOLD_DB = 10.0
 
 
@@ -38,10 +40,9 @@ def _outputs_of(proto: onnx.ModelProto, names: dict[str, str], images: np.ndarra
     available = {o.name for o in session.get_outputs()}
     keys = [k for k, t in names.items() if t in available]
     feed = session.get_inputs()[0]
-    step = feed.shape[0] if isinstance(feed.shape[0], int) else len(images)  # a static-batch export takes its batch
-    chunks = [session.run([names[k] for k in keys], {feed.name: images[i:i + step].astype(np.float32)})
-              for i in range(0, len(images), step)]
-    return {key: np.concatenate([chunk[i] for chunk in chunks]) for i, key in enumerate(keys)}
+    fixed_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
+    values = run_in_fixed_batches(session, feed.name, fixed_batch, images, [names[k] for k in keys])
+    return dict(zip(keys, values))
 
 
 def layer_sqnr(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, nodes: list[str], images: np.ndarray,

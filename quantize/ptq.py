@@ -56,7 +56,6 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         "ActivationSymmetric": setting.activation_symmetric,
         "WeightSymmetric": True,
         "MatMulConstBOnly": not config.quantize_activation_matmul,
-        "CalibPercentile": config.percentile,
         "QuantizeBias": config.quantize_bias,
     }
     op_types = sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS))

@@ -31,16 +31,14 @@ def ort_method(method: str):
     return collect, CalibrationMethod.MinMax if method == "mse" else collect
 
 
-def collect_in_windows(calibrator, reader, window: int | None = None) -> None:
-    """Run `calibrator.collect_data` over `reader` `window` images at a time (a reader without `__len__` and
-    `set_range`, ORT's windowing protocol, is read in one pass)."""
+def collect_in_windows(calibrator, reader) -> None:
+    """Run `calibrator.collect_data` over `reader` `WINDOW_IMAGES` images at a time (a reader without `__len__`
+    and `set_range`, ORT's windowing protocol, is read in one pass)."""
     if not (hasattr(reader, "__len__") and hasattr(reader, "set_range")):
         calibrator.collect_data(reader)
         return
-    window = window or WINDOW_IMAGES
-    total = len(reader)
-    for start in range(0, total, window):
-        reader.set_range(start, start + window)
+    for start in range(0, len(reader), WINDOW_IMAGES):
+        reader.set_range(start, start + WINDOW_IMAGES)
         calibrator.collect_data(reader)
     reader.rewind()
 

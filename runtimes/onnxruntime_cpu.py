@@ -15,6 +15,24 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
 
 
+def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batch: np.ndarray,
+                         output_names: list[str] | None = None) -> list[np.ndarray]:
+    """`session.run` on `batch`; a static-batch graph (`fixed_batch`) takes any batch: chunks of its size, the
+    last one zero-padded and its padding cut from every output."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if fixed_batch is None or len(batch) == fixed_batch:
+        return session.run(output_names, {input_name: batch})
+    chunks = []
+    for start in range(0, len(batch), fixed_batch):
+        chunk = batch[start:start + fixed_batch]
+        pad = fixed_batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+        outputs = session.run(output_names, {input_name: chunk})
+        chunks.append([o[:fixed_batch - pad] for o in outputs] if pad else outputs)
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
 class OnnxRuntimeCPU(Runtime):
     name = "onnxruntime"
     consumes = "onnx"
@@ -76,19 +94,7 @@ class OnnxRuntimeCPU(Runtime):
         return cls(session, str(artifact), threads, optimization, provider)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        size = self.fixed_batch
-        if size is None or len(batch) == size:
-            return self.session.run(None, {self.input_name: batch})[0]
-        # A static-batch graph takes any batch: chunks of its size, the last one zero-padded.
-        outputs = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start:start + size]
-            pad = size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
-            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:size - pad])
-        return np.concatenate(outputs)
+        return run_in_fixed_batches(self.session, self.input_name, self.fixed_batch, batch)[0]
 
     def describe(self) -> RuntimeDescription:
         import onnxruntime as ort

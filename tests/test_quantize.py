@@ -175,16 +175,35 @@ class _ArrayReader:
         self._position, self._end = 0, len(self.images)
 
 
-def _tiny_conv_model(path):
+def _tiny_conv_model(path, batch=None):
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "w"], ["conv"], name="conv"),
          helper.make_node("Relu", ["conv"], ["logits"], name="relu")], "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4, 6, 6])], [weight])
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4, 6, 6])], [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_static_batch_graph_runs_any_batch_for_every_requested_output(tmp_path):
+    """The per-layer report and the onnxruntime adapter share one chunk-and-pad rule for static-batch exports."""
+    import onnxruntime as ort
+
+    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
+
+    _tiny_conv_model(tmp_path / "static.onnx", batch=3)
+    _tiny_conv_model(tmp_path / "dynamic.onnx")
+    proto = onnx.load(tmp_path / "static.onnx")
+    proto.graph.output.add(name="conv")
+    static = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    dynamic = ort.InferenceSession(str(tmp_path / "dynamic.onnx"), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(2).normal(size=(8, 3, 8, 8)).astype(np.float32)
+    conv, logits = run_in_fixed_batches(static, "image", 3, images, ["conv", "logits"])
+    assert conv.shape == (8, 4, 6, 6) and logits.shape == (8, 4, 6, 6)
+    np.testing.assert_allclose(logits, dynamic.run(None, {"image": images})[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.maximum(conv, 0), logits, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["minmax", "mse"])
