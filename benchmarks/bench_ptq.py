@@ -2,7 +2,8 @@
 
 Per model: fp32, then ORT `quantize_static` in QDQ with its defaults except the noted setting (per-tensor
 MinMax, per-channel MinMax, per-channel Entropy, per-channel Percentile), then ours (`t2tedge quantize`
-defaults: per-channel weights, ReLU6 folded, MSE activation ranges). Same calibration images for all (a
+defaults: per-channel weights, ReLU6 folded, MSE activation ranges, GPTQ weight rounding, float logits), and
+ours with round-to-nearest weights (same ranges) to show what GPTQ adds. Same calibration images for all (a
 seeded subset of imagenet-sample), evaluated on imagenet-val1300: top-1, delta vs fp32, top-1 agreement
 with fp32, logits SQNR, and ORT batch-1 latency p50 (one session at a time). The peers calibrate through ORT's
 own `CalibStridedMinMax` windows (any method): in one pass ORT keeps every intermediate output of all 256
@@ -107,10 +108,12 @@ def main() -> int:
                 reader.rewind()
                 plain_ort(fp32, out, reader, per_channel, method)
                 variants.append((label, score(out, images, labels, base["logits"], args.threads, args.runs)))
-            reader.rewind()
-            ours = work / f"{name}_ours.onnx"
-            quantize_onnx(fp32, ours, reader, preset("onnxruntime"))
-            variants.append(("t2t-edge default", score(ours, images, labels, base["logits"], args.threads, args.runs)))
+            for label, rounding in (("t2t-edge, nearest rounding", "nearest"), ("t2t-edge default", "gptq")):
+                reader.rewind()
+                ours = work / f"{name}_ours_{rounding}.onnx"
+                quantize_onnx(fp32, ours, reader, preset("onnxruntime", weight_rounding=rounding),
+                              ranges_cache=work / f"{name}_ranges.json")
+                variants.append((label, score(ours, images, labels, base["logits"], args.threads, args.runs)))
             for label, row in variants:
                 row.pop("logits")
                 entry = {"model": name, "variant": label, "weights": "trained" if trained else "trained-like random",

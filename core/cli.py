@@ -231,7 +231,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import onnx
 
     spec = get_spec(args.model)
-    config = QuantConfig.load(args.config) if args.config else preset(args.target, args.method, args.per_channel)
+    config = QuantConfig.load(args.config) if args.config else preset(args.target, args.method, args.per_channel,
+                                                                                  args.weight_rounding)
     samples = calibration_samples(args.calib, args.num_calib, seed=args.seed, num_classes=args.num_classes)
     suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
     out = args.out / f"{args.model}_int8{suffix}.onnx"
@@ -541,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                              help="per-channel symmetric int8 weights (default)")
     granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weights")
+    p.add_argument("--weight-rounding", choices=["gptq", "nearest"], default="gptq",
+                   help="gptq rounds each layer's int8 weights against its real calibration inputs so rounding "
+                        "errors cancel in the layer's output (MobileNetV1 agreement 95.9%% -> 97.8%%, see README); "
+                        "nearest rounds every weight on its own (default: %(default)s)")
     p.add_argument("--target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                    help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); tensorrt: "
                         "symmetric int8 activations, float biases, as TensorRT's explicit quantization requires "

@@ -31,6 +31,7 @@ class ImageCalibrationReader:
         from tqdm import tqdm
 
         self.input_name = input_name
+        self.progress = progress
         self.images, _ = load_batch(samples, preprocess)
         self.batch = batch
         self._position = 0

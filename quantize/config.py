@@ -17,6 +17,9 @@ import onnx
 from t2tedge.errors import T2TEdgeError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+# nearest: each int8 weight is its float weight's nearest step. gptq: rounded against the layer's real inputs
+# so that the rounding errors cancel in the layer's output (quantize/weight_rounding.py).
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,13 @@ class QuantConfig:
     quantize_activation_matmul: bool = False
     # int32 bias DQs let ORT fuse QLinearConv; TensorRT wants float biases.
     quantize_bias: bool = True
+    weight_rounding: str = "gptq"
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise T2TEdgeError(f"unknown calibration method {self.method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise T2TEdgeError(f"unknown weight rounding {self.weight_rounding!r}; choose {', '.join(WEIGHT_ROUNDINGS)}")
 
     def config_for(self, node: onnx.NodeProto) -> OpQuantConfig | None:
         """The effective setting of one node: node name beats op type beats global."""
@@ -92,7 +98,8 @@ class QuantConfig:
                 "op_type_configs": {k: dump(v) for k, v in self.op_type_configs.items()},
                 "op_name_configs": {k: dump(v) for k, v in self.op_name_configs.items()},
                 "method": self.method, "percentile": self.percentile,
-                "quantize_activation_matmul": self.quantize_activation_matmul, "quantize_bias": self.quantize_bias}
+                "quantize_activation_matmul": self.quantize_activation_matmul, "quantize_bias": self.quantize_bias,
+                "weight_rounding": self.weight_rounding}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
@@ -106,7 +113,8 @@ class QuantConfig:
                        op_name_configs={k: load(v) for k, v in data.get("op_name_configs", DATA_MOVEMENT_NODES).items()},
                        method=data.get("method", "mse"), percentile=data.get("percentile", 99.999),
                        quantize_activation_matmul=data.get("quantize_activation_matmul", False),
-                       quantize_bias=data.get("quantize_bias", True))
+                       quantize_bias=data.get("quantize_bias", True),
+                       weight_rounding=data.get("weight_rounding", "gptq"))
         except TypeError as exc:
             raise T2TEdgeError(f"bad quantization config: {exc}") from None
 
@@ -123,13 +131,14 @@ class QuantConfig:
             raise T2TEdgeError(f"cannot read quantization config {path}: {exc}") from None
 
 
-def preset(target: str, method: str = "mse", per_channel: bool = True) -> QuantConfig:
+def preset(target: str, method: str = "mse", per_channel: bool = True, weight_rounding: str = "gptq") -> QuantConfig:
     """Defaults per deployment target: ORT CPU runs U8S8 fastest; TensorRT takes symmetric INT8 only."""
     granularity = "per_channel" if per_channel else "per_tensor"
     if target == "onnxruntime":
-        return QuantConfig(method=method, global_config=OpQuantConfig(weight_granularity=granularity))
+        return QuantConfig(method=method, weight_rounding=weight_rounding,
+                           global_config=OpQuantConfig(weight_granularity=granularity))
     if target == "tensorrt":
-        return QuantConfig(method=method, quantize_bias=False, global_config=OpQuantConfig(
+        return QuantConfig(method=method, quantize_bias=False, weight_rounding=weight_rounding, global_config=OpQuantConfig(
             weight_granularity=granularity, activation_dtype="int8", activation_symmetric=True))
     raise T2TEdgeError(f"unknown quantization target {target!r}; choose onnxruntime or tensorrt")
 

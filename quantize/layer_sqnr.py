@@ -12,7 +12,7 @@ import os
 import numpy as np
 import onnx
 
-from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
+from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches, session_exposing
 
 DEFAULT_SQNR_THRESHOLD_DB = 10.0
 
@@ -26,21 +26,10 @@ def _dequantized_names(proto: onnx.ModelProto) -> dict[str, str]:
 
 def _outputs_of(proto: onnx.ModelProto, names: dict[str, str], images: np.ndarray) -> dict[str, np.ndarray]:
     """Run `proto` exposing the tensors `names` maps to; return them under the keys of `names`."""
-    import onnxruntime as ort
-
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    present = {o for node in proto.graph.node for o in node.output}
-    existing = {o.name for o in proto.graph.output}
-    for tensor in set(names.values()):
-        if tensor in present and tensor not in existing:
-            proto.graph.output.add(name=tensor)  # untyped output: ORT fills in type and shape
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session, fixed_batch = session_exposing(proto, names.values())
     available = {o.name for o in session.get_outputs()}
     keys = [k for k, t in names.items() if t in available]
     feed = session.get_inputs()[0]
-    fixed_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
     values = run_in_fixed_batches(session, feed.name, fixed_batch, images, [names[k] for k in keys])
     return dict(zip(keys, values))
 

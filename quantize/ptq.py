@@ -37,8 +37,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     """Write the QDQ model of `fp32_path` calibrated with `reader`; return what was quantized and how.
 
     `ranges_cache`: a JSON file of calibrated ranges (ORT's format); written on first use, then read instead
-    of calibrating again, so many variants of one model share a single calibration. Calibration runs a
-    window of images at a time, so memory does not grow with the number of calibration images.
+    of calibrating again, so many variants of one model share a single calibration. GPTQ-rounded weights are
+    cached beside it (`*.rounding.npz`) the same way. Calibration runs a window of images at a time, so memory
+    does not grow with the number of calibration images.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -78,6 +79,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
                 weight_type=QuantType.QInt8, calibrate_method=ort_method(config.method)[1], extra_options=extra,
                 calibration_cache_path=str(ranges_cache))
         qdq = onnx.load(str(staged))
+        rounded = []
+        if config.weight_rounding == "gptq":
+            rounded = _gptq_weights(qdq, proto, fp32_path, reader, ranges_cache.with_suffix(".rounding.npz"))
+        keep_outputs_float(qdq)
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
                      "t2tedge.source_fp32": Path(fp32_path).name})
@@ -88,4 +93,70 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         out.write_bytes(qdq.SerializeToString(deterministic=True))
     return {"quantized_nodes": sorted(chosen), "float_nodes": sorted(set(eligible) - set(chosen)),
             "method": config.method, "weight_granularity": setting.weight_granularity,
+            "weight_rounding": config.weight_rounding, "gptq_rounded_nodes": len(rounded),
             "activation_dtype": setting.activation_dtype, "destination": str(destination)}
+
+
+def _gptq_weights(qdq: onnx.ModelProto, fp32: onnx.ModelProto, fp32_path, reader, cache: Path) -> list[str]:
+    """GPTQ-round `qdq`'s int8 weights in place, from `cache` if an earlier variant of this calibration wrote
+    it (node names are the fp32 model's, so a variant with fewer quantized nodes takes a subset)."""
+    from t2tedge.quantize.weight_rounding import (fp32_layer_inputs, load_weights, round_weights, save_weights,
+                                                  write_weights)
+
+    if not cache.is_file():
+        if reader is None:
+            raise T2TEdgeError(f"no calibration data and no GPTQ-rounded weights at {cache}")
+        label = getattr(reader, "progress", None)
+        inputs = fp32_layer_inputs(str(fp32_path), calibration_images(reader),
+                                   progress=f"{label}: GPTQ weight rounding" if label else None)
+        save_weights(cache, round_weights(qdq, fp32, inputs))
+    return write_weights(qdq, load_weights(cache))
+
+
+def calibration_images(reader) -> "np.ndarray":
+    """Every image a calibration reader yields (ours keeps them decoded; an ORT reader is read through)."""
+    import numpy as np
+
+    if hasattr(reader, "images"):
+        return reader.images
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    batches = []
+    while (feed := reader.get_next()) is not None:
+        batches.append(next(iter(feed.values())))
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    return np.concatenate(batches)
+
+
+def keep_outputs_float(model: onnx.ModelProto) -> int:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output, in place; returns how many.
+
+    ORT quantizes the logits like any activation, and 256 levels make near-ties exact ties: on imagenet-val1300
+    the int8 logits of MobileNetV1 tied in 22 images (argmax then picks the lower class index). The producer
+    still runs in int8 (QGemm / MatMulIntegerToFloat with a float output)."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    removed = 0
+    for output in graph.output:
+        dq = producers.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or readers.get(q.output[0], 0) != 1:
+            continue
+        source = producers.get(q.input[0])
+        if source is None or readers.get(q.input[0], 0) != 1:
+            continue  # the float tensor feeds other nodes too (or is a graph input): leave the pair
+        source.output[list(source.output).index(q.input[0])] = output.name
+        stale = [v for v in graph.value_info if v.name == q.input[0]]
+        for info in stale:
+            graph.value_info.remove(info)
+        graph.node.remove(dq)
+        graph.node.remove(q)
+        removed += 1
+    return removed

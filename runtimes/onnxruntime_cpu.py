@@ -33,6 +33,27 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
+def session_exposing(proto, tensors, threads: int | None = None):
+    """(CPU session, fixed batch or None) of `proto` with the intermediate `tensors` also exposed as outputs
+    (those the graph computes; others are left out). `proto` is not modified."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    present = {o for node in proto.graph.node for o in node.output}
+    existing = {o.name for o in proto.graph.output}
+    for tensor in sorted(set(tensors)):
+        if tensor in present and tensor not in existing:
+            proto.graph.output.add(name=tensor)  # untyped output: ORT fills in type and shape
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    batch_dim = session.get_inputs()[0].shape[0]
+    return session, batch_dim if isinstance(batch_dim, int) else None
+
+
 class OnnxRuntimeCPU(Runtime):
     name = "onnxruntime"
     consumes = "onnx"
