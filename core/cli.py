@@ -231,8 +231,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import onnx
 
     spec = get_spec(args.model)
-    config = QuantConfig.load(args.config) if args.config else preset(args.target, args.method, args.per_channel,
-                                                                                  args.weight_rounding)
+    if args.config:
+        config = QuantConfig.load(args.config)
+    else:
+        config = preset(args.target, args.method, args.per_channel, args.weight_rounding)
     samples = calibration_samples(args.calib, args.num_calib, seed=args.seed, num_classes=args.num_classes)
     suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
     out = args.out / f"{args.model}_int8{suffix}.onnx"

@@ -103,14 +103,16 @@ def _gptq_weights(qdq: onnx.ModelProto, fp32: onnx.ModelProto, fp32_path, reader
     from t2tedge.quantize.weight_rounding import (fp32_layer_inputs, load_weights, round_weights, save_weights,
                                                   write_weights)
 
-    if not cache.is_file():
-        if reader is None:
-            raise T2TEdgeError(f"no calibration data and no GPTQ-rounded weights at {cache}")
-        label = getattr(reader, "progress", None)
-        inputs = fp32_layer_inputs(str(fp32_path), calibration_images(reader),
-                                   progress=f"{label}: GPTQ weight rounding" if label else None)
-        save_weights(cache, round_weights(qdq, fp32, inputs))
-    return write_weights(qdq, load_weights(cache))
+    if cache.is_file():
+        return write_weights(qdq, load_weights(cache))
+    if reader is None:
+        raise T2TEdgeError(f"no calibration data and no GPTQ-rounded weights at {cache}")
+    label = getattr(reader, "progress", None)
+    inputs = fp32_layer_inputs(str(fp32_path), calibration_images(reader),
+                               progress=f"{label}: GPTQ weight rounding" if label else None)
+    weights = round_weights(qdq, fp32, inputs)
+    save_weights(cache, weights)
+    return write_weights(qdq, weights)
 
 
 def calibration_images(reader) -> "np.ndarray":

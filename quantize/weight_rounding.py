@@ -43,6 +43,11 @@ class WeightGeometry:
         return default
 
     @property
+    def auto_padded(self) -> bool:
+        """A Conv whose padding ORT derives at run time (auto_pad): the unfold needs explicit pads."""
+        return self.op_type == "Conv" and self.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+
+    @property
     def groups(self) -> int:
         return int(self.attribute("group", 1)) if self.op_type == "Conv" else 1
 
@@ -70,7 +75,7 @@ class WeightGeometry:
         strides = self.attribute("strides", [1, 1])
         dilations = self.attribute("dilations", [1, 1])
         pads = self.attribute("pads", [0, 0, 0, 0])
-        if self.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if self.auto_padded:
             raise ValueError(f"{self.node.name}: auto_pad is not supported by GPTQ rounding")
         x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         span_h, span_w = dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1
@@ -161,7 +166,7 @@ def gptq_targets(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> dict[str, tuple
         if len(dq.input) > 2 and np.any(numpy_helper.to_array(initializers[dq.input[2]]) != 0):
             continue  # GPTQ here assumes symmetric weights, which both our presets use
         geometry = WeightGeometry(node, numpy_helper.to_array(float_weights[node.input[1]]))
-        if node.op_type == "Conv" and geometry.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if geometry.auto_padded:
             continue
         scale_size = numpy_helper.to_array(initializers[dq.input[1]]).size
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % max(quantized.ndim, 1)
@@ -172,8 +177,7 @@ def gptq_targets(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> dict[str, tuple
 
 
 def round_weights(qdq: onnx.ModelProto, fp32: onnx.ModelProto,
-                  layer_inputs: Callable[[list[str]], Iterable[dict[str, np.ndarray]]],
-                  progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, np.ndarray]:
+                  layer_inputs: Callable[[list[str]], Iterable[dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
     """GPTQ int8 weights, in `qdq`'s stored layout, for every quantized Conv/Gemm/MatMul of `qdq` it can take.
 
     `fp32` is the float model `qdq` was quantized from (its float weights and node names); `layer_inputs(names)`
@@ -190,7 +194,7 @@ def round_weights(qdq: onnx.ModelProto, fp32: onnx.ModelProto,
         for name, (geometry, _) in targets.items():
             moments[name] = accumulate_second_moment(geometry, batch[tensor_of[name]], moments[name])
     weights = {}
-    for name in progress(sorted(targets)):
+    for name in sorted(targets):
         geometry, dq = targets[name]
         scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float64)
         rows = geometry.as_rows(geometry.weight)
