@@ -99,6 +99,13 @@ def discover(root: str | Path, num_classes: int = 1000, labels_file: str | Path 
     return samples
 
 
+def evenly_spread(samples: Sequence[Sample], limit: int | None) -> list[Sample]:
+    """At most `limit` samples taken at an even stride, so a limit on a class-sorted folder covers every class."""
+    if not limit or limit >= len(samples):
+        return list(samples)
+    return list(samples[:: len(samples) // limit][:limit])
+
+
 def split(samples: Sequence[Sample], first: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Deterministic disjoint split: `first` samples drawn with `seed`, and the rest (both path-sorted)."""
     order = list(range(len(samples)))

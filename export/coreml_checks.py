@@ -190,7 +190,7 @@ def activation_scales(path: str | os.PathLike) -> list[float]:
 
 
 def roundtrip_network(model_name: str, package: str | os.PathLike, checkpoint: str | os.PathLike | None,
-                      network: nn.Module | None = None) -> tuple[nn.Module, RoundTrip]:
+                      network: nn.Module | None = None, **overrides) -> tuple[nn.Module, RoundTrip]:
     """The torch network as the converter saw it, carrying the package's stored weights.
 
     By default the export-form model with BatchNorm folded; for a w8a8 package pass the calibrated model
@@ -200,6 +200,6 @@ def roundtrip_network(model_name: str, package: str | os.PathLike, checkpoint: s
     from t2tedge.models.mobilenet import fold_batchnorm
 
     if network is None:
-        network, _ = build_model(model_name, checkpoint)
+        network, _ = build_model(model_name, checkpoint, **overrides)
         fold_batchnorm(network)
     return network, load_package_weights(network, package)

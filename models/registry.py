@@ -134,6 +134,42 @@ def default_checkpoint(name: str, checkpoint: str | os.PathLike | None = None) -
     return None
 
 
+@dataclass(frozen=True)
+class TrainedSubject:
+    """A checkpoint this project trained itself (no official one reaches it), with the data it belongs to.
+
+    Used wherever a measurement needs trained weights: PTQ agreement, Core ML round-trips.
+    """
+
+    model: str
+    checkpoint: Path
+    num_classes: int
+    train: Path
+    val: Path
+    note: str
+
+
+_TRAINED_SUBJECTS = {
+    # tests/assets/README.md says how each was made.
+    "t2t_vit_7": ("t2t_vit_7_imagenette.pth", 10, "imagenette2",
+                  "trained from scratch on Imagenette (10 classes), 130 epochs; 85.10% top-1 on its val"),
+}
+
+
+def trained_subject(name: str) -> TrainedSubject | None:
+    """`name`'s self-trained subject when its checkpoint and data are both present, else None."""
+    if name not in _TRAINED_SUBJECTS:
+        return None
+    from t2tedge.paths import PROJECT_ROOT, shared_path
+
+    file, num_classes, dataset, note = _TRAINED_SUBJECTS[name]
+    checkpoint = Path(os.environ.get("T2TEDGE_ASSETS", PROJECT_ROOT / "tests" / "assets")) / file
+    data = shared_path("data", dataset)
+    if not checkpoint.is_file() or not data.is_dir():
+        return None
+    return TrainedSubject(name, checkpoint, num_classes, data / "train", data / "val", note)
+
+
 def create_model(name: str, checkpoint: str | os.PathLike | None = None, export_form: bool = False,
                  seed: int = RANDOM_INIT_SEED, **overrides: Any) -> nn.Module:
     """Build `name` in eval mode, optionally loading `checkpoint` strictly.

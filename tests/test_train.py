@@ -30,7 +30,7 @@ def test_train_resume_and_eval(tiny_imagenette, tmp_path, capsys):
             "--img-size", "64", "--batch", "4", "--warmup-epochs", "1", "--out", str(out), "--workers", "1"]
     assert main(base + ["--epochs", "1"]) == 0
     first = torch.load(out, weights_only=True)
-    assert first["epoch"] == 0 and set(first["history"][0]) == {"epoch", "loss", "val_top1"}
+    assert first["epoch"] == 0 and set(first["history"][0]) == {"epoch", "loss", "seconds", "val_top1"}
 
     assert main(base + ["--epochs", "2", "--fp16"]) == 0
     assert "resuming" in capsys.readouterr().out
@@ -50,6 +50,37 @@ def test_same_seed_same_weights(tiny_imagenette, tmp_path):
     for name in ["a.pth", "b.pth"]:
         argv = ["train", "mobilenet_v2_100", "--data", str(tiny_imagenette / "train"), "--img-size", "64",
                 "--batch", "4", "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / name)]
+        assert main(argv) == 0
+        outs.append(torch.load(tmp_path / name, weights_only=True)["state_dict"])
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_preloaded_training_with_batch_augmentation(tiny_imagenette, tmp_path, capsys):
+    """The GPU-feeding path (decode once, crop on the device) with every batch op and an EMA, on CPU."""
+    out = tmp_path / "pre.pth"
+    argv = ["train", "t2t_vit_7", "--data", str(tiny_imagenette / "train"), "--val", str(tiny_imagenette / "val"),
+            "--img-size", "64", "--batch", "4", "--epochs", "2", "--eval-every", "2", "--preload", "48",
+            "--mixup", "0.8", "--cutmix", "1.0", "--color-jitter", "0.4", "--random-erase", "0.25",
+            "--ema-decay", "0.9", "--out", str(out), "--fp16"]
+    assert main(argv) == 0
+    state = torch.load(out, weights_only=True)
+    first, last = state["history"]
+    assert "val_top1" not in first and {"val_top1", "val_top1_ema"} <= set(last)
+    assert state["train_config"]["preload"] == 48
+    ema, live = state["state_dict_ema"]["head.weight"], state["state_dict"]["head.weight"]
+    assert not torch.equal(ema, live)
+    # The compact release file carries the EMA weights, as the official releases do.
+    compact = torch.load(out.with_suffix(".fp16.pth"), weights_only=True)
+    assert set(compact) == {"state_dict_ema"}
+    assert torch.equal(compact["state_dict_ema"]["head.weight"], ema.half())
+
+
+def test_preloaded_training_is_reproducible(tiny_imagenette, tmp_path):
+    outs = []
+    for name in ["a.pth", "b.pth"]:
+        argv = ["train", "t2t_vit_7", "--data", str(tiny_imagenette / "train"), "--img-size", "64", "--batch", "4",
+                "--epochs", "1", "--preload", "48", "--cutmix", "1.0", "--random-erase", "0.5",
+                "--out", str(tmp_path / name)]
         assert main(argv) == 0
         outs.append(torch.load(tmp_path / name, weights_only=True)["state_dict"])
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
