@@ -2,7 +2,8 @@
 
 Per model: fp32, then ORT `quantize_static` in QDQ with its defaults except the noted setting (per-tensor
 MinMax, per-channel MinMax, per-channel Entropy, per-channel Percentile), then ours (`t2tedge quantize`
-defaults: per-channel weights, ReLU6 folded, MSE activation ranges, GPTQ weight rounding, float logits), and
+defaults: per-channel weights, ReLU6 folded, MSE activation ranges, GPTQ weight rounding, bias correction
+where it helps, float logits), and
 ours with round-to-nearest weights (same ranges) to show what GPTQ adds. Same calibration images for all (a
 seeded subset of imagenet-sample), evaluated on imagenet-val1300: top-1, delta vs fp32, top-1 agreement
 with fp32, logits SQNR, and ORT batch-1 latency p50 (one session at a time). The peers calibrate through ORT's

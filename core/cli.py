@@ -234,7 +234,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.config:
         config = QuantConfig.load(args.config)
     else:
-        config = preset(args.target, args.method, args.per_channel, args.weight_rounding)
+        config = preset(args.target, args.method, args.per_channel, args.weight_rounding, args.bias_correction)
     samples = calibration_samples(args.calib, args.num_calib, seed=args.seed, num_classes=args.num_classes)
     suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
     out = args.out / f"{args.model}_int8{suffix}.onnx"
@@ -551,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptq rounds each layer's int8 weights against its real calibration inputs so rounding "
                         "errors cancel in the layer's output (MobileNetV1 agreement 95.9%% -> 97.8%%, see README); "
                         "nearest rounds every weight on its own (default: %(default)s)")
+    p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
+                   help="move each quantized layer's bias by the mean shift that quantizing its inputs causes, "
+                        "layer by layer on the calibration images (MobileNetV1 SQNR +3.2 dB, see README); auto "
+                        "keeps it only where it raises logits SQNR on those images by 0.5 dB (default: %(default)s)")
     p.add_argument("--target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                    help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); tensorrt: "
                         "symmetric int8 activations, float biases, as TensorRT's explicit quantization requires "

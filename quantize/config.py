@@ -20,6 +20,9 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 # nearest: each int8 weight is its float weight's nearest step. gptq: rounded against the layer's real inputs
 # so that the rounding errors cancel in the layer's output (quantize/weight_rounding.py).
 WEIGHT_ROUNDINGS = ("gptq", "nearest")
+# auto: biases corrected for the mean shift of quantized inputs only where that raises logits SQNR on the
+# calibration images (quantize/bias_correction.py); on: always; off: never.
+BIAS_CORRECTIONS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,15 @@ class QuantConfig:
     # int32 bias DQs let ORT fuse QLinearConv; TensorRT wants float biases.
     quantize_bias: bool = True
     weight_rounding: str = "gptq"
+    bias_correction: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise T2TEdgeError(f"unknown calibration method {self.method!r}; choose {', '.join(CALIBRATION_METHODS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise T2TEdgeError(f"unknown weight rounding {self.weight_rounding!r}; choose {', '.join(WEIGHT_ROUNDINGS)}")
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise T2TEdgeError(f"unknown bias correction {self.bias_correction!r}; choose {', '.join(BIAS_CORRECTIONS)}")
 
     def config_for(self, node: onnx.NodeProto) -> OpQuantConfig | None:
         """The effective setting of one node: node name beats op type beats global."""
@@ -107,7 +113,7 @@ class QuantConfig:
                 "op_name_configs": {k: dump(v) for k, v in self.op_name_configs.items()},
                 "method": self.method, "percentile": self.percentile,
                 "quantize_activation_matmul": self.quantize_activation_matmul, "quantize_bias": self.quantize_bias,
-                "weight_rounding": self.weight_rounding}
+                "weight_rounding": self.weight_rounding, "bias_correction": self.bias_correction}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
@@ -122,7 +128,8 @@ class QuantConfig:
                        method=data.get("method", "mse"), percentile=data.get("percentile", 99.999),
                        quantize_activation_matmul=data.get("quantize_activation_matmul", False),
                        quantize_bias=data.get("quantize_bias", True),
-                       weight_rounding=data.get("weight_rounding", "gptq"))
+                       weight_rounding=data.get("weight_rounding", "gptq"),
+                       bias_correction=data.get("bias_correction", "auto"))
         except TypeError as exc:
             raise T2TEdgeError(f"bad quantization config: {exc}") from None
 
@@ -139,14 +146,16 @@ class QuantConfig:
             raise T2TEdgeError(f"cannot read quantization config {path}: {exc}") from None
 
 
-def preset(target: str, method: str = "mse", per_channel: bool = True, weight_rounding: str = "gptq") -> QuantConfig:
+def preset(target: str, method: str = "mse", per_channel: bool = True, weight_rounding: str = "gptq",
+           bias_correction: str = "auto") -> QuantConfig:
     """Defaults per deployment target: ORT CPU runs U8S8 fastest; TensorRT takes symmetric INT8 only."""
     granularity = "per_channel" if per_channel else "per_tensor"
     if target == "onnxruntime":
-        return QuantConfig(method=method, weight_rounding=weight_rounding,
+        return QuantConfig(method=method, weight_rounding=weight_rounding, bias_correction=bias_correction,
                            global_config=OpQuantConfig(weight_granularity=granularity))
     if target == "tensorrt":
-        return QuantConfig(method=method, quantize_bias=False, weight_rounding=weight_rounding, global_config=OpQuantConfig(
+        return QuantConfig(method=method, quantize_bias=False, weight_rounding=weight_rounding,
+                           bias_correction=bias_correction, global_config=OpQuantConfig(
             weight_granularity=granularity, activation_dtype="int8", activation_symmetric=True))
     raise T2TEdgeError(f"unknown quantization target {target!r}; choose onnxruntime or tensorrt")
 

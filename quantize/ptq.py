@@ -83,6 +83,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         if config.weight_rounding == "gptq":
             rounded = _gptq_weights(qdq, proto, fp32_path, reader, ranges_cache.with_suffix(".rounding.npz"))
         keep_outputs_float(qdq)
+        correction = {"mode": config.bias_correction, "applied": False}
+        if config.bias_correction != "off":
+            correction = _bias_correction(qdq, proto, reader, config.bias_correction,
+                                          ranges_cache.with_suffix(f".{config.weight_rounding}.bias.npz"))
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
                      "t2tedge.source_fp32": Path(fp32_path).name})
@@ -94,6 +98,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     return {"quantized_nodes": sorted(chosen), "float_nodes": sorted(set(eligible) - set(chosen)),
             "method": config.method, "weight_granularity": setting.weight_granularity,
             "weight_rounding": config.weight_rounding, "gptq_rounded_nodes": len(rounded),
+            "bias_correction": correction,
             "activation_dtype": setting.activation_dtype, "destination": str(destination)}
 
 
@@ -113,6 +118,29 @@ def _gptq_weights(qdq: onnx.ModelProto, fp32: onnx.ModelProto, fp32_path, reader
     weights = round_weights(qdq, fp32, inputs)
     save_weights(cache, weights)
     return write_weights(qdq, weights)
+
+
+def _bias_correction(qdq: onnx.ModelProto, fp32: onnx.ModelProto, reader, mode: str, cache: Path) -> dict[str, Any]:
+    """Correct `qdq`'s biases in place (mode "on"), or only where that raises logits SQNR on the calibration
+    images by AUTO_MIN_GAIN_DB (mode "auto"); cached per calibration and weight rounding like the ranges."""
+    from t2tedge.quantize.bias_correction import (AUTO_MIN_GAIN_DB, bias_correction_gain, correct_biases,
+                                                  load_correction, save_correction, write_biases)
+
+    if cache.is_file():
+        biases, without, with_ = load_correction(cache)
+    else:
+        if reader is None:
+            raise T2TEdgeError(f"no calibration data and no bias correction at {cache}")
+        images = calibration_images(reader)
+        label = getattr(reader, "progress", None)
+        corrected = onnx.ModelProto.FromString(qdq.SerializeToString())
+        biases = correct_biases(corrected, fp32, images, progress=f"{label}: bias correction" if label else None)
+        without, with_ = bias_correction_gain(fp32, qdq, corrected, images)
+        save_correction(cache, biases, without, with_)
+    applied = bool(biases) and (mode == "on" or bool(with_ >= without + AUTO_MIN_GAIN_DB))
+    written = write_biases(qdq, biases) if applied else []
+    return {"mode": mode, "applied": applied, "corrected_nodes": len(written),
+            "calibration_sqnr_db": {"without": round(float(without), 3), "with": round(float(with_), 3)}}
 
 
 def calibration_images(reader) -> "np.ndarray":
