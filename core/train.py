@@ -20,7 +20,7 @@ from PIL import Image
 
 from t2tedge.augment import (CROP_RATIO, CROP_SCALE, color_jitter, mix_batch, preload_images, random_erasing,
                              random_resized_crop)
-from t2tedge.data import Sample, discover, load_image, normalize, preprocess
+from t2tedge.data import Sample, discover, evenly_spread, load_image, normalize, preprocess
 from t2tedge.errors import CheckpointError, DataError
 from t2tedge.fileio import atomic_path
 from t2tedge.models import create_model, get_spec
@@ -186,8 +186,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, val_data: str | os.PathLike 
         torch.backends.cudnn.allow_tf32 = True
     num_classes = class_count(cfg.data)
     samples = discover(cfg.data, num_classes=num_classes)
-    if cfg.limit:
-        samples = samples[:: max(1, len(samples) // cfg.limit)][: cfg.limit]
+    samples = evenly_spread(samples, cfg.limit)
     if len(samples) < cfg.batch:
         raise DataError(f"{cfg.data}: {len(samples)} images is fewer than one batch of {cfg.batch}")
     val = discover(val_data, num_classes=num_classes) if val_data else []
@@ -281,8 +280,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, val_data: str | os.PathLike 
 
 @torch.no_grad()
 def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    ema_params = [p for p in ema.parameters()]
     params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(ema_params, params, 1 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), params, 1 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
         ema_buffer.copy_(buffer)

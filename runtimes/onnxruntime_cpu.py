@@ -33,14 +33,17 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def session_exposing(proto, tensors, threads: int | None = None):
+def session_exposing(proto, tensors, threads: int | None = None, only: bool = False):
     """(CPU session, fixed batch or None) of `proto` with the intermediate `tensors` also exposed as outputs
-    (those the graph computes; others are left out). `proto` is not modified."""
+    (those the graph computes; others are left out). `only`: they replace the graph's outputs, so ORT drops
+    every node after them. `proto` is not modified."""
     import onnx
     import onnxruntime as ort
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     present = {o for node in proto.graph.node for o in node.output}
+    if only:
+        del proto.graph.output[:]
     existing = {o.name for o in proto.graph.output}
     for tensor in sorted(set(tensors)):
         if tensor in present and tensor not in existing:

@@ -19,6 +19,7 @@ from PIL import Image
 
 def compact(source: Path, dest: Path, size: int, quality: int, per_class: int | None) -> int:
     from t2tedge.data import IMAGE_SUFFIXES, load_image
+    from t2tedge.fileio import atomic_path
 
     jobs = []
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
@@ -30,11 +31,9 @@ def compact(source: Path, dest: Path, size: int, quality: int, per_class: int | 
 
     def encode(job: tuple[Path, Path]) -> int:
         image, target = job
-        target.parent.mkdir(parents=True, exist_ok=True)
         img = load_image(image).resize((size, size), Image.Resampling.BICUBIC)
-        partial = target.with_suffix(".part")
-        img.save(partial, "WEBP", quality=quality, method=6)
-        partial.rename(target)
+        with atomic_path(target, suffix=".webp") as partial:
+            img.save(partial, "WEBP", quality=quality, method=6)
         return target.stat().st_size
 
     with ThreadPoolExecutor() as pool:
