@@ -27,14 +27,12 @@ from onnx import TensorProto, helper
 from t2tedge.export import export_onnx
 from t2tedge.models import create_model
 from t2tedge.models.complexity import count_macs
+from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    """The session `t2tedge`'s onnxruntime runtime makes: what users of the toolkit get."""
+    return OnnxRuntimeCPU.load(path, threads=threads).session
 
 
 def latency_ms(sess: ort.InferenceSession, feed: dict, warmup: int, runs: int) -> list[float]:

@@ -25,6 +25,15 @@ def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
                              "weights. Default: the model's real weights in ../shared/weights if any, else random.")
 
 
+def _num_classes_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=int, default=1000,
+                        help="classifier size of the checkpoint, for fine-tunes on other label sets (default: %(default)s)")
+
+
+def _class_override(args: argparse.Namespace) -> dict[str, int]:
+    return {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
+
+
 def _resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
     from t2tedge.models import default_checkpoint
 
@@ -87,9 +96,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         samples = samples[: args.limit]
     cls = get_runtime(args.runtime)
-    overrides = {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
     with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
-        artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx, **overrides)
+        artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
+                                  **_class_override(args))
         runtime = cls.load(artifact, threads=args.threads)
         result = evaluate(runtime, samples, spec.preprocess, batch=args.batch, progress=f"eval {args.model}")
     report = {"model": args.model, "runtime": runtime.describe().to_dict(), "data": str(args.data),
@@ -111,7 +120,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     options = OnnxExportOptions(opset=args.opset, batch=args.batch, dynamic_batch=args.dynamic_batch,
                                 simplify=not args.no_simplify)
     checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
-    path = export_onnx(args.model, checkpoint, out_dir=args.out, options=options)
+    path = export_onnx(args.model, checkpoint, out_dir=args.out, options=options, **_class_override(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -137,7 +146,7 @@ def cmd_export_coreml(args: argparse.Namespace) -> int:
     else:
         checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     start = time.perf_counter()
-    path = export_coreml(args.model, checkpoint, out_dir=args.out, options=options)
+    path = export_coreml(args.model, checkpoint, out_dir=args.out, options=options, **_class_override(args))
     report = inspect_package(path)
     if report.unsupported_ops:
         print(f"warning: ops not in {report.deployment_target}: {', '.join(report.unsupported_ops)}", file=sys.stderr)
@@ -245,10 +254,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         fp32 = args.onnx
         if fp32 is None:
             checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
-            overrides = {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
             # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
             fp32 = export_onnx(args.model, checkpoint, out_dir=tmp, options=OnnxExportOptions(dynamic_batch=True),
-                               **overrides)
+                               **_class_override(args))
         graph = onnx.load(str(fp32), load_external_data=False).graph
         if args.exclude:
             config = config.with_float(_comma_list(args.exclude), graph)
@@ -436,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch", type=int, default=1, help="static batch size (default: %(default)s)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    _num_classes_arg(p)
     p.set_defaults(func=cmd_export_onnx)
 
     p = export_sub.add_parser(
@@ -459,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier (class label + probabilities) or raw logits (default: %(default)s)")
     p.add_argument("--calib", type=Path, help="w8a8 calibration images (default: ../shared/data/imagenet-sample)")
     p.add_argument("--num-calib", type=int, default=128, help="w8a8 calibration images used (default: %(default)s)")
+    _num_classes_arg(p)
     p.set_defaults(func=cmd_export_coreml)
 
     p = export_sub.add_parser(

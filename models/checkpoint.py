@@ -53,6 +53,14 @@ def _first(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
 
 
+def _classifier_hint(model: nn.Module, state: Mapping[str, torch.Tensor], mismatched: list[str]) -> str:
+    """When only the last Linear differs, the checkpoint is a fine-tune with another class count: say which."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears or {k.rsplit(".", 1)[0] for k in mismatched} != {linears[-1]}:
+        return ""
+    return f" (a {state[linears[-1] + '.weight'].shape[0]}-class classifier: pass --num-classes to match)"
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
                      model_name: str = "model") -> None:
     """Raise CheckpointError naming the first offending keys unless `state` fits `model` exactly."""
@@ -69,7 +77,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if tuple(state[k].shape) != tuple(v.shape)]
     if mismatched:
-        raise CheckpointError(f"{source} does not fit {model_name}: shape mismatch (checkpoint vs model): {_first(mismatched)}")
+        hint = _classifier_hint(model, state, [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)])
+        raise CheckpointError(f"{source} does not fit {model_name}: shape mismatch (checkpoint vs model): "
+                              f"{_first(mismatched)}{hint}")
     non_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise CheckpointError(f"{source}: non-finite values (NaN/Inf) in {_first(non_finite)}")

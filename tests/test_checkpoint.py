@@ -76,3 +76,23 @@ def test_bad_checkpoint_cli_one_line_nonzero_exit(state, tmp_path, kind):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("t2tedge: error:") and message in lines[0]
     assert not out.exists() or not any(out.iterdir()), "no artifact may be left behind"
+
+
+def test_fine_tuned_head_names_its_class_count_and_exports_with_num_classes(state, tmp_path):
+    ten = dict(state, **{"head.weight": state["head.weight"][:10], "head.bias": state["head.bias"][:10]})
+    path = save_official_checkpoint(ten, tmp_path / "ten.pth")
+    with pytest.raises(CheckpointError, match=r"a 10-class classifier: pass --num-classes"):
+        create_model("t2t_vit_7", checkpoint=path)
+    # Any other mismatch says nothing about classes.
+    other = dict(state, **{"pos_embed": state["pos_embed"][:, :10]})
+    with pytest.raises(CheckpointError) as raised:
+        create_model("t2t_vit_7", checkpoint=save_official_checkpoint(other, tmp_path / "other.pth"))
+    assert "num-classes" not in str(raised.value)
+    out = tmp_path / "onnx"
+    proc = subprocess.run([sys.executable, "-m", "t2tedge.cli", "export", "onnx", "t2t_vit_7", "--checkpoint",
+                           str(path), "--num-classes", "10", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    import onnx
+
+    logits = onnx.load(out / "t2t_vit_7.onnx", load_external_data=False).graph.output[0]
+    assert [d.dim_value for d in logits.type.tensor_type.shape.dim] == [1, 10]

@@ -109,3 +109,16 @@ def test_static_batch_graph_takes_any_batch(tmp_path):
     expected = np.concatenate([one.run(images[i:i + 1]) for i in range(6)])
     assert np.allclose(one.run(images), expected, atol=1e-5)
     assert np.allclose(four.run(images), expected, atol=1e-4)  # 4 + 2 padded
+
+
+def test_onnxruntime_turns_off_matmul_add_fusion_only_on_several_threads(tmp_path):
+    from t2tedge.export import export_onnx
+    from t2tedge.runtimes import get_runtime
+
+    rt = get_runtime("onnxruntime")
+    path = export_onnx("t2t_vit_7", None, out_dir=tmp_path)
+    one, two = rt.load(path, threads=1), rt.load(path, threads=2)
+    assert one.describe().details["disabled_optimizers"] == "none"
+    assert two.describe().details["disabled_optimizers"] == "MatMulAddFusion"
+    images = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    assert np.allclose(one.run(images), two.run(images), atol=1e-4)
