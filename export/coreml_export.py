@@ -27,6 +27,7 @@ from t2tedge.fileio import atomic_dir
 from t2tedge.models import get_spec
 from t2tedge.models.mobilenet import explicit_same_padding, freeze_same_padding
 from t2tedge.models.registry import PreprocessConfig
+from t2tedge.models.t2t_vit import PerformerAttention
 
 # ML Program needs iOS 15 / macOS 12 or newer; activation quantization (w8a8) needs iOS 17 / macOS 14.
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
@@ -148,6 +149,12 @@ def _patch_int_cast() -> None:
     _INT_CAST_PATCHED = True
 
 
+# Modules whose activations stay float under w8a8. T2T-ViT's Performer attention: its random-feature
+# exponentials span many orders of magnitude and per-tensor int8 rounded its normaliser to zero, so the division
+# gave inf and every later range NaN. Its projections, MLP and LayerNorms around it are quantized as usual.
+FLOAT_ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (PerformerAttention,)
+
+
 def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: str | os.PathLike,
                    num_calib: int, seed: int = 0, progress: bool = True) -> nn.Module:
     """Activation quantization for Core ML, calibrated (min/max) on real images with coremltools.optimize.torch.
@@ -173,7 +180,8 @@ def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: st
     # Without this, TF-SAME convs trace as functional convs and their pre-BN outputs get quantized.
     explicit_same_padding(model, preprocess.crop)
     config = LinearQuantizerConfig(global_config=ModuleLinearQuantizerConfig(
-        quantization_scheme="affine", weight_dtype=torch.float32, activation_observer="min_max", milestones=None))
+        quantization_scheme="affine", weight_dtype=torch.float32, activation_observer="min_max", milestones=None),
+        module_type_configs={module_type: None for module_type in FLOAT_ACTIVATION_MODULES})
     quantizer = LinearQuantizer(model, config)
     example = torch.zeros(1, 3, preprocess.crop, preprocess.crop)
     try:
@@ -193,8 +201,8 @@ def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: st
     broken = [name for name, value in finalized.state_dict().items()
               if "_scale_" in name and value.numel() == 1 and not torch.isfinite(value).all()]
     if broken:
-        # Seen on T2T-ViT: coremltools' quantizer also quantizes the Performer's normaliser, whose int8 zero
-        # turns the division into inf, and every later range into NaN.
+        # A module not in FLOAT_ACTIVATION_MODULES whose activations int8 cannot hold (as the Performer's
+        # normaliser was: its int8 zero turned the division into inf, and every later range into NaN).
         raise T2TEdgeError(f"w8a8 calibration gave non-finite activation scales for {len(broken)} tensors (first: "
                            f"{broken[0]}); this model cannot take coremltools' activation quantization, use "
                            f"--compress w8 or palettize6")

@@ -66,10 +66,59 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-class TokenPerformer(nn.Module):
-    """Single-head Performer used inside the T2T module; the skip connection uses v."""
+class PerformerAttention(nn.Module):
+    """The Performer's linear attention over k, q, v with random features `w`. Holds no state (the features are
+    the parent's saved parameter), so it changes no checkpoint key; being its own module lets quantizers leave
+    exactly this math in float (its exponentials and normaliser do not fit 8 bits)."""
 
     epsilon = 1e-8
+
+    def __init__(self, m: int) -> None:
+        super().__init__()
+        self.m = m
+        self.export_form = False
+
+    def _features_reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        half_sq_norm = (x * x).sum(dim=-1, keepdim=True).repeat(1, 1, self.m) / 2
+        wtx = torch.einsum("bti,mi->btm", x, w)
+        return torch.exp(wtx - half_sq_norm) / math.sqrt(self.m)
+
+    def _attention_reference(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        kp, qp = self._features_reference(k, w), self._features_reference(q, w)
+        normaliser = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)
+        kptv = torch.einsum("bin,bim->bnm", v, kp)
+        return torch.einsum("bti,bni->btn", qp, kptv) / (normaliser.repeat(1, 1, v.shape[-1]) + self.epsilon)
+
+    @staticmethod
+    def _log_features(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # log of the positive random feature, without the 1/sqrt(m) factor: w.x - |x|^2 / 2
+        return torch.matmul(x, w.t()) - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+
+    def _attention_export(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # exp(w.x - |x|^2/2) reaches e^(m/2) and overflows fp16. Shifting q's exponent by a per-token max and
+        # k's by a per-sample max scales numerator and denominator by the same exp(-(cq + ck)); scaling
+        # epsilon by that factor too keeps the fp32 result exact.
+        log_q, log_k = self._log_features(q, w), self._log_features(k, w)
+        shift_q = log_q.amax(dim=-1, keepdim=True).detach()
+        shift_k = log_k.amax(dim=(1, 2), keepdim=True).detach()
+        inv_sqrt_m = 1.0 / math.sqrt(self.m)
+        qp = torch.exp(log_q - shift_q) * inv_sqrt_m
+        kp = torch.exp(log_k - shift_k) * inv_sqrt_m
+        kv = torch.matmul(kp.transpose(1, 2), v)  # (B, m, emb)
+        numerator = torch.matmul(qp, kv)  # (B, T, emb)
+        normaliser = torch.matmul(qp, kp.sum(dim=1, keepdim=True).transpose(1, 2))  # (B, T, 1)
+        # Clamped so the scaled epsilon cannot overflow fp16 (e^10); in fp32 the clamp only acts when every
+        # feature is below e^-14, where the published formula itself is dominated by epsilon.
+        scaled_eps = torch.exp(torch.clamp(math.log(self.epsilon) - shift_q - shift_k, max=10.0))
+        return numerator / (normaliser + scaled_eps)
+
+    def forward(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        attend = self._attention_export if self.export_form else self._attention_reference
+        return attend(k, q, v, w)
+
+
+class TokenPerformer(nn.Module):
+    """Single-head Performer used inside the T2T module; the skip connection uses v."""
 
     def __init__(self, dim: int, in_dim: int, kernel_ratio: float = 0.5, drop: float = 0.1) -> None:
         super().__init__()
@@ -86,45 +135,11 @@ class TokenPerformer(nn.Module):
         # The random feature matrix is drawn once at training time and saved: it must come from the checkpoint.
         w = nn.init.orthogonal_(torch.empty(self.m, self.emb)) * math.sqrt(self.m)
         self.w = nn.Parameter(w, requires_grad=False)
-        self.export_form = False
-
-    def _features_reference(self, x: torch.Tensor) -> torch.Tensor:
-        half_sq_norm = (x * x).sum(dim=-1, keepdim=True).repeat(1, 1, self.m) / 2
-        wtx = torch.einsum("bti,mi->btm", x, self.w)
-        return torch.exp(wtx - half_sq_norm) / math.sqrt(self.m)
-
-    def _attention_reference(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kp, qp = self._features_reference(k), self._features_reference(q)
-        normaliser = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)
-        kptv = torch.einsum("bin,bim->bnm", v, kp)
-        return torch.einsum("bti,bni->btn", qp, kptv) / (normaliser.repeat(1, 1, self.emb) + self.epsilon)
-
-    def _log_features(self, x: torch.Tensor) -> torch.Tensor:
-        # log of the positive random feature, without the 1/sqrt(m) factor: w.x - |x|^2 / 2
-        return torch.matmul(x, self.w.t()) - 0.5 * (x * x).sum(dim=-1, keepdim=True)
-
-    def _attention_export(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # exp(w.x - |x|^2/2) reaches e^(m/2) and overflows fp16. Shifting q's exponent by a per-token max and
-        # k's by a per-sample max scales numerator and denominator by the same exp(-(cq + ck)); scaling
-        # epsilon by that factor too keeps the fp32 result exact.
-        log_q, log_k = self._log_features(q), self._log_features(k)
-        shift_q = log_q.amax(dim=-1, keepdim=True).detach()
-        shift_k = log_k.amax(dim=(1, 2), keepdim=True).detach()
-        inv_sqrt_m = 1.0 / math.sqrt(self.m)
-        qp = torch.exp(log_q - shift_q) * inv_sqrt_m
-        kp = torch.exp(log_k - shift_k) * inv_sqrt_m
-        kv = torch.matmul(kp.transpose(1, 2), v)  # (B, m, emb)
-        numerator = torch.matmul(qp, kv)  # (B, T, emb)
-        normaliser = torch.matmul(qp, kp.sum(dim=1, keepdim=True).transpose(1, 2))  # (B, T, 1)
-        # Clamped so the scaled epsilon cannot overflow fp16 (e^10); in fp32 the clamp only acts when every
-        # feature is below e^-14, where the published formula itself is dominated by epsilon.
-        scaled_eps = torch.exp(torch.clamp(math.log(self.epsilon) - shift_q - shift_k, max=10.0))
-        return numerator / (normaliser + scaled_eps)
+        self.attention = PerformerAttention(self.m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = torch.split(self.kqv(self.norm1(x)), self.emb, dim=-1)
-        attend = self._attention_export if self.export_form else self._attention_reference
-        y = v + self.dp(self.proj(attend(k, q, v)))
+        y = v + self.dp(self.proj(self.attention(k, q, v, self.w)))
         return y + self.mlp(self.norm2(y))
 
 
@@ -301,6 +316,6 @@ class T2TViT(nn.Module):
 def set_export_form(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch every soft split and Performer of `model` to (or from) the export form, in place."""
     for module in model.modules():
-        if isinstance(module, (SoftSplit, TokenPerformer)):
+        if isinstance(module, (SoftSplit, PerformerAttention)):
             module.export_form = enabled
     return model

@@ -45,6 +45,22 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
+def _fused_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes, dict[str, int]]:
+    """What the session loads: the artifact's path, or its graph with ORT-only fusions applied, and their counts."""
+    if not fuse or not str(artifact).endswith(".onnx"):
+        return str(artifact), {}
+    import onnx
+
+    from t2tedge.runtimes.ort_fusions import fuse_self_attention
+
+    try:
+        proto = onnx.load(str(artifact))
+    except Exception:  # unreadable: let ORT name the problem when it loads the file itself
+        return str(artifact), {}
+    attention = fuse_self_attention(proto)
+    return (proto.SerializeToString(), {"Attention": attention}) if attention else (str(artifact), {})
+
+
 def session_exposing(proto, tensors, threads: int | None = None, only: bool = False):
     """(CPU session, fixed batch or None) of `proto` with the intermediate `tensors` also exposed as outputs
     (those the graph computes; others are left out). `only`: they replace the graph's outputs, so ORT drops
@@ -74,9 +90,10 @@ class OnnxRuntimeCPU(Runtime):
     consumes = "onnx"
 
     def __init__(self, session, path: str, threads: int | None, optimization: str, provider: str = "cpu",
-                 disabled: list[str] | None = None) -> None:
+                 disabled: list[str] | None = None, fusions: dict[str, int] | None = None) -> None:
         self.session = session
         self.disabled_optimizers = disabled or []
+        self.fusions = fusions or {}
         self.provider = provider
         self.path = path
         self.threads = threads
@@ -97,8 +114,10 @@ class OnnxRuntimeCPU(Runtime):
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
-             provider: str = "cpu", **options: Any) -> "OnnxRuntimeCPU":
-        """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack."""
+             provider: str = "cpu", fuse: bool = True, **options: Any) -> "OnnxRuntimeCPU":
+        """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack. `fuse`: rewrite float
+        self-attention blocks into ORT's contrib Attention kernel in memory (runtimes.ort_fusions); the file is
+        not changed."""
         import onnxruntime as ort
 
         if provider not in EXECUTION_PROVIDERS:
@@ -126,11 +145,12 @@ class OnnxRuntimeCPU(Runtime):
             opts.intra_op_num_threads = 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         disabled = disabled_optimizers(threads, optimization, provider)
+        model, fusions = _fused_graph(artifact, fuse and provider == "cpu" and optimization in ("extended", "all"))
         try:
-            session = ort.InferenceSession(str(artifact), opts, providers=providers, disabled_optimizers=disabled)
+            session = ort.InferenceSession(model, opts, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
             raise T2TEdgeError(f"onnxruntime cannot load {artifact}: {str(exc).splitlines()[0][:200]}") from None
-        return cls(session, str(artifact), threads, optimization, provider, disabled)
+        return cls(session, str(artifact), threads, optimization, provider, disabled, fusions)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_fixed_batches(self.session, self.input_name, self.fixed_batch, batch)[0]
@@ -144,4 +164,5 @@ class OnnxRuntimeCPU(Runtime):
                                            "format": "ort" if self.path.endswith(".ort") else "onnx",
                                            "graph_optimization_level": self.optimization,
                                            "disabled_optimizers": ",".join(self.disabled_optimizers) or "none",
+                                           "fusions": ",".join(f"{op} x{n}" for op, n in self.fusions.items()) or "none",
                                            "artifact": self.path})

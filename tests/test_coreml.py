@@ -143,6 +143,33 @@ def test_mobilenet_v2_w8a8_round_trip_within_half_a_point(mnv2_eval, sample_dir,
     assert abs(_top1(network, images, labels) - fp32) <= 0.5
 
 
+def test_t2t_vit_w8a8_keeps_the_performer_attention_float_and_the_predictions(tmp_path):
+    """coremltools' activation quantizer turned the Performer's normaliser into inf (every later scale NaN) on
+    the trained subject; with its attention kept float the package converts and torch agrees with fp32."""
+    from t2tedge.data import discover, evenly_spread, load_batch
+    from t2tedge.export.common import build_model
+    from t2tedge.models import get_spec, trained_subject
+
+    subject = trained_subject("t2t_vit_7")
+    if subject is None:
+        pytest.skip("no trained T2T-ViT-7 subject (tests/assets or ../shared imagenette2 missing)")
+    options = CoreMLExportOptions(compress="w8a8", target="iOS17", calib=str(subject.train), num_calib=64)
+    package = export_coreml("t2t_vit_7", subject.checkpoint, out_dir=tmp_path, options=options, progress=False,
+                            num_classes=subject.num_classes)
+    report = inspect_package(package)
+    assert report.op_counts["quantize"] > 20 and report.unsupported_ops == []
+    assert np.isfinite(activation_scales(package)).all()
+    pre = get_spec("t2t_vit_7").preprocess
+    calibrated = calibrate_w8a8(build_model("t2t_vit_7", subject.checkpoint, num_classes=10)[0], pre, subject.train,
+                                64, progress=False)
+    fp32 = build_model("t2t_vit_7", subject.checkpoint, num_classes=10)[0].eval()
+    images, _ = load_batch(evenly_spread(discover(subject.val, num_classes=10), 200), pre)
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        agreement = float((calibrated(x).argmax(1) == fp32(x).argmax(1)).float().mean())
+    assert agreement >= 0.95, agreement
+
+
 def test_every_op_of_the_t2t_vit_export_form_stays_finite_in_fp16(val_dir):
     """Core ML computes in fp16: simulate that in torch and check every module's output on real images."""
     from conftest import real_images, trained_like_state_dict

@@ -10,7 +10,7 @@ import torch
 from conftest import max_abs, real_images, save_official_checkpoint, trained_like_state_dict
 from reference_t2t import official_forward
 from t2tedge.models import create_model, get_spec, set_export_form
-from t2tedge.models.t2t_vit import SoftSplit, TokenPerformer
+from t2tedge.models.t2t_vit import SoftSplit, TokenPerformer, set_export_form
 
 HEADS = {"t2t_vit_7": 4, "t2t_vit_12": 4, "t2t_vit_t_14": 6}
 
@@ -70,7 +70,8 @@ def test_performer_fp16_export_form_is_finite_where_naive_overflows(images):
     with torch.no_grad():
         fp32 = performer(tokens)
         naive16 = half(tokens.half())
-        performer.export_form = half.export_form = True
+        set_export_form(performer)
+        set_export_form(half)
         safe16 = half(tokens.half())
         safe32 = performer(tokens)
     assert not torch.isfinite(naive16).all(), "the published form should overflow fp16 here"

@@ -1,0 +1,164 @@
+"""ONNX Runtime-only rewrites of a float graph, applied in memory when the onnxruntime runtime loads it.
+
+The exported file stays plain ONNX (TensorRT and Core ML read it too). ORT's own optimizer does not fuse
+T2T-ViT's self-attention (its pattern expects BERT's separate, biased q/k/v projections), so each block ran as
+fourteen small ops: a qkv MatMul, Split, three Reshape+Transpose pairs, two MatMuls, the scale, Softmax and the
+Transpose+Reshape back. On two threads each op pays a thread-pool round trip; the contrib `Attention` kernel
+does the same arithmetic as one op. Measured on T2T-ViT-7 fp32, batch 1, 2 threads: 10.55 -> 9.79 ms.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+MS_DOMAIN = "com.microsoft"
+HEADS_FIRST = [0, 2, 1, 3]  # (B, N, H, D) <-> (B, H, N, D)
+KEYS_TRANSPOSED = [0, 2, 3, 1]  # (B, N, H, D) -> (B, H, D, N)
+
+
+@dataclass
+class _Graph:
+    proto: onnx.ModelProto
+
+    def __post_init__(self) -> None:
+        graph = self.proto.graph
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.outputs = {o.name for o in graph.output}
+        self.constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+
+    def made_by(self, tensor: str, op_type: str) -> onnx.NodeProto | None:
+        """The node of `op_type` that produces `tensor`, if `tensor` feeds nothing else and is no graph output."""
+        node = self.producer.get(tensor)
+        if node is None or node.op_type != op_type or tensor in self.outputs or len(self.consumers[tensor]) != 1:
+            return None
+        return node
+
+    def only_consumer(self, tensor: str, op_type: str) -> onnx.NodeProto | None:
+        users = self.consumers[tensor]
+        if tensor in self.outputs or len(users) != 1 or users[0].op_type != op_type:
+            return None
+        return users[0]
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _transpose(g: _Graph, tensor: str, perm: list[int]) -> onnx.NodeProto | None:
+    node = g.made_by(tensor, "Transpose")
+    return node if node is not None and list(_attr(node, "perm", [])) == perm else None
+
+
+def _heads_reshape(g: _Graph, tensor: str) -> tuple[onnx.NodeProto, int, int] | None:
+    """Reshape (B, N, H*D) -> (B, N, H, D): the node, H and D."""
+    node = g.made_by(tensor, "Reshape")
+    shape = g.constants.get(node.input[1]) if node is not None else None
+    if shape is None or shape.shape != (4,) or min(shape[2:]) <= 0 or _attr(node, "allowzero", 0):
+        return None
+    return node, int(shape[2]), int(shape[3])
+
+
+def _match(g: _Graph, softmax: onnx.NodeProto) -> dict | None:
+    """The nodes of one self-attention block around `softmax`, or None if any part differs from the pattern."""
+    if _attr(softmax, "axis", -1) not in (-1, 3):
+        return None
+    scale_mul = g.made_by(softmax.input[0], "Mul")
+    if scale_mul is None:
+        return None
+    scores_name, scale_name = ((scale_mul.input[0], scale_mul.input[1]) if scale_mul.input[1] in g.constants
+                               else (scale_mul.input[1], scale_mul.input[0]))
+    scale = g.constants.get(scale_name)
+    scores = g.made_by(scores_name, "MatMul")
+    if scale is None or scale.size != 1 or scores is None:
+        return None
+    mix = g.only_consumer(softmax.output[0], "MatMul")
+    if mix is None or mix.input[0] != softmax.output[0]:
+        return None
+    back = g.only_consumer(mix.output[0], "Transpose")
+    merge = g.only_consumer(back.output[0], "Reshape") if back is not None else None
+    if back is None or list(_attr(back, "perm", [])) != HEADS_FIRST or merge is None:
+        return None
+    transposes = [_transpose(g, scores.input[0], HEADS_FIRST), _transpose(g, scores.input[1], KEYS_TRANSPOSED),
+                  _transpose(g, mix.input[1], HEADS_FIRST)]
+    if None in transposes:
+        return None
+    reshapes = [_heads_reshape(g, t.input[0]) for t in transposes]
+    if None in reshapes or len({(h, d) for _, h, d in reshapes}) != 1:
+        return None
+    _, heads, head_size = reshapes[0]
+    hidden = heads * head_size
+    merged = g.constants.get(merge.input[1])
+    if merged is None or merged.shape != (3,) or int(merged[2]) != hidden:
+        return None
+    split = g.producer.get(reshapes[0][0].input[0])
+    if split is None or split.op_type != "Split" or list(split.output) != [r.input[0] for r, _, _ in reshapes]:
+        return None
+    sizes = g.constants.get(split.input[1]) if len(split.input) > 1 else np.array(_attr(split, "split", []))
+    if _attr(split, "axis", 0) not in (-1, 2) or sizes is None or list(sizes) != [hidden] * 3:
+        return None
+    if any(len(g.consumers[out]) != 1 or out in g.outputs for out in split.output):
+        return None
+    bias_add = g.made_by(split.input[0], "Add")
+    bias_name = None
+    projected = split.input[0]
+    if bias_add is not None:
+        bias_name = next((i for i in bias_add.input if i in g.constants), None)
+        projected = next((i for i in bias_add.input if i != bias_name), None)
+        if bias_name is None or g.constants[bias_name].shape != (3 * hidden,):
+            return None
+    projection = g.made_by(projected, "MatMul")
+    weight = g.constants.get(projection.input[1]) if projection is not None else None
+    if weight is None or weight.ndim != 2 or weight.shape[1] != 3 * hidden:
+        return None
+    nodes = [projection, bias_add, split, *(r for r, _, _ in reshapes), *transposes, scores, scale_mul, softmax,
+             mix, back, merge]
+    return {"nodes": [n for n in nodes if n is not None], "input": projection.input[0],
+            "weight": projection.input[1], "bias": bias_name, "hidden": hidden, "heads": heads,
+            "scale": float(scale.reshape(())), "output": merge.output[0], "name": softmax.name}
+
+
+def fuse_self_attention(proto: onnx.ModelProto) -> int:
+    """Replace every matching self-attention block of `proto` (in place) by com.microsoft.Attention; the count."""
+    g = _Graph(proto)
+    matches = [m for m in (_match(g, node) for node in proto.graph.node if node.op_type == "Softmax") if m]
+    if not matches:
+        return 0
+    graph = proto.graph
+    replaced: dict[int, onnx.NodeProto] = {}
+    removed: set[int] = set()
+    for number, found in enumerate(matches):
+        bias = found["bias"]
+        if bias is None:  # Attention needs a bias input; T2T-ViT's qkv has none
+            bias = f"{found['weight']}_zero_bias_{number}"
+            graph.initializer.append(numpy_helper.from_array(np.zeros(3 * found["hidden"], np.float32), bias))
+        attention = helper.make_node("Attention", [found["input"], found["weight"], bias], [found["output"]],
+                                     name=f"{found['name']}_Attention", domain=MS_DOMAIN,
+                                     num_heads=found["heads"], scale=found["scale"])
+        ids = [id(n) for n in found["nodes"]]
+        replaced[ids[0]] = attention  # where the qkv projection was: its inputs exist there already
+        removed.update(ids[1:])
+    kept = [replaced.get(id(n), n) for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    orphans = [i for i in graph.initializer if i.name not in used and i.name in g.constants and i.name not in g.outputs]
+    for initializer in orphans:  # the removed Reshapes' shapes and Split sizes
+        graph.initializer.remove(initializer)
+    if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(matches)
