@@ -57,6 +57,9 @@ def _fused_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes, 
         proto = onnx.load(str(artifact))
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
         return str(artifact), {}
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+        # An INT8 graph runs as calibrated and evaluated: a fused kernel would move its requantization points.
+        return str(artifact), {}
     attention = fuse_self_attention(proto)
     return (proto.SerializeToString(), {"Attention": attention}) if attention else (str(artifact), {})
 

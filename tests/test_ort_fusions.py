@@ -45,3 +45,22 @@ def test_graphs_without_the_pattern_are_untouched(tmp_path):
     before = proto.SerializeToString()
     assert fuse_self_attention(proto) == 0 and proto.SerializeToString() == before
     assert OnnxRuntimeCPU.load(path).describe().details["fusions"] == "none"
+
+
+def test_int8_graphs_run_as_calibrated(t2t7, tmp_path):
+    """A QDQ graph keeps its ops: a fused kernel would move the requantization points it was calibrated with."""
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(t2t7["static"])
+    for node in proto.graph.node:
+        node.input[:] = ["image_dq" if name == "image" else name for name in node.input]
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "image_scale"),
+                                    numpy_helper.from_array(np.array(128, np.uint8), "image_zero_point")])
+    proto.graph.node.insert(0, helper.make_node("DequantizeLinear", ["image_q", "image_scale", "image_zero_point"],
+                                                ["image_dq"]))
+    proto.graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "image_scale", "image_zero_point"],
+                                                ["image_q"]))
+    path = tmp_path / "qdq.onnx"
+    onnx.save(proto, path)
+    assert fuse_self_attention(onnx.load(path)) == 7  # the pattern is there
+    assert OnnxRuntimeCPU.load(path).describe().details["fusions"] == "none"
