@@ -221,7 +221,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     runtimes = _comma_list(args.runtimes)
     report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
-                        onnx_path=args.onnx, threads=args.threads)
+                        onnx_path=args.onnx, threads=args.threads, **_class_override(args))
     print(format_report(report))
     if args.json:
         write_report(report, args.json)
@@ -539,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    _num_classes_arg(p)
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("quantize", help="post-training INT8 (QDQ ONNX) calibrated on real images")

@@ -89,8 +89,10 @@ def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
 
 def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike, n: int = 64, batch: int = 1,
                checkpoint: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
-               threads: int | None = None, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run `runtimes` on the same images; the first is the reference. Returns the JSON-ready report."""
+               threads: int | None = None, workdir: str | os.PathLike | None = None,
+               **overrides: Any) -> dict[str, Any]:
+    """Run `runtimes` on the same images; the first is the reference. Returns the JSON-ready report.
+    `overrides` go to the model constructor (num_classes=10 for a fine-tuned checkpoint)."""
     if len(runtimes) < 2:
         raise T2TEdgeError("parity needs at least two runtimes, e.g. --runtimes torch,onnxruntime")
     images, paths = parity_images(model_name, data, n)
@@ -106,7 +108,7 @@ def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike
                 skipped[name] = str(exc)
                 continue
             artifact = build_artifact(cls.consumes, model_name, checkpoint, work, onnx_path=onnx_path,
-                                      dynamic_batch=True)
+                                      dynamic_batch=True, **overrides)
             runtime = cls.load(artifact, threads=threads)
             outputs[name] = run_batched(runtime, images, batch)
             described[name] = runtime.describe().to_dict()

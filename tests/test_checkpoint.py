@@ -78,7 +78,7 @@ def test_bad_checkpoint_cli_one_line_nonzero_exit(state, tmp_path, kind):
     assert not out.exists() or not any(out.iterdir()), "no artifact may be left behind"
 
 
-def test_fine_tuned_head_names_its_class_count_and_exports_with_num_classes(state, tmp_path):
+def test_fine_tuned_head_names_its_class_count_and_exports_with_num_classes(state, tmp_path, val_dir):
     ten = dict(state, **{"head.weight": state["head.weight"][:10], "head.bias": state["head.bias"][:10]})
     path = save_official_checkpoint(ten, tmp_path / "ten.pth")
     with pytest.raises(CheckpointError, match=r"a 10-class classifier: pass --num-classes"):
@@ -96,3 +96,6 @@ def test_fine_tuned_head_names_its_class_count_and_exports_with_num_classes(stat
 
     logits = onnx.load(out / "t2t_vit_7.onnx", load_external_data=False).graph.output[0]
     assert [d.dim_value for d in logits.type.tensor_type.shape.dim] == [1, 10]
+    proc = subprocess.run([sys.executable, "-m", "t2tedge.cli", "parity", "t2t_vit_7", "--checkpoint", str(path),
+                           "--num-classes", "10", "--data", str(val_dir), "--n", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
