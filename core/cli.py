@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sqnr-threshold", type=float, default=10.0, metavar="DB",
                    help="flag layers whose output SQNR vs fp32 (cumulative, on held-out images) is below this "
                         "(default: %(default)s)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    _num_classes_arg(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_quantize)
 

@@ -74,12 +74,11 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         if unexpected:
             parts.append(f"unexpected keys: {_first(unexpected)}")
         raise CheckpointError(f"{source} does not fit {model_name}: " + "; ".join(parts))
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if tuple(state[k].shape) != tuple(v.shape)]
+    mismatched = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
     if mismatched:
-        hint = _classifier_hint(model, state, [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)])
+        shown = _first([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched])
         raise CheckpointError(f"{source} does not fit {model_name}: shape mismatch (checkpoint vs model): "
-                              f"{_first(mismatched)}{hint}")
+                              f"{shown}{_classifier_hint(model, state, mismatched)}")
     non_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise CheckpointError(f"{source}: non-finite values (NaN/Inf) in {_first(non_finite)}")

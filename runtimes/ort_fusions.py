@@ -160,7 +160,7 @@ def fuse_self_attention(proto: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     used = {name for node in kept for name in node.input}
-    orphans = [i for i in graph.initializer if i.name not in used and i.name in g.constants and i.name not in g.outputs]
+    orphans = [i for i in graph.initializer if i.name not in used and i.name not in g.outputs]
     for initializer in orphans:  # the removed Reshapes' shapes and Split sizes
         graph.initializer.remove(initializer)
     if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
