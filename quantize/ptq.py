@@ -17,6 +17,7 @@ from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
 from t2tedge.quantize.ranges import ort_method, write_ranges
+from t2tedge.runtimes.onnxruntime_cpu import QDQ_DISABLED_OPTIMIZERS
 
 
 @contextlib.contextmanager
@@ -90,6 +91,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
                      "t2tedge.source_fp32": Path(fp32_path).name})
+        behind_dq = float_nodes_behind_dequantize(qdq)
+        if behind_dq:  # read by people loading the model in their own ORT sessions
+            meta["t2tedge.ort_disabled_optimizers"] = ",".join(QDQ_DISABLED_OPTIMIZERS)
         del qdq.metadata_props[:]
         for key, value in sorted(meta.items()):
             qdq.metadata_props.add(key=key, value=value)
@@ -98,7 +102,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     return {"quantized_nodes": sorted(chosen), "float_nodes": sorted(set(eligible) - set(chosen)),
             "method": config.method, "weight_granularity": setting.weight_granularity,
             "weight_rounding": config.weight_rounding, "gptq_rounded_nodes": len(rounded),
-            "bias_correction": correction,
+            "bias_correction": correction, "float_nodes_behind_dequantize": behind_dq,
+            "ort_disabled_optimizers": list(QDQ_DISABLED_OPTIMIZERS) if behind_dq else [],
             "activation_dtype": setting.activation_dtype, "destination": str(destination)}
 
 
@@ -141,6 +146,25 @@ def _bias_correction(qdq: onnx.ModelProto, fp32: onnx.ModelProto, reader, mode: 
     written = write_biases(qdq, biases) if applied else []
     return {"mode": mode, "applied": applied, "corrected_nodes": len(written),
             "calibration_sqnr_db": {"without": round(float(without), 3), "with": round(float(with_), 3)}}
+
+
+def float_nodes_behind_dequantize(model: onnx.ModelProto) -> list[str]:
+    """Conv/ConvTranspose/Gemm nodes kept in float whose input is a dequantized tensor. ORT's
+    WeightBiasQuantization transformer would give them per-tensor int8 weights at load time; the onnxruntime
+    runtime turns it off (runtimes.onnxruntime_cpu.QDQ_DISABLED_OPTIMIZERS), and so must anyone loading the
+    model in their own session who wants those nodes in float."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+            continue
+        source = producers.get(node.input[0])
+        weight = initializers.get(node.input[1])
+        if (source is not None and source.op_type == "DequantizeLinear" and weight is not None
+                and weight.data_type == onnx.TensorProto.FLOAT):
+            found.append(node.name)
+    return found
 
 
 def calibration_images(reader) -> "np.ndarray":

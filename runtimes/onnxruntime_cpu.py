@@ -18,13 +18,27 @@ EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "xnnpack": "XnnpackExecuti
 # 0.55 ms for T2T-ViT-7's 3136x147x192 projection at 2 threads. Left unfused on more than one thread, T2T-ViT-7
 # fp32 took 10.45 ms instead of 11.66; on one thread the fusion helps (12.63 vs 13.01 ms), so it stays there.
 MULTI_THREAD_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+# ORT's WeightBiasQuantization (a level-1 QDQ transformer) quantizes, at load time, every float Conv,
+# ConvTranspose or Gemm whose input comes from a per-tensor DequantizeLinear: per-tensor int8 weights of its own
+# choosing. In a QDQ model those are exactly the nodes the quantization config kept in float (--exclude, the
+# mixed-precision search), so without this they silently ran in int8, with per-tensor weights that a depthwise
+# Conv cannot take: MobileNetV2 with every Conv kept float but its activations quantized fell to 0% agreement.
+QDQ_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
-def disabled_optimizers(threads: int | None, optimization: str = "all", provider: str = "cpu") -> list[str]:
-    """ORT graph optimizers this adapter turns off for the given intra-op thread count (None: all cores)."""
-    if provider != "cpu" or optimization in ("disable", "basic") or (threads or os.cpu_count() or 1) <= 1:
-        return []
-    return list(MULTI_THREAD_DISABLED_OPTIMIZERS)
+def disabled_optimizers(threads: int | None, optimization: str = "all", provider: str = "cpu",
+                        quantized: bool = False) -> list[str]:
+    """ORT graph optimizers this adapter turns off for the given intra-op thread count (None: all cores), and
+    for a `quantized` (QDQ) graph."""
+    disabled = list(QDQ_DISABLED_OPTIMIZERS) if quantized and optimization != "disable" else []
+    if provider == "cpu" and optimization not in ("disable", "basic") and (threads or os.cpu_count() or 1) > 1:
+        disabled += MULTI_THREAD_DISABLED_OPTIMIZERS
+    return disabled
+
+
+def is_quantized(proto) -> bool:
+    """Whether an ONNX graph holds Q/DQ nodes (an INT8 QDQ model)."""
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node)
 
 
 def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batch: np.ndarray,
@@ -45,10 +59,13 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def _fused_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes, dict[str, int]]:
-    """What the session loads: the artifact's path, or its graph with ORT-only fusions applied, and their counts."""
-    if not fuse or not str(artifact).endswith(".onnx"):
-        return str(artifact), {}
+def _session_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes, dict[str, int], bool]:
+    """What the session loads (the artifact's path, or its graph with ORT-only fusions applied), the fusion
+    counts, and whether the graph may be quantized (QDQ). An .ort file is taken as it is, and counted as
+    possibly quantized: onnx cannot read it, and the QDQ-only optimizers this turns off do nothing to a float
+    graph."""
+    if not str(artifact).endswith(".onnx"):
+        return str(artifact), {}, True
     import onnx
 
     from t2tedge.runtimes.ort_fusions import fuse_self_attention
@@ -56,12 +73,12 @@ def _fused_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes, 
     try:
         proto = onnx.load(str(artifact))
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
-        return str(artifact), {}
-    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+        return str(artifact), {}, False
+    if is_quantized(proto):
         # An INT8 graph runs as calibrated and evaluated: a fused kernel would move its requantization points.
-        return str(artifact), {}
-    attention = fuse_self_attention(proto)
-    return (proto.SerializeToString(), {"Attention": attention}) if attention else (str(artifact), {})
+        return str(artifact), {}, True
+    attention = fuse_self_attention(proto) if fuse else 0
+    return (proto.SerializeToString(), {"Attention": attention}, False) if attention else (str(artifact), {}, False)
 
 
 def session_exposing(proto, tensors, threads: int | None = None, only: bool = False):
@@ -83,7 +100,8 @@ def session_exposing(proto, tensors, threads: int | None = None, only: bool = Fa
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if is_quantized(proto) else [])
     batch_dim = session.get_inputs()[0].shape[0]
     return session, batch_dim if isinstance(batch_dim, int) else None
 
@@ -147,8 +165,9 @@ class OnnxRuntimeCPU(Runtime):
             providers.insert(0, ("XnnpackExecutionProvider", {"intra_op_num_threads": threads or os.cpu_count()}))
             opts.intra_op_num_threads = 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        disabled = disabled_optimizers(threads, optimization, provider)
-        model, fusions = _fused_graph(artifact, fuse and provider == "cpu" and optimization in ("extended", "all"))
+        model, fusions, quantized = _session_graph(artifact, fuse and provider == "cpu"
+                                                   and optimization in ("extended", "all"))
+        disabled = disabled_optimizers(threads, optimization, provider, quantized)
         try:
             session = ort.InferenceSession(model, opts, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs

@@ -8,7 +8,7 @@ does the same arithmetic as one op. Measured on T2T-ViT-7 fp32, batch 1, 2 threa
 
 Tried and left out: residual Add + LayerNorm as contrib SkipLayerNormalization (with the projection bias)
 took 3.9 ms for T2T-ViT-7's 16 pairs on one thread, where LayerNormalization alone took 0.8 ms for 18.
-Float graphs only: an INT8 graph runs as it was calibrated (see onnxruntime_cpu._fused_graph).
+Float graphs only: an INT8 graph runs as it was calibrated (see onnxruntime_cpu._session_graph).
 """
 
 from __future__ import annotations

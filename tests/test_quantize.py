@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
+import torch
 
 from t2tedge.cli import main
 from t2tedge.quantize import OpQuantConfig, QuantConfig, plan
@@ -29,6 +31,7 @@ def test_int8_graph_and_report(mobilenet_int8):
     assert meta["t2tedge.precision"] == "int8" and json.loads(meta["t2tedge.quant_config"])["method"] == "mse"
     report = json.loads(mobilenet_int8.with_suffix(".json").read_text())
     assert report["calibration"]["images"] == 64 and len(report["quantized_nodes"]) > 50
+    assert report["float_nodes_behind_dequantize"] == [] and "t2tedge.ort_disabled_optimizers" not in meta
 
 
 def test_int8_keeps_accuracy_on_real_images(mobilenet_int8, weights_dir, val_dir):
@@ -309,7 +312,7 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
     from t2tedge.data import discover, load_batch, split
     from t2tedge.export import OnnxExportOptions, export_onnx
     from t2tedge.models import get_spec
-    from t2tedge.quantize import ImageCalibrationReader
+    from t2tedge.quantize import ImageCalibrationReader, quantize_onnx
     from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
 
     spec = get_spec("mobilenet_v2_100")
@@ -321,7 +324,7 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
     session = PTQSession(fp32, ImageCalibrationReader(calib, spec.preprocess, batch=16, progress=None), QuantConfig(),
                          images, workdir=tmp_path / "work")
     assert session.ranges.is_file()  # one calibration, reused by every variant
-    session.candidates = ["/classifier/classifier.1/Gemm"] + session.candidates[:3]
+    session.candidates = ["/classifier/classifier.1/Gemm"] + session.candidates[10:22:5]  # 3 between int8 layers
     ranking = analyse(session, progress=False)
     gains = [r["sqnr_gain_db"] for r in ranking]
     assert gains == sorted(gains, reverse=True) and len(ranking) == 4
@@ -329,6 +332,11 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
     assert kept == [r["node"] for r in ranking]
     assert all(chosen.op_name_configs[name] is None for name in kept)
     assert "/classifier/classifier.1/Gemm" not in plan(chosen, session.graph)
+    report = quantize_onnx(fp32, tmp_path / "mixed.onnx", None, chosen, ranges_cache=session.ranges)
+    behind = set(report["float_nodes_behind_dequantize"])  # the Gemm reads the float average pool
+    assert behind and behind <= set(kept) - {"/classifier/classifier.1/Gemm"}
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "mixed.onnx").metadata_props}
+    assert meta["t2tedge.ort_disabled_optimizers"] == "WeightBiasQuantization"
     _, none_kept, same = mixed_precision(session, ranking, target_agreement=0.0)  # already met: keeps none
     assert none_kept == [] and same == session.full
 
@@ -341,3 +349,60 @@ def test_mixed_precision_reaches_target_on_mobilenet_v2(weights_dir, sample_dir,
     report = json.loads((tmp_path / "mobilenet_v2_100_int8.json").read_text())
     assert report["mixed_precision"]["reached"] and report["sensitivity"]
     assert set(report["mixed_precision"]["kept_float"]) <= set(report["float_nodes"])
+
+
+def _conv_after_dequantize(path):
+    """image -> Q/DQ -> Conv with float weights -> Q/DQ: a node the quantization config keeps in float between
+    quantized tensors. One weight, on an input channel that is always zero, is 1000: harmless in float, but
+    per-tensor int8 weights then have a step of about 8 and every other weight rounds to zero."""
+    from onnx import TensorProto, helper
+
+    weight = np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3))
+    weight[0, 2, 1, 1] = 1000.0
+    initializers = [numpy_helper.from_array(weight.astype(np.float32), "w"),
+                    numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+                    numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+                    numpy_helper.from_array(np.array(128, np.uint8), "z"),
+                    numpy_helper.from_array(np.array(0.1, np.float32), "ys"),
+                    numpy_helper.from_array(np.array(0, np.int8), "yz")]
+    nodes = [helper.make_node("QuantizeLinear", ["image", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Conv", ["dq", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["logits"])]
+    graph = helper.make_graph(nodes, "float_conv_between_qdq",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8, 8])], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return weight
+
+
+def test_onnxruntime_runtime_keeps_float_nodes_of_a_qdq_graph_in_float(tmp_path):
+    import onnxruntime as ort
+
+    from t2tedge.runtimes import get_runtime
+
+    path = tmp_path / "qdq.onnx"
+    weight = _conv_after_dequantize(path)
+    x = np.random.default_rng(1).uniform(-2, 2, (1, 3, 8, 8)).astype(np.float32)
+    x[:, 2] = 0.0
+    xq = (np.clip(np.round(x / 0.02) + 128, 0, 255) - 128) * 0.02  # what the DequantizeLinear hands the Conv
+    y = torch.nn.functional.conv2d(torch.from_numpy(xq.astype(np.float32)),
+                                   torch.from_numpy(weight.astype(np.float32)), padding=1).numpy()
+    expected = np.clip(np.round(y / 0.1), -128, 127) * 0.1
+
+    runtime = get_runtime("onnxruntime").load(path, threads=1)
+    assert "WeightBiasQuantization" in runtime.describe().details["disabled_optimizers"]
+    assert np.abs(runtime.run(x) - expected).max() <= 0.1 + 1e-6  # at most one output step (rounding ties)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    if np.abs(plain - expected).max() <= 0.1 + 1e-6:
+        pytest.skip(f"onnxruntime {ort.__version__} no longer quantizes float Convs between Q/DQ")
+    assert np.abs(plain - expected).max() > 1.0  # what ORT's own per-tensor int8 weights make of it
+
+
+def test_float_graphs_keep_every_onnxruntime_optimizer(tmp_path):
+    from t2tedge.export import export_onnx
+    from t2tedge.runtimes import get_runtime
+
+    path = export_onnx("mobilenet_v2_100", None, out_dir=tmp_path)
+    assert get_runtime("onnxruntime").load(path, threads=1).describe().details["disabled_optimizers"] == "none"
