@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.fileio import atomic_path, atomic_write_bytes
+
+if TYPE_CHECKING:
+    import onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_HINT = "TensorRT is not installed; install the tensorrt wheel for your CUDA from NVIDIA's index"
@@ -55,11 +58,13 @@ class BuildResult:
     explicit_quantization: bool = False
 
 
-def has_qdq(onnx_path: str | os.PathLike) -> bool:
-    import onnx
+def has_qdq(model: str | os.PathLike | onnx.ModelProto) -> bool:
+    """Whether an ONNX model (a file or a loaded ModelProto) holds Q/DQ nodes: an INT8 QDQ model."""
+    if not hasattr(model, "graph"):
+        import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)
+        model = onnx.load(str(model), load_external_data=False)
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
 def _logger(trt, lines: list[str]):

@@ -36,11 +36,6 @@ def disabled_optimizers(threads: int | None, optimization: str = "all", provider
     return disabled
 
 
-def is_quantized(proto) -> bool:
-    """Whether an ONNX graph holds Q/DQ nodes (an INT8 QDQ model)."""
-    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node)
-
-
 def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batch: np.ndarray,
                          output_names: list[str] | None = None) -> list[np.ndarray]:
     """`session.run` on `batch`; a static-batch graph (`fixed_batch`) takes any batch: chunks of its size, the
@@ -68,13 +63,14 @@ def _session_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes
         return str(artifact), {}, True
     import onnx
 
+    from t2tedge.export.tensorrt_engine import has_qdq
     from t2tedge.runtimes.ort_fusions import fuse_self_attention
 
     try:
         proto = onnx.load(str(artifact))
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
         return str(artifact), {}, False
-    if is_quantized(proto):
+    if has_qdq(proto):
         # An INT8 graph runs as calibrated and evaluated: a fused kernel would move its requantization points.
         return str(artifact), {}, True
     attention = fuse_self_attention(proto) if fuse else 0
@@ -87,6 +83,8 @@ def session_exposing(proto, tensors, threads: int | None = None, only: bool = Fa
     every node after them. `proto` is not modified."""
     import onnx
     import onnxruntime as ort
+
+    from t2tedge.export.tensorrt_engine import has_qdq
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     present = {o for node in proto.graph.node for o in node.output}
@@ -101,7 +99,7 @@ def session_exposing(proto, tensors, threads: int | None = None, only: bool = Fa
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if is_quantized(proto) else [])
+                                   disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if has_qdq(proto) else [])
     batch_dim = session.get_inputs()[0].shape[0]
     return session, batch_dim if isinstance(batch_dim, int) else None
 
