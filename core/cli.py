@@ -91,11 +91,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     spec = get_spec(args.model)
-    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    checkpoint = None if args.onnx else _resolve_checkpoint(args.model, args.checkpoint)  # the file has its weights
     samples = discover(args.data, num_classes=args.num_classes)
     if args.limit:
         samples = samples[: args.limit]
+    args.runtime = args.runtime or ("onnxruntime" if args.onnx else "torch")
     cls = get_runtime(args.runtime)
+    if args.onnx and cls.consumes != "onnx":
+        raise T2TEdgeError(f"--onnx needs a runtime that runs ONNX files, not {args.runtime}; "
+                           f"use --runtime onnxruntime (or tensorrt)")
     with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
         artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
                                   **_class_override(args))
@@ -103,6 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(runtime, samples, spec.preprocess, batch=args.batch, progress=f"eval {args.model}")
     report = {"model": args.model, "runtime": runtime.describe().to_dict(), "data": str(args.data),
               "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)", **result.to_dict()}
+    if args.onnx:
+        del report["checkpoint"]
+        report["onnx"] = str(args.onnx)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -252,6 +259,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         # a later step never leaves an INT8 model without its report.
         staged = Path(tmp) / out.name
         fp32 = args.onnx
+        if fp32 is not None and not fp32.is_file():
+            raise T2TEdgeError(f"ONNX file not found: {fp32}")
         if fp32 is None:
             checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
             # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
@@ -423,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_arg(p)
     p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA,
                    help="ImageFolder, flat wnid_*.JPEG or flat ImageNet val folder (default: %(default)s)")
-    p.add_argument("--runtime", default="torch", help="runtime to evaluate on (default: %(default)s)")
-    p.add_argument("--onnx", type=Path, help="evaluate this ONNX file instead of exporting one")
+    p.add_argument("--runtime", help="runtime to evaluate on (default: onnxruntime with --onnx, else torch)")
+    p.add_argument("--onnx", type=Path, help="evaluate this ONNX file (fp32 or INT8 QDQ) instead of exporting one")
     p.add_argument("--num-classes", type=int, default=1000,
                    help="classifier size; other than 1000, class folders are labelled in sorted order")
     p.add_argument("--limit", type=int, help="only the first N images")

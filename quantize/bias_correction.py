@@ -26,7 +26,7 @@ AUTO_MIN_GAIN_DB = 0.5  # a smaller gain on the calibration images is within wha
 def _bias_slot(qdq: onnx.ModelProto, node: onnx.NodeProto, rows: int) -> tuple[str, np.ndarray | None] | None:
     """Where `node`'s bias lives in `qdq`: (initializer name, its int32 scale) for an ORT-quantized bias,
     (initializer name, None) for a float one (Conv/Gemm input 2, or the constant of the Add after a MatMul, as
-    torch exports nn.Linear, with or without the MatMul output's Q/DQ between); None if it has none."""
+    torch exports nn.Linear); None if it has none."""
     initializers = {i.name: i for i in qdq.graph.initializer}
     producers = {o: n for n in qdq.graph.node for o in n.output}
     if node.op_type in ("Conv", "Gemm"):
@@ -39,14 +39,8 @@ def _bias_slot(qdq: onnx.ModelProto, node: onnx.NodeProto, rows: int) -> tuple[s
                 return dq.input[0], numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float64).reshape(-1)
             return None
         return (source, None) if source in initializers else None
-    output = node.output[0]
+    output = node.output[0]  # float: quantize/requantization.py drops the Q/DQ ORT puts before a float Add
     consumers = [n for n in qdq.graph.node if output in n.input]
-    if len(consumers) == 1 and consumers[0].op_type == "QuantizeLinear":  # MatMul output quantized before the Add
-        dequantizers = [n for n in qdq.graph.node if consumers[0].output[0] in n.input]
-        if len(dequantizers) != 1 or dequantizers[0].op_type != "DequantizeLinear":
-            return None
-        output = dequantizers[0].output[0]
-        consumers = [n for n in qdq.graph.node if output in n.input]
     if len(consumers) != 1 or consumers[0].op_type != "Add":
         return None
     other = [name for name in consumers[0].input if name != output]

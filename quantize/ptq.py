@@ -17,6 +17,8 @@ from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
 from t2tedge.quantize.ranges import ort_method, write_ranges
+from t2tedge.quantize.requantization import keep_outputs_float, skip_requantization_before_float
+from t2tedge.quantize.tensorrt_checks import FLOAT_OUTPUT_RANGES_KEY
 from t2tedge.runtimes.onnxruntime_cpu import QDQ_DISABLED_OPTIMIZERS
 
 
@@ -84,6 +86,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         if config.weight_rounding == "gptq":
             rounded = _gptq_weights(qdq, proto, fp32_path, reader, ranges_cache.with_suffix(".rounding.npz"))
         keep_outputs_float(qdq)
+        float_outputs = skip_requantization_before_float(qdq, op_types)
         correction = {"mode": config.bias_correction, "applied": False}
         if config.bias_correction != "off":
             correction = _bias_correction(qdq, proto, reader, config.bias_correction,
@@ -91,6 +94,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
                      "t2tedge.source_fp32": Path(fp32_path).name})
+        if float_outputs:
+            meta[FLOAT_OUTPUT_RANGES_KEY] = json.dumps(float_outputs, sort_keys=True)
         behind_dq = float_nodes_behind_dequantize(qdq)
         if behind_dq:  # read by people loading the model in their own ORT sessions
             meta["t2tedge.ort_disabled_optimizers"] = ",".join(QDQ_DISABLED_OPTIMIZERS)
@@ -102,7 +107,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     return {"quantized_nodes": sorted(chosen), "float_nodes": sorted(set(eligible) - set(chosen)),
             "method": config.method, "weight_granularity": setting.weight_granularity,
             "weight_rounding": config.weight_rounding, "gptq_rounded_nodes": len(rounded),
-            "bias_correction": correction, "float_nodes_behind_dequantize": behind_dq,
+            "bias_correction": correction, "int8_outputs_kept_float": sorted(float_outputs),
+            "float_nodes_behind_dequantize": behind_dq,
             "ort_disabled_optimizers": list(QDQ_DISABLED_OPTIMIZERS) if behind_dq else [],
             "activation_dtype": setting.activation_dtype, "destination": str(destination)}
 
@@ -181,36 +187,3 @@ def calibration_images(reader) -> "np.ndarray":
     if hasattr(reader, "rewind"):
         reader.rewind()
     return np.concatenate(batches)
-
-
-def keep_outputs_float(model: onnx.ModelProto) -> int:
-    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output, in place; returns how many.
-
-    ORT quantizes the logits like any activation, and 256 levels make near-ties exact ties: on imagenet-val1300
-    the int8 logits of MobileNetV1 tied in 22 images (argmax then picks the lower class index). The producer
-    still runs in int8 (QGemm / MatMulIntegerToFloat with a float output)."""
-    graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    removed = 0
-    for output in graph.output:
-        dq = producers.get(output.name)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue
-        q = producers.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or readers.get(q.output[0], 0) != 1:
-            continue
-        source = producers.get(q.input[0])
-        if source is None or readers.get(q.input[0], 0) != 1:
-            continue  # the float tensor feeds other nodes too (or is a graph input): leave the pair
-        source.output[list(source.output).index(q.input[0])] = output.name
-        stale = [v for v in graph.value_info if v.name == q.input[0]]
-        for info in stale:
-            graph.value_info.remove(info)
-        graph.node.remove(dq)
-        graph.node.remove(q)
-        removed += 1
-    return removed

@@ -4,6 +4,7 @@ plus the INT8 calibration cache that implicit-quantization builds (`trtexec --in
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from collections import defaultdict
@@ -97,18 +98,30 @@ def check_tensorrt(proto: onnx.ModelProto) -> TrtReport:
     return report
 
 
+# Ranges of int8 layers' outputs that stay float in the QDQ graph (quantize/requantization.py): the graph has no
+# QuantizeLinear to read them from, but an implicit-mode TensorRT build still wants them.
+FLOAT_OUTPUT_RANGES_KEY = "t2tedge.float_output_ranges"
+
+
+def quantize_amax(inits: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> float:
+    """The largest magnitude a per-tensor QuantizeLinear represents."""
+    scale = float(numpy_helper.to_array(inits[node.input[1]]))
+    zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else np.int8(0)
+    lo, hi = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
+    return max(abs(scale * (lo - int(zp))), abs(scale * (hi - int(zp))))
+
+
 def _activation_ranges(proto: onnx.ModelProto) -> list[tuple[str, float]]:
-    """(tensor, amax) for every activation QuantizeLinear of a QDQ model, in graph order."""
+    """(tensor, amax) for every activation QuantizeLinear of a QDQ model and every int8 output it keeps float,
+    in graph order."""
     inits = {i.name: i for i in proto.graph.initializer}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    float_outputs = json.loads(meta.get(FLOAT_OUTPUT_RANGES_KEY, "{}"))
     ranges = []
     for node in proto.graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
-            continue
-        scale = float(numpy_helper.to_array(inits[node.input[1]]))
-        zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else np.int8(0)
-        lo, hi = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
-        amax = max(abs(scale * (lo - int(zp))), abs(scale * (hi - int(zp))))
-        ranges.append((node.input[0], amax))
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+            ranges.append((node.input[0], quantize_amax(inits, node)))
+        ranges += [(name, float(float_outputs[name])) for name in node.output if name in float_outputs]
     return ranges
 
 

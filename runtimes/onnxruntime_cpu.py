@@ -18,6 +18,11 @@ EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "xnnpack": "XnnpackExecuti
 # 0.55 ms for T2T-ViT-7's 3136x147x192 projection at 2 threads. Left unfused on more than one thread, T2T-ViT-7
 # fp32 took 10.45 ms instead of 11.66; on one thread the fusion helps (12.63 vs 13.01 ms), so it stays there.
 MULTI_THREAD_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+# ORT's SkipLayerNormFusion (level 2) merges a residual Add into the LayerNorm after it when nothing else reads
+# the sum: in T2T-ViT only the last block's, before the final norm. ORT 1.32's CPU SkipLayerNormalization kernel
+# took 210 us there on one thread where Add + LayerNormalization took 30 (T2T-ViT-7 fp32: 12.31 -> 12.12 ms on
+# one thread, 9.20 -> 9.14 ms on two).
+SLOW_FUSIONS = ("SkipLayerNormFusion",)
 # ORT's WeightBiasQuantization (a level-1 QDQ transformer) quantizes, at load time, every float Conv,
 # ConvTranspose or Gemm whose input comes from a per-tensor DequantizeLinear: per-tensor int8 weights of its own
 # choosing. In a QDQ model those are exactly the nodes the quantization config kept in float (--exclude, the
@@ -31,6 +36,8 @@ def disabled_optimizers(threads: int | None, optimization: str = "all", provider
     """ORT graph optimizers this adapter turns off for the given intra-op thread count (None: all cores), and
     for a `quantized` (QDQ) graph."""
     disabled = list(QDQ_DISABLED_OPTIMIZERS) if quantized and optimization != "disable" else []
+    if optimization in ("extended", "all"):
+        disabled += SLOW_FUSIONS
     if provider == "cpu" and optimization not in ("disable", "basic") and (threads or os.cpu_count() or 1) > 1:
         disabled += MULTI_THREAD_DISABLED_OPTIMIZERS
     return disabled

@@ -1,5 +1,5 @@
 """Empirical bias correction: a layer's int8 output must have its fp32 mean on the calibration images, through
-every bias form our exports have (int32 Conv/Gemm bias, the Add after a MatMul with its output's Q/DQ between),
+every bias form our exports have (int32 Conv/Gemm bias, the Add after a MatMul, whose output stays float),
 and the result is cached per calibration like the ranges."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_bias_correction_restores_the_fp32_output_mean_and_is_cached(tmp_path):
     correction = reports["on"]["bias_correction"]
     assert correction["applied"] and correction["corrected_nodes"] == 2, correction
     mean_error = {k: np.abs((v - reference).mean(axis=(0, 1))).max() for k, v in outputs.items()}
-    assert mean_error["off"] > 0.1, mean_error  # the clipping did shift the mean: the test can fail
+    assert mean_error["off"] > 0.05, mean_error  # the clipping did shift the mean: the test can fail
     assert mean_error["on"] < 0.3 * mean_error["off"], mean_error
     sqnr = correction["calibration_sqnr_db"]
     assert sqnr["with"] > sqnr["without"], sqnr

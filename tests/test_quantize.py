@@ -81,6 +81,11 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     soft_splits = [n for n in report["float_nodes"] if "/soft_split" in n]
     assert len(soft_splits) == 2 and not any("/soft_split" in n for n in report["quantized_nodes"])
     assert report["layer_sqnr"]["images"] == 8 and report["layer_sqnr"]["flagged"] == []
+    # The int8 MatMuls whose outputs only float ops read keep them float; TensorRT's cache still has their ranges.
+    from t2tedge.quantize.tensorrt_checks import read_calibration_cache
+
+    _, cached = read_calibration_cache(tmp_path / "int8" / "t2t_vit_7_int8.trt.cache")
+    assert len(report["int8_outputs_kept_float"]) >= 4 * 7 and set(report["int8_outputs_kept_float"]) <= set(cached)
     images, _ = load_batch(discover(val_dir)[::40], get_spec("t2t_vit_7").preprocess)
     reference = get_runtime("onnxruntime").load(fp32).run(images)
     logits = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx").run(images)
@@ -405,4 +410,73 @@ def test_float_graphs_keep_every_onnxruntime_optimizer(tmp_path):
     from t2tedge.runtimes import get_runtime
 
     path = export_onnx("mobilenet_v2_100", None, out_dir=tmp_path)
-    assert get_runtime("onnxruntime").load(path, threads=1).describe().details["disabled_optimizers"] == "none"
+    disabled = get_runtime("onnxruntime").load(path, threads=1).describe().details["disabled_optimizers"]
+    assert "WeightBiasQuantization" not in disabled
+
+
+def _qdq_chain(path):
+    """x -> Q/DQ -> MatMul A -> Q/DQ -> MatMul B -> Q/DQ -> Add(bias) -> y, int8 weights, uint8 activations:
+    B reads A's output in int8, only a float Add reads B's."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights = {k: rng.integers(-127, 128, (8, 8)).astype(np.int8) for k in "ab"}
+    inits = [numpy_helper.from_array(w, f"w_{k}") for k, w in weights.items()]
+    inits += [numpy_helper.from_array(np.array(s, np.float32), f"s_{k}") for k, s in
+              (("x", 0.02), ("a", 0.5), ("b", 4.0), ("wa", 0.01), ("wb", 0.01))]
+    inits += [numpy_helper.from_array(np.array(z, np.uint8), f"z_{k}") for k, z in (("x", 128), ("a", 128), ("b", 128))]
+    inits += [numpy_helper.from_array(np.array(0, np.int8), "z_w"),
+              numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "bias")]
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["x", "s_x", "z_x"], ["x_q"]), node("DequantizeLinear", ["x_q", "s_x", "z_x"], ["x_dq"]),
+             node("DequantizeLinear", ["w_a", "s_wa", "z_w"], ["wa"]), node("DequantizeLinear", ["w_b", "s_wb", "z_w"], ["wb"]),
+             node("MatMul", ["x_dq", "wa"], ["a"], name="A"),
+             node("QuantizeLinear", ["a", "s_a", "z_a"], ["a_q"]), node("DequantizeLinear", ["a_q", "s_a", "z_a"], ["a_dq"]),
+             node("MatMul", ["a_dq", "wb"], ["b"], name="B"),
+             node("QuantizeLinear", ["b", "s_b", "z_b"], ["b_q"]), node("DequantizeLinear", ["b_q", "s_b", "z_b"], ["b_dq"]),
+             node("Add", ["b_dq", "bias"], ["y"])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return model, weights
+
+
+def test_int8_matmul_read_only_by_float_ops_keeps_its_output_float(tmp_path):
+    """ORT's quantizer requantizes every int8 output; where only float ops read it, that is rounding noise alone."""
+    from t2tedge.quantize.requantization import skip_requantization_before_float
+    from t2tedge.runtimes import get_runtime
+
+    model, weights = _qdq_chain(tmp_path / "chain.onnx")
+    dropped = skip_requantization_before_float(model, ["MatMul"])
+    assert dropped == {"b": pytest.approx(4.0 * 128)}  # B's pair, with the range TensorRT's cache needs
+    kept = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert [n.input[0] for n in kept] == ["x", "a"]  # A's output still feeds int8 B
+    assert not {"s_b", "z_b"} & {i.name for i in model.graph.initializer}
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "float_output.onnx")
+
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    quantize = lambda v, s: np.clip(np.round(v / s) + 128, 0, 255) - 128  # noqa: E731
+    a = (quantize(x, 0.02) * 0.02) @ (weights["a"] * 0.01)
+    b = (quantize(a, 0.5) * 0.5) @ (weights["b"] * 0.01)
+    bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "bias"))
+    expected = b + bias
+    runtime = get_runtime("onnxruntime")
+    assert np.abs(runtime.load(tmp_path / "float_output.onnx").run(x) - expected).max() < 1e-3
+    assert np.abs(runtime.load(tmp_path / "chain.onnx").run(x) - expected).max() > 0.1  # B's output rounded to 4.0
+
+
+def test_quantize_and_eval_name_a_missing_or_misrouted_onnx(sample_dir, val_dir, tmp_path, capsys):
+    from t2tedge.export import export_onnx
+
+    assert main(["quantize", "mobilenet_v2_100", "--onnx", str(tmp_path / "none.onnx"), "--calib", str(sample_dir),
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "ONNX file not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    path = export_onnx("mobilenet_v2_100", None, out_dir=tmp_path)
+    # An ONNX file is evaluated on ONNX Runtime unless told otherwise, never silently swapped for the torch model.
+    assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--runtime", "torch"]) == 1
+    assert "--onnx needs a runtime that runs ONNX files" in capsys.readouterr().err
+    assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--data", str(val_dir), "--limit", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtime"]["runtime"] == "onnxruntime" and report["onnx"] == str(path) and "checkpoint" not in report
