@@ -77,11 +77,13 @@ def _session_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes
         proto = onnx.load(str(artifact))
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
         return str(artifact), {}, False
-    if has_qdq(proto):
-        # An INT8 graph runs as calibrated and evaluated: a fused kernel would move its requantization points.
-        return str(artifact), {}, True
-    attention = fuse_self_attention(proto) if fuse else 0
-    return (proto.SerializeToString(), {"Attention": attention}, False) if attention else (str(artifact), {}, False)
+    quantized = has_qdq(proto)
+    # In an INT8 graph only blocks whose qkv output is already float match (QAttention); a fused kernel never
+    # moves a requantization point, so the graph runs as it was calibrated and evaluated.
+    if not (fuse and fuse_self_attention(proto)):
+        return str(artifact), {}, quantized
+    kinds = [node.op_type for node in proto.graph.node if node.op_type in ("Attention", "QAttention")]
+    return proto.SerializeToString(), {kind: kinds.count(kind) for kind in sorted(set(kinds))}, quantized
 
 
 def session_exposing(proto, tensors, threads: int | None = None, only: bool = False):
@@ -141,9 +143,9 @@ class OnnxRuntimeCPU(Runtime):
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
              provider: str = "cpu", fuse: bool = True, **options: Any) -> "OnnxRuntimeCPU":
-        """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack. `fuse`: rewrite float
-        self-attention blocks into ORT's contrib Attention kernel in memory (runtimes.ort_fusions); the file is
-        not changed."""
+        """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack. `fuse`: rewrite
+        self-attention blocks into ORT's contrib Attention kernel (QAttention for an int8 qkv projection) in memory
+        (runtimes.ort_fusions); the file is not changed."""
         import onnxruntime as ort
 
         if provider not in EXECUTION_PROVIDERS:

@@ -88,7 +88,12 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     assert len(report["int8_outputs_kept_float"]) >= 4 * 7 and set(report["int8_outputs_kept_float"]) <= set(cached)
     images, _ = load_batch(discover(val_dir)[::40], get_spec("t2t_vit_7").preprocess)
     reference = get_runtime("onnxruntime").load(fp32).run(images)
-    logits = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx").run(images)
+    int8 = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx")
+    logits = int8.run(images)
+    # Each block's int8 qkv projection and float attention run as one QAttention kernel, with the same logits.
+    assert int8.describe().details["fusions"] == "QAttention x7"
+    unfused = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx", fuse=False).run(images)
+    assert np.abs(unfused - logits).max() <= 1e-4
     assert sqnr_db(reference, logits) >= 25
     assert np.mean(reference.argmax(1) == logits.argmax(1)) >= 0.85
 
