@@ -71,7 +71,7 @@ def _session_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes
     import onnx
 
     from t2tedge.export.tensorrt_engine import has_qdq
-    from t2tedge.runtimes.ort_fusions import fuse_self_attention
+    from t2tedge.runtimes.ort_fusions import fuse_int8_matmul_bias, fuse_self_attention
 
     try:
         proto = onnx.load(str(artifact))
@@ -80,9 +80,10 @@ def _session_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes
     quantized = has_qdq(proto)
     # In an INT8 graph only blocks whose qkv output is already float match (QAttention); a fused kernel never
     # moves a requantization point, so the graph runs as it was calibrated and evaluated.
-    if not (fuse and fuse_self_attention(proto)):
+    if not fuse or not (fuse_self_attention(proto) + (fuse_int8_matmul_bias(proto) if quantized else 0)):
         return str(artifact), {}, quantized
-    kinds = [node.op_type for node in proto.graph.node if node.op_type in ("Attention", "QAttention")]
+    kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"
+             and node.op_type in ("Attention", "QAttention", "MatMulIntegerToFloat")]
     return proto.SerializeToString(), {kind: kinds.count(kind) for kind in sorted(set(kinds))}, quantized
 
 

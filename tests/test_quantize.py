@@ -90,8 +90,10 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     reference = get_runtime("onnxruntime").load(fp32).run(images)
     int8 = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx")
     logits = int8.run(images)
-    # Each block's int8 qkv projection and float attention run as one QAttention kernel, with the same logits.
-    assert int8.describe().details["fusions"] == "QAttention x7"
+    # Each block's int8 qkv projection and float attention run as one QAttention kernel, and int8 MatMuls take
+    # their bias Add in, with the same logits.
+    fusions = int8.describe().details["fusions"].split(",")
+    assert "QAttention x7" in fusions and any(f.startswith("MatMulIntegerToFloat x") for f in fusions), fusions
     unfused = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx", fuse=False).run(images)
     assert np.abs(unfused - logits).max() <= 1e-4
     assert sqnr_db(reference, logits) >= 25
@@ -468,7 +470,10 @@ def test_int8_matmul_read_only_by_float_ops_keeps_its_output_float(tmp_path):
     bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "bias"))
     expected = b + bias
     runtime = get_runtime("onnxruntime")
-    assert np.abs(runtime.load(tmp_path / "float_output.onnx").run(x) - expected).max() < 1e-3
+    fused = runtime.load(tmp_path / "float_output.onnx")
+    assert fused.describe().details["fusions"] == "MatMulIntegerToFloat x1"  # B with its bias Add
+    assert np.abs(fused.run(x) - expected).max() < 1e-3
+    assert np.abs(runtime.load(tmp_path / "float_output.onnx", fuse=False).run(x) - expected).max() < 1e-3
     assert np.abs(runtime.load(tmp_path / "chain.onnx").run(x) - expected).max() > 0.1  # B's output rounded to 4.0
 
 
