@@ -13,6 +13,8 @@ from typing import Iterable
 
 import onnx
 
+from t2tedge.quantize.tensorrt_checks import quantize_amax
+
 # Only these have an int8 kernel with a float output in ORT; a Conv without its output Q would run in float.
 FLOAT_OUTPUT_INT8_OPS = ("MatMul", "Gemm")
 
@@ -39,7 +41,7 @@ def _drop_pair(graph: onnx.GraphProto, q: onnx.NodeProto, dq: onnx.NodeProto,
 
 
 def prune_unused_initializers(model: onnx.ModelProto) -> int:
-    """Remove initializers no node reads (the scales and zero points of dropped pairs); returns how many."""
+    """Remove initializers that no node reads and that are neither graph inputs nor outputs; returns how many."""
     graph = model.graph
     if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for attr in n.attribute):
         return 0  # a subgraph may read outer initializers by name
@@ -87,8 +89,6 @@ def skip_requantization_before_float(model: onnx.ModelProto, int8_op_types: Iter
 
     A reader counts as int8, and the pair stays, when its op type is quantized (`int8_op_types`) or when all of
     its outputs go straight into QuantizeLinear (a Reshape or Transpose that ORT runs on int8 between Q/DQ)."""
-    from t2tedge.quantize.tensorrt_checks import quantize_amax
-
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     int8_op_types = set(int8_op_types)

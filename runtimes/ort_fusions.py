@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from t2tedge.quantize.requantization import prune_unused_initializers
+
 MS_DOMAIN = "com.microsoft"
 HEADS_FIRST = [0, 2, 1, 3]  # (B, N, H, D) <-> (B, H, N, D)
 KEYS_TRANSPOSED = [0, 2, 3, 1]  # (B, N, H, D) -> (B, H, D, N)
@@ -196,16 +198,19 @@ def fuse_self_attention(proto: onnx.ModelProto) -> int:
         ids = [id(n) for n in found["nodes"]]
         replaced[ids[0]] = attention  # where the qkv projection was: its inputs exist there already
         removed.update(ids[1:])
+    _replace_nodes(proto, replaced, removed)
+    prune_unused_initializers(proto)  # the removed Reshapes' shapes and Split sizes
+    return len(matches)
+
+
+def _replace_nodes(proto: onnx.ModelProto, replaced: dict[int, onnx.NodeProto], removed: set[int]) -> None:
+    """Put each new node where the node of its id() was, drop the `removed` ids, and import the contrib domain."""
+    graph = proto.graph
     kept = [replaced.get(id(n), n) for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in kept for name in node.input}
-    orphans = [i for i in graph.initializer if i.name not in used and i.name not in g.outputs]
-    for initializer in orphans:  # the removed Reshapes' shapes and Split sizes
-        graph.initializer.remove(initializer)
     if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return len(matches)
 
 
 def fuse_int8_matmul_bias(proto: onnx.ModelProto) -> int:
@@ -215,10 +220,9 @@ def fuse_int8_matmul_bias(proto: onnx.ModelProto) -> int:
     ORT makes the same MatMul a MatMulIntegerToFloat without the bias and runs the Add as its own op: on two
     threads each such Add reads back the whole output (T2T-ViT-7 INT8: 29 of them, 7.97 -> 7.35 ms)."""
     g = _Graph(proto)
-    graph = proto.graph
     replaced: dict[int, onnx.NodeProto] = {}
     removed: set[int] = set()
-    for node in graph.node:
+    for node in proto.graph.node:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
         add = g.only_consumer(node.output[0], "Add")
@@ -229,15 +233,10 @@ def fuse_int8_matmul_bias(proto: onnx.ModelProto) -> int:
         bias = next((name for name in add.input if name != node.output[0]), None)
         if bias not in g.constants or g.constants[bias].shape != (columns,) or g.constants[bias].dtype != np.float32:
             continue
-        x, w, x_scale, w_scale, x_zero, w_zero = int8["inputs"]
-        replaced[id(node)] = helper.make_node("MatMulIntegerToFloat", [x, w, x_scale, w_scale, x_zero, w_zero, bias],
-                                              [add.output[0]], name=f"{node.name}_with_bias", domain=MS_DOMAIN)
+        # MatMulIntegerToFloat's inputs are QAttention's order without the bias and mask: A, B, scales, zero points.
+        replaced[id(node)] = helper.make_node("MatMulIntegerToFloat", [*int8["inputs"], bias], [add.output[0]],
+                                              name=f"{node.name}_with_bias", domain=MS_DOMAIN)
         removed.update(id(n) for n in (add, *int8["dequantize"]))
-    if not replaced:
-        return 0
-    kept = [replaced.get(id(n), n) for n in graph.node if id(n) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
-    if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if replaced:
+        _replace_nodes(proto, replaced, removed)
     return len(replaced)
