@@ -69,6 +69,8 @@ class QuantConfig:
     quantize_bias: bool = True
     weight_rounding: str = "gptq"
     bias_correction: str = "auto"
+    # Quantize the input image on its own 8-bit pixel grid where the preprocessing allows (quantize/input_grid.py).
+    pixel_grid_input: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -107,7 +109,8 @@ class QuantConfig:
                 "op_name_configs": {k: dump(v) for k, v in self.op_name_configs.items()},
                 "method": self.method, "percentile": self.percentile,
                 "quantize_activation_matmul": self.quantize_activation_matmul, "quantize_bias": self.quantize_bias,
-                "weight_rounding": self.weight_rounding, "bias_correction": self.bias_correction}
+                "weight_rounding": self.weight_rounding, "bias_correction": self.bias_correction,
+                "pixel_grid_input": self.pixel_grid_input}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
@@ -123,7 +126,8 @@ class QuantConfig:
                        quantize_activation_matmul=data.get("quantize_activation_matmul", False),
                        quantize_bias=data.get("quantize_bias", True),
                        weight_rounding=data.get("weight_rounding", "gptq"),
-                       bias_correction=data.get("bias_correction", "auto"))
+                       bias_correction=data.get("bias_correction", "auto"),
+                       pixel_grid_input=bool(data.get("pixel_grid_input", True)))
         except TypeError as exc:
             raise T2TEdgeError(f"bad quantization config: {exc}") from None
 

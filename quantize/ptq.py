@@ -16,6 +16,8 @@ import onnx
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
+from t2tedge.quantize.int8_pooling import quantize_global_pooling
+from t2tedge.quantize.input_grid import align_input_quantization
 from t2tedge.quantize.ranges import ort_method, write_ranges
 from t2tedge.quantize.requantization import keep_outputs_float, skip_requantization_before_float
 from t2tedge.quantize.tensorrt_checks import FLOAT_OUTPUT_RANGES_KEY
@@ -85,8 +87,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         rounded = []
         if config.weight_rounding == "gptq":
             rounded = _gptq_weights(qdq, proto, fp32_path, reader, ranges_cache.with_suffix(".rounding.npz"))
+        pixel_grid = {"applied": False, "reason": "off in the config"}
+        if config.pixel_grid_input:
+            pixel_grid = align_input_quantization(qdq)
         keep_outputs_float(qdq)
         float_outputs = skip_requantization_before_float(qdq, op_types)
+        int8_pools = quantize_global_pooling(qdq)
         correction = {"mode": config.bias_correction, "applied": False}
         if config.bias_correction != "off":
             correction = _bias_correction(qdq, proto, reader, config.bias_correction,
@@ -107,7 +113,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     return {"quantized_nodes": sorted(chosen), "float_nodes": sorted(set(eligible) - set(chosen)),
             "method": config.method, "weight_granularity": setting.weight_granularity,
             "weight_rounding": config.weight_rounding, "gptq_rounded_nodes": len(rounded),
-            "bias_correction": correction, "int8_outputs_kept_float": sorted(float_outputs),
+            "bias_correction": correction, "pixel_grid_input": pixel_grid, "int8_outputs_kept_float": sorted(float_outputs),
+            "int8_pooling": int8_pools,
             "float_nodes_behind_dequantize": behind_dq,
             "ort_disabled_optimizers": list(QDQ_DISABLED_OPTIMIZERS) if behind_dq else [],
             "activation_dtype": setting.activation_dtype, "destination": str(destination)}

@@ -34,6 +34,19 @@ def test_int8_graph_and_report(mobilenet_int8):
     assert report["float_nodes_behind_dequantize"] == [] and "t2tedge.ort_disabled_optimizers" not in meta
 
 
+def test_quantized_mobilenet_reads_pixels_exactly_and_pools_in_int8(mobilenet_int8, tmp_path):
+    import onnxruntime as ort
+
+    report = json.loads(mobilenet_int8.with_suffix(".json").read_text())
+    assert report["pixel_grid_input"]["applied"] and report["pixel_grid_input"]["zero_point"] == 128
+    assert report["int8_pooling"] == ["/pool/GlobalAveragePool"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(mobilenet_int8), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert "QLinearGlobalAveragePool" in ops and "GlobalAveragePool" not in ops
+
+
 def test_int8_keeps_accuracy_on_real_images(mobilenet_int8, weights_dir, val_dir):
     """Default PTQ must not collapse MobileNetV2 (plain per-tensor ORT falls to ~8%)."""
     from t2tedge.data import discover
@@ -285,7 +298,7 @@ def test_tensorrt_target_passes_check_and_writes_cache(weights_dir, sample_dir, 
     # The cache holds amax/127 of each calibrated tensor, under the fp32 graph's tensor names.
     proto = onnx.load(qdq)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
-    q_image = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+    q_image = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image_on_pixel_grid")
     assert scales["image"] == pytest.approx(float(inits[q_image.input[1]]) * 128 / 127, rel=1e-6)
     assert all(s > 0 for s in scales.values()) and len(scales) > 50
 
