@@ -21,14 +21,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from t2tedge.quantize.graph_index import consumers, producers
+
 PREPROCESS_KEY = "t2tedge.preprocess"
 PIXEL_LEVELS = 255
 OFFSET_NODE_SUFFIX = "_PixelGridOffset"
 
 
-def grid_source(tensor: str, producers: dict[str, onnx.NodeProto]) -> str:
+def grid_source(tensor: str, writers: dict[str, onnx.NodeProto]) -> str:
     """The graph input behind the offset Add this pass inserts (the fp32 graph's name for the tensor), else `tensor`."""
-    node = producers.get(tensor)
+    node = writers.get(tensor)
     return node.input[0] if node is not None and node.name.endswith(OFFSET_NODE_SUFFIX) else tensor
 
 
@@ -57,11 +59,8 @@ def align_input_quantization(model: onnx.ModelProto) -> dict[str, Any]:
     step, pixel0 = grid
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    producers = {o: n for n in graph.node for o in n.output}
+    readers = consumers(graph)
+    writers = producers(graph)
     image = graph.input[0].name
     quantizers = readers.get(image, [])
     if len(quantizers) != 1 or quantizers[0].op_type != "QuantizeLinear":
@@ -99,7 +98,7 @@ def align_input_quantization(model: onnx.ModelProto) -> dict[str, Any]:
             if name not in (q.input[1], q.input[2]):
                 _set_scalar(inits[name], value)
     for conv in convs:
-        _absorb_offset(conv, offset, step, inits, producers)
+        _absorb_offset(conv, offset, step, inits, writers)
     return {"applied": True, "step": step, "offset": offset, "zero_point": code0, "previous_scale": old_scale,
             "convs": [c.name for c in convs]}
 
@@ -108,11 +107,11 @@ def _set_scalar(init: onnx.TensorProto, value: np.generic) -> None:
     init.CopyFrom(numpy_helper.from_array(np.array(value, dtype=value.dtype), init.name))
 
 
-def _dequantized(name: str, inits, producers) -> np.ndarray:
+def _dequantized(name: str, inits, writers) -> np.ndarray:
     """An initializer's float value, through its DequantizeLinear if it has one (per-axis scales on axis 0)."""
     if name in inits:
         return numpy_helper.to_array(inits[name]).astype(np.float64)
-    dq = producers[name]
+    dq = writers[name]
     values = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
     zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else 0.0
@@ -120,15 +119,15 @@ def _dequantized(name: str, inits, producers) -> np.ndarray:
     return (values - np.reshape(zero, shape)) * np.reshape(scale, shape)
 
 
-def _absorb_offset(conv: onnx.NodeProto, offset: float, step: float, inits, producers) -> None:
+def _absorb_offset(conv: onnx.NodeProto, offset: float, step: float, inits, writers) -> None:
     """bias -= offset * sum(W) per output channel; an int32 bias is requantized at the new input scale."""
-    weights = _dequantized(conv.input[1], inits, producers)
-    bias = _dequantized(conv.input[2], inits, producers) - offset * weights.reshape(weights.shape[0], -1).sum(1)
+    weights = _dequantized(conv.input[1], inits, writers)
+    bias = _dequantized(conv.input[2], inits, writers) - offset * weights.reshape(weights.shape[0], -1).sum(1)
     if conv.input[2] in inits:
         inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
         return
-    bias_dq = producers[conv.input[2]]
-    weight_scale = numpy_helper.to_array(inits[producers[conv.input[1]].input[1]]).astype(np.float64)
+    bias_dq = writers[conv.input[2]]
+    weight_scale = numpy_helper.to_array(inits[writers[conv.input[1]].input[1]]).astype(np.float64)
     bias_scale = step * weight_scale
     inits[bias_dq.input[0]].CopyFrom(numpy_helper.from_array(
         np.round(bias / bias_scale).astype(np.int32), bias_dq.input[0]))

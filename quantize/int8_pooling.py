@@ -13,6 +13,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from t2tedge.quantize.graph_index import consumers, producers
+
 RESHAPES = ("Flatten", "Reshape", "Squeeze")
 
 
@@ -20,14 +22,11 @@ def quantize_global_pooling(model: onnx.ModelProto) -> list[str]:
     """Insert a Q -> DQ pair after each GlobalAveragePool that reads a dequantized tensor and whose output, through
     at most one reshape, is quantized again; in place. Returns the pooling nodes changed."""
     graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    writers = producers(graph)
+    readers = consumers(graph)
     changed = []
     for pool in [n for n in graph.node if n.op_type == "GlobalAveragePool"]:
-        source = producers.get(pool.input[0])
+        source = writers.get(pool.input[0])
         if source is None or source.op_type != "DequantizeLinear":
             continue
         after = readers.get(pool.output[0], [])

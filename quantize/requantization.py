@@ -14,17 +14,10 @@ from typing import Iterable
 import onnx
 
 from t2tedge.quantize.tensorrt_checks import quantize_amax
+from t2tedge.quantize.graph_index import consumers, producers
 
 # Only these have an int8 kernel with a float output in ORT; a Conv without its output Q would run in float.
 FLOAT_OUTPUT_INT8_OPS = ("MatMul", "Gemm")
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
 
 
 def _drop_pair(graph: onnx.GraphProto, q: onnx.NodeProto, dq: onnx.NodeProto,
@@ -60,17 +53,17 @@ def keep_outputs_float(model: onnx.ModelProto) -> int:
     the int8 logits of MobileNetV1 tied in 22 images (argmax then picks the lower class index). The producer
     still runs in int8 (QGemm / MatMulIntegerToFloat with a float output)."""
     graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    readers = _consumers(graph)
+    writers = producers(graph)
+    readers = consumers(graph)
     removed = 0
     for output in graph.output:
-        dq = producers.get(output.name)
+        dq = writers.get(output.name)
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
-        q = producers.get(dq.input[0])
+        q = writers.get(dq.input[0])
         if q is None or q.op_type != "QuantizeLinear" or len(readers.get(q.output[0], [])) != 1:
             continue
-        source = producers.get(q.input[0])
+        source = writers.get(q.input[0])
         if source is None or len(readers.get(q.input[0], [])) != 1:
             continue  # the float tensor feeds other nodes too (or is a graph input): leave the pair
         source.output[list(source.output).index(q.input[0])] = output.name
@@ -92,8 +85,8 @@ def skip_requantization_before_float(model: onnx.ModelProto, int8_op_types: Iter
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     int8_op_types = set(int8_op_types)
-    producers = {o: n for n in graph.node for o in n.output}
-    readers = _consumers(graph)
+    writers = producers(graph)
+    readers = consumers(graph)
     outputs = {o.name for o in graph.output}
 
     def runs_in_int8(node: onnx.NodeProto) -> bool:
@@ -104,10 +97,10 @@ def skip_requantization_before_float(model: onnx.ModelProto, int8_op_types: Iter
 
     dropped: dict[str, float] = {}
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
-        source = producers.get(q.input[0])
+        source = writers.get(q.input[0])
         if source is None or source.op_type not in FLOAT_OUTPUT_INT8_OPS or len(readers.get(q.input[0], [])) != 1:
             continue
-        if not all(producers.get(name) is not None and producers[name].op_type == "DequantizeLinear"
+        if not all(writers.get(name) is not None and writers[name].op_type == "DequantizeLinear"
                    for name in source.input[:2]):
             continue  # a float layer: its output Q feeds an int8 reader's input
         after_q = readers.get(q.output[0], [])

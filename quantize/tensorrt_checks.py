@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_write_text
+from t2tedge.quantize.graph_index import producers
 from t2tedge.quantize.input_grid import grid_source
 
 # Marked unsupported in onnx-tensorrt's operator matrix (docs/operators.md).
@@ -118,11 +119,11 @@ def _activation_ranges(proto: onnx.ModelProto) -> list[tuple[str, float]]:
     inits = {i.name: i for i in proto.graph.initializer}
     meta = {p.key: p.value for p in proto.metadata_props}
     float_outputs = json.loads(meta.get(FLOAT_OUTPUT_RANGES_KEY, "{}"))
-    producers = {o: n for n in proto.graph.node for o in n.output}
+    writers = producers(proto.graph)
     ranges = []
     for node in proto.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
-            ranges.append((grid_source(node.input[0], producers), quantize_amax(inits, node)))
+            ranges.append((grid_source(node.input[0], writers), quantize_amax(inits, node)))
         ranges += [(name, float(float_outputs[name])) for name in node.output if name in float_outputs]
     return ranges
 
