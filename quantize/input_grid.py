@@ -38,15 +38,15 @@ def _channel_constant(values: list[float]) -> float | None:
     return float(values[0]) if len(set(values)) == 1 else None
 
 
-def input_grid(model: onnx.ModelProto) -> tuple[float, float] | None:
-    """(step, value of pixel 0) of the preprocessed input, or None if its channels do not share one grid."""
+def input_grid(model: onnx.ModelProto) -> tuple[float, float] | str:
+    """(step, value of pixel 0) of the preprocessed input, or why it has no single grid."""
     meta = {p.key: p.value for p in model.metadata_props}
     if PREPROCESS_KEY not in meta:
-        return None
+        return f"the model has no {PREPROCESS_KEY} metadata (not a t2tedge export), so its pixel grid is unknown"
     preprocess = json.loads(meta[PREPROCESS_KEY])
     mean, std = _channel_constant(preprocess["mean"]), _channel_constant(preprocess["std"])
     if mean is None or std is None or std <= 0:
-        return None
+        return "the input channels are not normalised alike, so no per-tensor grid"
     return 1.0 / (PIXEL_LEVELS * std), -mean / std
 
 
@@ -54,8 +54,8 @@ def align_input_quantization(model: onnx.ModelProto) -> dict[str, Any]:
     """Move the input QuantizeLinear onto the pixel grid in place (see the module docstring); returns what was
     done, or why not, for the quantize report."""
     grid = input_grid(model)
-    if grid is None:
-        return {"applied": False, "reason": "the input channels are not normalised alike, so no per-tensor grid"}
+    if isinstance(grid, str):
+        return {"applied": False, "reason": grid}
     step, pixel0 = grid
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}

@@ -100,3 +100,5 @@ def test_inputs_normalised_per_channel_are_left_alone(tmp_path):
     report = align_input_quantization(model)
     assert not report["applied"] and "not normalised alike" in report["reason"]
     assert model.SerializeToString() == before
+    del model.metadata_props[:]
+    assert "no t2tedge.preprocess metadata" in align_input_quantization(model)["reason"]
