@@ -73,6 +73,9 @@ def align_input_quantization(model: onnx.ModelProto) -> dict[str, Any]:
         return {"applied": False, "reason": "the quantized input feeds something other than Convs with a bias"}
     if any(r is not q and r not in dequantizers for name in q.input[1:] for r in readers.get(name, [])):
         return {"applied": False, "reason": "the input's scale or zero point is shared with other nodes"}
+    if (len(q.input) < 3 or any(name not in inits for name in q.input[1:3])
+            or numpy_helper.to_array(inits[q.input[1]]).size != 1):
+        return {"applied": False, "reason": "the input quantizer is not per-tensor with an explicit zero point"}
     zero_point = numpy_helper.to_array(inits[q.input[2]])
     if zero_point.dtype == np.uint8:
         code0 = int(round(-pixel0 / step))  # the zero point that makes code = pixel
@@ -82,7 +85,8 @@ def align_input_quantization(model: onnx.ModelProto) -> dict[str, Any]:
     first_code = 0 if zero_point.dtype == np.uint8 else -128
     offset = (first_code - code0) * step - pixel0
     if abs(offset) > step:
-        return {"applied": False, "reason": f"pixel 0 maps to code {code0}, outside the zero point's range"}
+        return {"applied": False, "reason": "with zero point 0 the 256 pixel values only fit the int8 codes "
+                f"after a shift of {abs(offset) / step:.1f} steps (mean far from 0.5)"}
 
     old_scale = float(numpy_helper.to_array(inits[q.input[1]]))
     shifted = f"{image}_on_pixel_grid"
