@@ -17,3 +17,11 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     return readers
+
+
+def redirect_readers(readers: list[onnx.NodeProto], old: str, new: str) -> None:
+    """Make each of `readers` read tensor `new` wherever it read `old`."""
+    for reader in readers:
+        for k, name in enumerate(reader.input):
+            if name == old:
+                reader.input[k] = new

@@ -71,7 +71,8 @@ def align_input_quantization(model: onnx.ModelProto) -> dict[str, Any]:
     if (not dequantizers or any(d.op_type != "DequantizeLinear" for d in dequantizers)
             or not convs or any(c.op_type != "Conv" or len(c.input) < 3 for c in convs)):
         return {"applied": False, "reason": "the quantized input feeds something other than Convs with a bias"}
-    if any(r is not q and r not in dequantizers for name in q.input[1:] for r in readers.get(name, [])):
+    own = {id(q), *(id(d) for d in dequantizers)}
+    if any(id(r) not in own for name in q.input[1:] for r in readers.get(name, [])):
         return {"applied": False, "reason": "the input's scale or zero point is shared with other nodes"}
     if (len(q.input) < 3 or any(name not in inits for name in q.input[1:3])
             or numpy_helper.to_array(inits[q.input[1]]).size != 1):

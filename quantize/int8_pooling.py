@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from t2tedge.quantize.graph_index import consumers, producers
+from t2tedge.quantize.graph_index import consumers, producers, redirect_readers
 
 RESHAPES = ("Flatten", "Reshape", "Squeeze")
 
@@ -42,9 +42,6 @@ def quantize_global_pooling(model: onnx.ModelProto) -> list[str]:
         graph.node.insert(position + 1, helper.make_node(
             "DequantizeLinear", [quantized, *requantize.input[1:3]], [dequantized],
             name=f"{pool.name}_DequantizeLinear"))
-        for reader in readers[pool.output[0]]:
-            for k, name in enumerate(reader.input):
-                if name == pool.output[0]:
-                    reader.input[k] = dequantized
+        redirect_readers(readers[pool.output[0]], pool.output[0], dequantized)
         changed.append(pool.name)
     return changed

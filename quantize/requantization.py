@@ -13,8 +13,8 @@ from typing import Iterable
 
 import onnx
 
+from t2tedge.quantize.graph_index import consumers, producers, redirect_readers
 from t2tedge.quantize.tensorrt_checks import quantize_amax
-from t2tedge.quantize.graph_index import consumers, producers
 
 # Only these have an int8 kernel with a float output in ORT; a Conv without its output Q would run in float.
 FLOAT_OUTPUT_INT8_OPS = ("MatMul", "Gemm")
@@ -23,10 +23,7 @@ FLOAT_OUTPUT_INT8_OPS = ("MatMul", "Gemm")
 def _drop_pair(graph: onnx.GraphProto, q: onnx.NodeProto, dq: onnx.NodeProto,
                readers: list[onnx.NodeProto]) -> None:
     """Route `dq`'s readers to `q`'s float input and remove the pair."""
-    for reader in readers:
-        for k, name in enumerate(reader.input):
-            if name == dq.output[0]:
-                reader.input[k] = q.input[0]
+    redirect_readers(readers, dq.output[0], q.input[0])
     for info in [v for v in graph.value_info if v.name in (q.output[0], dq.output[0])]:
         graph.value_info.remove(info)
     graph.node.remove(dq)

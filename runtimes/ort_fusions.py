@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from t2tedge.quantize.graph_index import consumers, producers
 from t2tedge.quantize.requantization import prune_unused_initializers
 
 MS_DOMAIN = "com.microsoft"
@@ -37,11 +38,8 @@ class _Graph:
 
     def __post_init__(self) -> None:
         graph = self.proto.graph
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in graph.node:
-            for name in node.input:
-                self.consumers[name].append(node)
+        self.producer = producers(graph)
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list, consumers(graph))
         self.outputs = {o.name for o in graph.output}
         self.constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         for node in graph.node:
