@@ -61,30 +61,34 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def _session_graph(artifact: str | os.PathLike, fuse: bool) -> tuple[str | bytes, dict[str, int], bool]:
-    """What the session loads (the artifact's path, or its graph with ORT-only fusions applied), the fusion
-    counts, and whether the graph may be quantized (QDQ). An .ort file is taken as it is, and counted as
-    possibly quantized: onnx cannot read it, and the QDQ-only optimizers this turns off do nothing to a float
-    graph."""
+def _session_graph(artifact: str | os.PathLike, fuse: bool, unsigned_weights: bool
+                   ) -> tuple[str | bytes, dict[str, int], bool, int]:
+    """What the session loads (the artifact's path, or its graph rewritten in memory), the fusion counts, whether
+    the graph may be quantized (QDQ), and how many int8 weight tensors were moved to uint8 (`unsigned_weights`,
+    see runtimes.ort_int8_weights). An .ort file is taken as it is, and counted as possibly quantized: onnx
+    cannot read it, and the QDQ-only optimizers this turns off do nothing to a float graph."""
     if not str(artifact).endswith(".onnx"):
-        return str(artifact), {}, True
+        return str(artifact), {}, True, 0
     import onnx
 
     from t2tedge.export.tensorrt_engine import has_qdq
     from t2tedge.runtimes.ort_fusions import fuse_int8_matmul_bias, fuse_self_attention
+    from t2tedge.runtimes.ort_int8_weights import make_int8_unsigned
 
     try:
         proto = onnx.load(str(artifact))
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
-        return str(artifact), {}, False
+        return str(artifact), {}, False, 0
     quantized = has_qdq(proto)
     # In an INT8 graph only blocks whose qkv output is already float match (QAttention); a fused kernel never
     # moves a requantization point, so the graph runs as it was calibrated and evaluated.
-    if not fuse or not (fuse_self_attention(proto) + (fuse_int8_matmul_bias(proto) if quantized else 0)):
-        return str(artifact), {}, quantized
+    fused = fuse and bool(fuse_self_attention(proto) + (fuse_int8_matmul_bias(proto) if quantized else 0))
+    moved = make_int8_unsigned(proto) if quantized and unsigned_weights else 0
+    if not fused and not moved:
+        return str(artifact), {}, quantized, 0
     kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"
              and node.op_type in ("Attention", "QAttention", "MatMulIntegerToFloat")]
-    return proto.SerializeToString(), {kind: kinds.count(kind) for kind in sorted(set(kinds))}, quantized
+    return proto.SerializeToString(), {kind: kinds.count(kind) for kind in sorted(set(kinds))}, quantized, moved
 
 
 def session_exposing(proto, tensors, threads: int | None = None, only: bool = False):
@@ -95,8 +99,11 @@ def session_exposing(proto, tensors, threads: int | None = None, only: bool = Fa
     import onnxruntime as ort
 
     from t2tedge.export.tensorrt_engine import has_qdq
+    from t2tedge.runtimes.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    if int8_dot_may_saturate():
+        make_int8_unsigned(proto)
     present = {o for node in proto.graph.node for o in node.output}
     if only:
         del proto.graph.output[:]
@@ -119,8 +126,10 @@ class OnnxRuntimeCPU(Runtime):
     consumes = "onnx"
 
     def __init__(self, session, path: str, threads: int | None, optimization: str, provider: str = "cpu",
-                 disabled: list[str] | None = None, fusions: dict[str, int] | None = None) -> None:
+                 disabled: list[str] | None = None, fusions: dict[str, int] | None = None,
+                 unsigned_weights: int = 0) -> None:
         self.session = session
+        self.unsigned_weights = unsigned_weights
         self.disabled_optimizers = disabled or []
         self.fusions = fusions or {}
         self.provider = provider
@@ -143,11 +152,16 @@ class OnnxRuntimeCPU(Runtime):
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
-             provider: str = "cpu", fuse: bool = True, **options: Any) -> "OnnxRuntimeCPU":
+             provider: str = "cpu", fuse: bool = True, unsigned_weights: bool | None = None,
+             **options: Any) -> "OnnxRuntimeCPU":
         """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack. `fuse`: rewrite
         self-attention blocks into ORT's contrib Attention kernel (QAttention for an int8 qkv projection) in memory
-        (runtimes.ort_fusions); the file is not changed."""
+        (runtimes.ort_fusions); the file is not changed. `unsigned_weights`: give an INT8 graph's int8 weights to
+        the session as uint8 (exact; runtimes.ort_int8_weights); None: only on an x86 CPU without VNNI, where ORT's
+        u8 x s8 kernels saturate. An .ort file cannot be rewritten and runs as it is."""
         import onnxruntime as ort
+
+        from t2tedge.runtimes.ort_int8_weights import int8_dot_may_saturate
 
         if provider not in EXECUTION_PROVIDERS:
             raise T2TEdgeError(f"unknown execution provider {provider!r}; choose {', '.join(EXECUTION_PROVIDERS)}")
@@ -173,14 +187,16 @@ class OnnxRuntimeCPU(Runtime):
             providers.insert(0, ("XnnpackExecutionProvider", {"intra_op_num_threads": threads or os.cpu_count()}))
             opts.intra_op_num_threads = 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        model, fusions, quantized = _session_graph(artifact, fuse and provider == "cpu"
-                                                   and optimization in ("extended", "all"))
+        if unsigned_weights is None:
+            unsigned_weights = provider == "cpu" and optimization != "disable" and int8_dot_may_saturate()
+        model, fusions, quantized, moved = _session_graph(
+            artifact, fuse and provider == "cpu" and optimization in ("extended", "all"), unsigned_weights)
         disabled = disabled_optimizers(threads, optimization, provider, quantized)
         try:
             session = ort.InferenceSession(model, opts, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
             raise T2TEdgeError(f"onnxruntime cannot load {artifact}: {str(exc).splitlines()[0][:200]}") from None
-        return cls(session, str(artifact), threads, optimization, provider, disabled, fusions)
+        return cls(session, str(artifact), threads, optimization, provider, disabled, fusions, moved)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_fixed_batches(self.session, self.input_name, self.fixed_batch, batch)[0]
@@ -195,4 +211,7 @@ class OnnxRuntimeCPU(Runtime):
                                            "graph_optimization_level": self.optimization,
                                            "disabled_optimizers": ",".join(self.disabled_optimizers) or "none",
                                            "fusions": ",".join(f"{op} x{n}" for op, n in self.fusions.items()) or "none",
+                                           "int8_weights": (f"uint8 in memory ({self.unsigned_weights} tensors; "
+                                                            "u8 x u8 kernels, no int16 saturation)"
+                                                            if self.unsigned_weights else "as in the file"),
                                            "artifact": self.path})
