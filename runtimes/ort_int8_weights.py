@@ -25,6 +25,8 @@ _WEIGHT_INPUTS = {
     ("com.microsoft", "QAttention"): (1, 7),
     ("com.microsoft", "MatMulIntegerToFloat"): (1, 5),
 }
+# The activation zero-point input of the contrib kernels runtimes.ort_fusions writes (they read uint8 only).
+_FUSED_ACTIVATION_ZERO = {("com.microsoft", "QAttention"): 6, ("com.microsoft", "MatMulIntegerToFloat"): 4}
 # Any of these means MLAS has a VNNI kernel (vpdpbusd accumulates in int32, no int16 step).
 _VNNI_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni", "amx_int8")
 
@@ -64,16 +66,23 @@ def _shift_to_uint8(initializer) -> None:
     initializer.CopyFrom(numpy_helper.from_array(values.astype(np.uint8), initializer.name))
 
 
+def _kind(node) -> tuple[str, str]:
+    return ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
+
+
 def _activation_zero_points(proto, initializers) -> set[str] | None:
-    """Zero points of the Q/DQ pairs on activations (input not a constant); None if one of them is also read
-    as anything else, so that moving them could change another value."""
+    """Zero points of the activations' quantizers (Q/DQ whose input is not a constant, and the fused kernels'
+    activation inputs); None if one of them is also read as anything else, so that moving it could change
+    another value."""
     found, other = set(), set()
     for node in proto.graph.node:
-        is_qdq = node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx")
-        on_activation = is_qdq and node.input[0] not in initializers and len(node.input) > 2
+        kind = _kind(node)
+        slot = _FUSED_ACTIVATION_ZERO.get(kind, -1)
+        if kind in (("", "QuantizeLinear"), ("", "DequantizeLinear")) and node.input[0] not in initializers:
+            slot = 2
         for position, name in enumerate(node.input):
             if name in initializers:
-                (found if on_activation and position == 2 else other).add(name)
+                (found if position == slot else other).add(name)
     return None if found & other else found
 
 
@@ -96,7 +105,7 @@ def make_int8_unsigned(proto) -> int:
     roles: dict[str, set[str]] = {}
     pairs = set()
     for node in proto.graph.node:
-        slots = _WEIGHT_INPUTS.get((node.domain if node.domain != "ai.onnx" else "", node.op_type), (-1, -1))
+        slots = _WEIGHT_INPUTS.get(_kind(node), (-1, -1))
         for position, name in enumerate(node.input):
             role = {slots[0]: "weight", slots[1]: "zero"}.get(position, "other")
             roles.setdefault(name, set()).add(role)

@@ -92,6 +92,28 @@ def test_the_rewrite_keeps_every_dequantized_value(tmp_path, activation_dtype):
     np.testing.assert_array_equal(before[0], after[0])
 
 
+def test_a_fused_int8_matmul_sharing_the_activation_zero_point_gets_uint8_weights(tmp_path):
+    """runtimes.ort_fusions writes MatMulIntegerToFloat (and QAttention) reading the same activation scale and zero
+    point as the Q before them; their weights must move too (T2T-ViT-7 INT8 on Zen 3: 24.7 dB fused, 33.2 dB)."""
+    inits = [numpy_helper.from_array(np.array(X_SCALE, np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(0, np.uint8), "x_zero"),
+             numpy_helper.from_array(np.full((CHANNELS, OUT), 127, np.int8), "w_q"),
+             numpy_helper.from_array(np.full(OUT, W_SCALE, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(OUT, np.int8), "w_zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["image", "x_scale", "x_zero"], ["x_q"]),
+             helper.make_node("MatMulIntegerToFloat", ["x_q", "w_q", "x_scale", "w_scale", "x_zero", "w_zero"],
+                              ["logits"], domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, CHANNELS])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, OUT])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "fused.onnx"
+    onnx.save(model, path)
+    assert make_int8_unsigned(onnx.load(path)) == 1
+    runtime = OnnxRuntimeCPU.load(path, threads=1, unsigned_weights=True)
+    assert runtime.describe().details["int8_weights"].startswith("uint8 in memory (1 tensors")
+    np.testing.assert_allclose(runtime.run(np.ones((2, CHANNELS), np.float32)), CHANNELS * 127 * W_SCALE, rtol=1e-5)
+
+
 def test_an_initializer_read_as_more_than_a_weight_stays(tmp_path):
     model = onnx.load(_qdq_conv(tmp_path / "conv.onnx"))
     # The weight zero point is now also an ordinary input of another node: moving it would change that node.
