@@ -395,7 +395,8 @@ def cmd_table4(args: argparse.Namespace) -> int:
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
     else:
-        settings = GridSettings(data=args.data, limit=args.limit, threads=args.threads, runs=args.runs)
+        settings = GridSettings(data=args.data, limit=args.limit, threads=args.threads, runs=args.runs,
+                                num_calib=args.num_calib)
         table = Grid(_comma_list(args.models), _comma_list(args.runtimes), _comma_list(args.precisions), settings,
                      args.out).run()
     paths = write_outputs(table, args.out)
@@ -645,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="evaluation images (default: %(default)s)")
     p.add_argument("--limit", type=int, help="first N images only, for quick runs")
     p.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
+    p.add_argument("--num-calib", type=int, default=256,
+                   help="calibration images for the int8 cells, from ../shared imagenet-sample (default: %(default)s)")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")
