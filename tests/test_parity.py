@@ -145,3 +145,16 @@ def test_onnxruntime_leaves_the_last_residual_add_out_of_skip_layer_norm(tmp_pat
     assert "SkipLayerNormalization" in optimized_op_types([])  # what ORT does by default
     for threads in (1, 2):
         assert "SkipLayerNormalization" not in optimized_op_types(disabled_optimizers(threads))
+
+
+def test_torch_runtime_runs_convolutional_networks_channels_last():
+    from t2tedge.models import create_model
+    from t2tedge.runtimes.torch_eager import TorchRuntime
+
+    mobilenet = TorchRuntime.load(create_model("mobilenet_v2_100"))
+    assert mobilenet.describe().details["memory_format"] == "channels_last"
+    assert TorchRuntime.load(create_model("t2t_vit_7")).describe().details["memory_format"] == "contiguous"
+    batch = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    contiguous = TorchRuntime.load(mobilenet.model, channels_last=False)
+    assert contiguous.describe().details["memory_format"] == "contiguous"
+    assert np.abs(mobilenet.run(batch) - contiguous.run(batch)).max() <= 1e-4
