@@ -5,7 +5,9 @@ that rounding shifts it further; the shift passes through every later layer. For
 MatMul in turn, the int8 model (with every earlier bias already corrected) is run on the calibration images,
 and the layer's bias is moved by the difference between the mean fp32 output, W E[x], and the mean output
 the int8 layer computes from its own quantized inputs, W_q E[x_q]. Only means are needed, so it costs one
-pass of the int8 model per layer (pruned to that layer's input) and one fp32 pass for all layers.
+fp32 pass for all layers and, per layer, one pass of the int8 model pruned to that layer's input and started
+from the latest cut before it (quantize/graph_cuts.py), whose values are cached once the layers before it are
+corrected. Means of a Conv's unfolded input are summed per kernel tap, without unfolding.
 
 Measured on imagenet-val1300 with 256 calibration images: MobileNetV1 logits SQNR 25.2 -> 28.4 dB, top-1
 agreement with fp32 97.77% -> 98.62%; MobileNetV2 23.2 -> 22.7 dB (its error is noise, not a mean shift).
@@ -18,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from t2tedge.quantize.graph_cuts import CutRunner
 from t2tedge.quantize.weight_rounding import WeightGeometry, gptq_targets
 
 AUTO_MIN_GAIN_DB = 0.5  # a smaller gain on the calibration images is within what fitting them alone buys
@@ -94,17 +97,6 @@ def write_biases(qdq: onnx.ModelProto, biases: dict[str, np.ndarray]) -> list[st
     return written
 
 
-def _unfolded_means(geometry: WeightGeometry, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """(sum over positions of the unfolded input (groups, K), number of positions) for a batch of inputs."""
-    total, count = None, 0
-    for start in range(0, len(x), 4):
-        cols = geometry.unfold(np.asarray(x[start:start + 4], np.float32))
-        part = cols.sum(axis=1, dtype=np.float64)
-        total = part if total is None else total + part
-        count += cols.shape[1]
-    return total, count
-
-
 def _input_means(model: onnx.ModelProto, geometries: dict[str, WeightGeometry], tensor_of: dict[str, str],
                  images: np.ndarray, threads: int | None, batch: int = 8) -> dict[str, np.ndarray]:
     """Mean unfolded input (groups, K) of each layer over `images`, from a session pruned to those inputs."""
@@ -113,17 +105,30 @@ def _input_means(model: onnx.ModelProto, geometries: dict[str, WeightGeometry], 
     input_name = model.graph.input[0].name
     names = sorted(set(tensor_of.values()) - {input_name})
     session, fixed = session_exposing(model, names, threads, only=True) if names else (None, None)
+
+    def batches():
+        for start in range(0, len(images), batch):
+            chunk = np.ascontiguousarray(images[start:start + batch], np.float32)
+            values = dict(zip(names, run_in_fixed_batches(session, input_name, fixed, chunk, names))) if names else {}
+            values[input_name] = chunk
+            yield values
+    return _means(batches, geometries, tensor_of)
+
+
+def _means(batches, geometries: dict[str, WeightGeometry], tensor_of: dict[str, str]) -> dict[str, np.ndarray]:
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for start in range(0, len(images), batch):
-        chunk = np.ascontiguousarray(images[start:start + batch], np.float32)
-        values = dict(zip(names, run_in_fixed_batches(session, input_name, fixed, chunk, names))) if names else {}
-        values[input_name] = chunk
+    for values in batches():
         for name, geometry in geometries.items():
-            total, count = _unfolded_means(geometry, values[tensor_of[name]])
+            total, count = geometry.unfolded_sum(values[tensor_of[name]])
             sums[name] = total if name not in sums else sums[name] + total
             counts[name] = counts.get(name, 0) + count
     return {name: sums[name] / counts[name] for name in geometries}
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dim[0].dim_value) if dim and dim[0].HasField("dim_value") else None
 
 
 def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarray, threads: int | None = None,
@@ -131,6 +136,8 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarr
     """Corrected float biases {node name: (R,)} for the quantized weight layers of `qdq`, written into `qdq` in
     place as they are found (each layer sees the corrected layers before it). `images`: calibration images."""
     from tqdm import tqdm
+
+    from t2tedge.runtimes.onnxruntime_cpu import session_exposing
 
     targets = gptq_targets(qdq, fp32)
     qnodes = {n.name: n for n in qdq.graph.node}
@@ -146,10 +153,15 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarr
     geometries = {name: targets[name][0] for name in slots}
     float_means = _input_means(fp32, geometries, {n: g.node.input[0] for n, g in geometries.items()}, images, threads)
     initializers = {i.name: i for i in qdq.graph.initializer}
+    # Each layer's pass starts from the latest cut before it, whose values were computed with every earlier
+    # bias already corrected (quantize/graph_cuts.py), rather than from the image.
+    runner = CutRunner(qdq, images, lambda model, outputs: session_exposing(model, outputs, threads, only=True),
+                       _fixed_batch(qdq))
     corrected = {}
     for name, slot in tqdm(slots.items(), desc=progress, unit="layer", disable=progress is None, leave=False):
         geometry, dq = targets[name]
-        quantized_mean = _input_means(qdq, {name: geometry}, {name: qnodes[name].input[0]}, images, threads)[name]
+        tensor = qnodes[name].input[0]
+        quantized_mean = _means(runner.run([tensor]), {name: geometry}, {name: tensor})[name]
         shift = (np.einsum("grk,gk->gr", geometry.as_rows(geometry.weight).astype(np.float64), float_means[name])
                  - np.einsum("grk,gk->gr", _dequantized_rows(qdq, geometry, dq), quantized_mean))
         corrected[name] = _read_bias(initializers, slot) + shift.reshape(-1)

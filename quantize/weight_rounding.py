@@ -87,6 +87,29 @@ class WeightGeometry:
         windows = windows.reshape(n, g, c // g, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
         return windows.reshape(g, n * oh * ow, (c // g) * kh * kw)
 
+    def unfolded_sum(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """(sum over every position of `unfold(x)`, float64 (groups, K); the number of positions), without
+        building the unfolded array: the images are summed first, then each kernel tap's strided window."""
+        if self.op_type != "Conv":
+            flat = x.reshape(-1, x.shape[-1])
+            return flat.sum(axis=0, dtype=np.float64)[None], flat.shape[0]
+        if self.auto_padded:
+            raise ValueError(f"{self.node.name}: auto_pad is not supported by GPTQ rounding")
+        kh, kw = self.weight.shape[2:]
+        (stride_h, stride_w), (dilation_h, dilation_w) = self.attribute("strides", [1, 1]), self.attribute(
+            "dilations", [1, 1])
+        pads = self.attribute("pads", [0, 0, 0, 0])
+        total = np.pad(x.sum(axis=0, dtype=np.float64), ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        oh = (total.shape[1] - dilation_h * (kh - 1) - 1) // stride_h + 1
+        ow = (total.shape[2] - dilation_w * (kw - 1) - 1) // stride_w + 1
+        taps = np.empty((total.shape[0], kh, kw))
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dilation_h, i * dilation_h + (oh - 1) * stride_h + 1, stride_h)
+                columns = slice(j * dilation_w, j * dilation_w + (ow - 1) * stride_w + 1, stride_w)
+                taps[:, i, j] = total[:, rows, columns].sum(axis=(1, 2))
+        return taps.reshape(self.groups, -1), len(x) * oh * ow
+
 
 def accumulate_second_moment(geometry: WeightGeometry, x: np.ndarray, moment: np.ndarray | None,
                              chunk: int = 4) -> np.ndarray:

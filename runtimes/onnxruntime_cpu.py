@@ -45,9 +45,10 @@ def disabled_optimizers(threads: int | None, optimization: str = "all", provider
 
 def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batch: np.ndarray,
                          output_names: list[str] | None = None) -> list[np.ndarray]:
-    """`session.run` on `batch`; a static-batch graph (`fixed_batch`) takes any batch: chunks of its size, the
-    last one zero-padded and its padding cut from every output."""
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    """`session.run` on `batch` (float32, or uint8 for a graph that starts at a quantized tensor); a static-batch
+    graph (`fixed_batch`) takes any batch: chunks of its size, the last one zero-padded and its padding cut from
+    every output."""
+    batch = np.ascontiguousarray(batch, dtype=batch.dtype if batch.dtype == np.uint8 else np.float32)
     if fixed_batch is None or len(batch) == fixed_batch:
         return session.run(output_names, {input_name: batch})
     chunks = []
@@ -55,7 +56,7 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
         chunk = batch[start:start + fixed_batch]
         pad = fixed_batch - len(chunk)
         if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         outputs = session.run(output_names, {input_name: chunk})
         chunks.append([o[:fixed_batch - pad] for o in outputs] if pad else outputs)
     return [np.concatenate(parts) for parts in zip(*chunks)]

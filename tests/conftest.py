@@ -67,3 +67,19 @@ def t2t7_checkpoint(tmp_path_factory) -> Path:
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+class ArrayCalibration:
+    """The calibration reader protocol (get_next / rewind) over a plain array of images, 8 at a time."""
+
+    def __init__(self, images: np.ndarray, input_name: str = "image") -> None:
+        self.images, self.input_name, self._position = images, input_name, 0
+
+    def get_next(self):
+        if self._position >= len(self.images):
+            return None
+        self._position += 8
+        return {self.input_name: self.images[self._position - 8:self._position]}
+
+    def rewind(self) -> None:
+        self._position = 0

@@ -8,23 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import ArrayCalibration
 from t2tedge.quantize import QuantConfig, quantize_onnx
-
-
-class _Images:
-    """The calibration reader protocol over plain arrays."""
-
-    def __init__(self, images):
-        self.images, self._position = images, 0
-
-    def get_next(self):
-        if self._position >= len(self.images):
-            return None
-        self._position += 8
-        return {"image": self.images[self._position - 8:self._position]}
-
-    def rewind(self):
-        self._position = 0
 
 
 def _two_linear_layers(path):
@@ -59,7 +44,7 @@ def test_bias_correction_restores_the_fp32_output_mean_and_is_cached(tmp_path):
     outputs, reports = {}, {}
     for mode in ("off", "on"):
         config = QuantConfig(weight_rounding="nearest", bias_correction=mode)
-        reports[mode] = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / f"{mode}.onnx", _Images(images), config,
+        reports[mode] = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / f"{mode}.onnx", ArrayCalibration(images), config,
                                       ranges_cache=tmp_path / "ranges.json")
         outputs[mode] = _run(tmp_path / f"{mode}.onnx", images)
     assert reports["off"]["bias_correction"] == {"mode": "off", "applied": False}
@@ -91,7 +76,7 @@ def test_auto_keeps_the_correction_only_for_a_real_gain(tmp_path):
         work = tmp_path / f"gain{gain}"
         work.mkdir()
         save_correction(work / "ranges.nearest.bias.npz", biases, 20.0, 20.0 + gain)
-        report = quantize_onnx(tmp_path / "fp32.onnx", work / "q.onnx", _Images(images),
+        report = quantize_onnx(tmp_path / "fp32.onnx", work / "q.onnx", ArrayCalibration(images),
                                QuantConfig(weight_rounding="nearest"), ranges_cache=work / "ranges.json")
         stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(work / "q.onnx").graph.initializer}
         results[gain] = report["bias_correction"]["applied"], stored["b2"]
