@@ -16,11 +16,13 @@ So `bias_correction="auto"` keeps the correction only where it raises SQNR on th
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from t2tedge.quantize.graph_cuts import CutRunner
+from t2tedge.quantize.graph_cuts import CutRunner, run_in_batches
 from t2tedge.quantize.weight_rounding import WeightGeometry, gptq_targets
 
 AUTO_MIN_GAIN_DB = 0.5  # a smaller gain on the calibration images is within what fitting them alone buys
@@ -100,35 +102,25 @@ def write_biases(qdq: onnx.ModelProto, biases: dict[str, np.ndarray]) -> list[st
 def _input_means(model: onnx.ModelProto, geometries: dict[str, WeightGeometry], tensor_of: dict[str, str],
                  images: np.ndarray, threads: int | None, batch: int = 8) -> dict[str, np.ndarray]:
     """Mean unfolded input (groups, K) of each layer over `images`, from a session pruned to those inputs."""
-    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches, session_exposing
+    from t2tedge.runtimes.onnxruntime_cpu import session_exposing
 
     input_name = model.graph.input[0].name
     names = sorted(set(tensor_of.values()) - {input_name})
     session, fixed = session_exposing(model, names, threads, only=True) if names else (None, None)
-
-    def batches():
-        for start in range(0, len(images), batch):
-            chunk = np.ascontiguousarray(images[start:start + batch], np.float32)
-            values = dict(zip(names, run_in_fixed_batches(session, input_name, fixed, chunk, names))) if names else {}
-            values[input_name] = chunk
-            yield values
+    batches = run_in_batches(session, input_name, fixed, np.ascontiguousarray(images, np.float32), names, batch)
     return _means(batches, geometries, tensor_of)
 
 
-def _means(batches, geometries: dict[str, WeightGeometry], tensor_of: dict[str, str]) -> dict[str, np.ndarray]:
+def _means(batches: Iterable[dict[str, np.ndarray]], geometries: dict[str, WeightGeometry],
+           tensor_of: dict[str, str]) -> dict[str, np.ndarray]:
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for values in batches():
+    for values in batches:
         for name, geometry in geometries.items():
             total, count = geometry.unfolded_sum(values[tensor_of[name]])
             sums[name] = total if name not in sums else sums[name] + total
             counts[name] = counts.get(name, 0) + count
     return {name: sums[name] / counts[name] for name in geometries}
-
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    dim = model.graph.input[0].type.tensor_type.shape.dim
-    return int(dim[0].dim_value) if dim and dim[0].HasField("dim_value") else None
 
 
 def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarray, threads: int | None = None,
@@ -155,8 +147,7 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarr
     initializers = {i.name: i for i in qdq.graph.initializer}
     # Each layer's pass starts from the latest cut before it, whose values were computed with every earlier
     # bias already corrected (quantize/graph_cuts.py), rather than from the image.
-    runner = CutRunner(qdq, images, lambda model, outputs: session_exposing(model, outputs, threads, only=True),
-                       _fixed_batch(qdq))
+    runner = CutRunner(qdq, images, lambda model, outputs: session_exposing(model, outputs, threads, only=True))
     corrected = {}
     for name, slot in tqdm(slots.items(), desc=progress, unit="layer", disable=progress is None, leave=False):
         geometry, dq = targets[name]

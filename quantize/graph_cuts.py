@@ -15,7 +15,7 @@ one cut's values for every calibration image (T2T-ViT-7's 3136x64 float stage: 0
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -25,8 +25,9 @@ from t2tedge.quantize.graph_index import producers
 CUT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8)
 
 
-def cut_tensors(model: onnx.ModelProto) -> dict[str, int]:
-    """{cut tensor: index of its producer in graph order} (see the module docstring)."""
+def cut_tensors(model: onnx.ModelProto, infos: dict[str, onnx.ValueInfoProto] | None = None) -> dict[str, int]:
+    """{cut tensor: index of its producer in graph order} (see the module docstring). `infos`: the model's
+    `value_infos`, where the caller has them already."""
     graph = model.graph
     constants = {i.name for i in graph.initializer}
     for node in graph.node:
@@ -38,7 +39,7 @@ def cut_tensors(model: onnx.ModelProto) -> dict[str, int]:
             if name and name not in constants:
                 last_read[name] = index
     # Only tensors of known rank: the subgraph that starts at a cut declares it as its input.
-    types = {name: info.type.tensor_type.elem_type for name, info in value_infos(model).items()
+    types = {name: info.type.tensor_type.elem_type for name, info in (infos or value_infos(model)).items()
              if info.type.tensor_type.HasField("shape")}
     made = producers(graph)
     live = {i.name for i in graph.input if i.name not in constants and i.name in last_read}
@@ -89,6 +90,27 @@ def subgraph_from(model: onnx.ModelProto, start: onnx.ValueInfoProto, outputs: l
     return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size a static-batch graph's input is fixed to; None for a dynamic batch."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dim[0].dim_value) if dim and dim[0].HasField("dim_value") else None
+
+
+def run_in_batches(session, input_name: str, fixed: int | None, inputs: np.ndarray, outputs: list[str],
+                   batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """{input_name: the chunk, each of `outputs`: its values} for `batch` of `inputs` at a time (no session when
+    `outputs` is empty)."""
+    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
+
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch]
+        values = {}
+        if outputs:
+            values = dict(zip(outputs, run_in_fixed_batches(session, input_name, fixed, chunk, outputs)))
+        values[input_name] = chunk
+        yield values
+
+
 class CutRunner:
     """Values of tensors of a graph that changes only after the tensors asked for (bias correction writes each
     layer's bias before the next layer is asked for), on fixed `images`. `run(tensors)` runs from the latest cut
@@ -97,44 +119,33 @@ class CutRunner:
 
     def __init__(self, model: onnx.ModelProto, images: np.ndarray,
                  session_for: Callable[[onnx.ModelProto, list[str]], tuple[object, int | None]],
-                 fixed_batch: int | None, batch: int = 8) -> None:
+                 batch: int = 8) -> None:
         self.model = model
         self.session_for = session_for
-        self.fixed_batch = fixed_batch
+        self.fixed_batch = fixed_batch(model)  # a subgraph's session sees the cut's shape, not the image's
         self.batch = batch
-        self.cuts = cut_tensors(model)
-        self.value_infos = value_infos(model) if self.cuts else {}
+        self.value_infos = value_infos(model)
+        self.cuts = cut_tensors(model, self.value_infos)
         self.position = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
         self.cached_name = model.graph.input[0].name
         self.cached_position = -1
         self.cached: np.ndarray = np.ascontiguousarray(images, np.float32)
 
-    def run(self, tensors: list[str]) -> Callable[[], object]:
-        """Batches of {tensor: values}, `self.batch` images at a time (an iterator factory)."""
+    def run(self, tensors: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of {tensor: values}, `self.batch` images at a time."""
         first = min(self.position.get(t, -1) for t in tensors)
         later = [(i, c) for c, i in self.cuts.items() if self.cached_position < i <= first]
         if later:
             index, cut = max(later)
-            self.cached = np.concatenate([values[cut] for values in self._from_cached([cut])()])
+            self.cached = np.concatenate([values[cut] for values in self._from_cached([cut])])
             self.cached_name, self.cached_position = cut, index
         return self._from_cached(tensors)
 
-    def _from_cached(self, tensors: list[str]) -> Callable[[], object]:
-        from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
-
+    def _from_cached(self, tensors: list[str]) -> Iterator[dict[str, np.ndarray]]:
         outside = [t for t in tensors if t != self.cached_name]
         session = None
         if outside:
             model = self.model if self.cached_position < 0 else subgraph_from(
                 self.model, self.value_infos[self.cached_name], outside)
             session, _ = self.session_for(model, outside)
-        name, cached = self.cached_name, self.cached
-
-        def batches():
-            for start in range(0, len(cached), self.batch):
-                chunk = cached[start:start + self.batch]
-                values = dict(zip(outside, run_in_fixed_batches(session, name, self.fixed_batch, chunk, outside))) \
-                    if outside else {}
-                values[name] = chunk
-                yield values
-        return batches
+        return run_in_batches(session, self.cached_name, self.fixed_batch, self.cached, outside, self.batch)

@@ -16,7 +16,8 @@ from t2tedge.harness.table4_views import cell_row, parse_markdown_rows, pareto_f
 def grid(tmp_path_factory, val_dir):
     out = tmp_path_factory.mktemp("table4")
     argv = ["table4", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes", "torch,onnxruntime,coreml",
-            "--precisions", "fp32,int8", "--data", str(val_dir), "--limit", "16", "--runs", "5", "--num-calib", "16", "--out", str(out)]
+            "--precisions", "fp32,int8", "--data", str(val_dir), "--limit", "16", "--runs", "5", "--num-calib", "16",
+            "--out", str(out)]
     assert main(argv) == 0
     return out, argv
 
