@@ -327,23 +327,25 @@ def _search_mixed_precision(args, fp32, out, reader, config, held_out, workdir):
     images, count = held_out
     session = PTQSession(fp32, reader, config, images, workdir=workdir / "search")
     ranking = analyse(session)
-    result = {"held_out_images": count,
-              "all_int8": {"top1_agreement": session.full.top1_agreement, "sqnr_db": session.full.sqnr_db},
-              "sensitivity": ranking}
-    print(f"all INT8: top-1 agreement {100 * session.full.top1_agreement:.1f}%, logits SQNR "
-          f"{session.full.sqnr_db:.1f} dB on {count} held-out images; most sensitive nodes:")
+    result = {"held_out_images": count, "all_int8": session.full.to_dict(), "sensitivity": ranking}
+    print(f"all INT8: {session.full.describe()} on held-out images; most sensitive nodes:")
     for row in ranking[:10]:
         print(f"  {row['node']:<60} float -> agreement {100 * row['float_top1_agreement']:.1f}%, "
               f"SQNR +{row['sqnr_gain_db']:.2f} dB")
     if args.target_agreement:
         budget = args.max_float if args.max_float is not None else max(1, len(ranking) // 10)
         config, kept, achieved = mixed_precision(session, ranking, args.target_agreement, max_float=budget)
+        resolved = achieved.resolves(args.target_agreement)
         result["mixed_precision"] = {"target_agreement": args.target_agreement, "kept_float": kept, "max_float": budget,
-                                     "top1_agreement": achieved.top1_agreement, "sqnr_db": achieved.sqnr_db,
-                                     "reached": achieved.top1_agreement >= args.target_agreement}
+                                     **achieved.to_dict(), "reached": achieved.top1_agreement >= args.target_agreement,
+                                     "resolved_by_held_out": resolved}
         reached = "reached" if achieved.top1_agreement >= args.target_agreement else f"NOT reached within {budget} float nodes"
-        print(f"mixed precision: {len(kept)} node(s) kept float -> agreement {100 * achieved.top1_agreement:.1f}% "
+        print(f"mixed precision: {len(kept)} node(s) kept float -> {achieved.describe()} "
               f"(target {100 * args.target_agreement:.1f}%: {reached})")
+        if not resolved:
+            print(f"note: the target lies within one standard error of what {count} held-out images measure, so "
+                  f"on other images the model may fall on either side of it; --num-heldout sets how many "
+                  f"(at most those of --calib not used for calibration)")
     report = quantize_onnx(fp32, out, None, config, ranges_cache=session.ranges)
     session.close()
     report.update(result)
@@ -591,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-float", type=int, metavar="N",
                    help="at most N nodes kept float by --target-agreement (default: 10%% of quantizable nodes)")
     p.add_argument("--num-heldout", type=int, default=200,
-                   help="held-out images from --calib (disjoint from calibration) for scoring (default: %(default)s)")
+                   help="held-out images from --calib (disjoint from calibration) for scoring; near 99%% agreement "
+                        "200 images give a standard error of about 0.9%%, 500 about 0.5%% (default: %(default)s)")
     p.add_argument("--sqnr-threshold", type=float, default=10.0, metavar="DB",
                    help="flag layers whose output SQNR vs fp32 (cumulative, on held-out images) is below this "
                         "(default: %(default)s)")

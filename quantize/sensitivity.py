@@ -27,10 +27,38 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 class Agreement:
     top1_agreement: float
     sqnr_db: float
+    images: int
 
     @classmethod
     def of(cls, reference: np.ndarray, candidate: np.ndarray) -> "Agreement":
-        return cls(float(np.mean(reference.argmax(1) == candidate.argmax(1))), sqnr_db(reference, candidate))
+        return cls(float(np.mean(reference.argmax(1) == candidate.argmax(1))), sqnr_db(reference, candidate),
+                   len(reference))
+
+    @property
+    def standard_error(self) -> float:
+        """Binomial standard error of the agreement. Which images flip depends on the sub-step rounding of
+        every activation, so two variants a few tenths of a dB apart differ by about this much at random
+        (MobileNetV2 on 744 held-out images: 0.4%, against a 1% disagreement budget at target 0.99). The
+        rate is taken with one agreeing and one disagreeing image added (Laplace), so that 48 of 48 reads
+        as 100% ± 2.0% rather than as certain."""
+        if not self.images:
+            return float("inf")
+        agreeing = round(self.top1_agreement * self.images)
+        rate = (agreeing + 1) / (self.images + 2)
+        return float(np.sqrt(rate * (1 - rate) / self.images))
+
+    def resolves(self, target: float) -> bool:
+        """Whether the agreement lies more than one standard error from `target`, so that the held-out images
+        tell on which side of it the model is."""
+        return abs(self.top1_agreement - target) > self.standard_error
+
+    def describe(self) -> str:
+        return (f"top-1 agreement {100 * self.top1_agreement:.1f}% ± {100 * self.standard_error:.1f}% (1 s.e., "
+                f"{self.images} images), logits SQNR {self.sqnr_db:.1f} dB")
+
+    def to_dict(self) -> dict:
+        return {"top1_agreement": self.top1_agreement, "top1_agreement_standard_error": self.standard_error,
+                "sqnr_db": self.sqnr_db, "images": self.images}
 
 
 class PTQSession:

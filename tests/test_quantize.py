@@ -332,6 +332,25 @@ def test_calibration_cache_rejects_foreign_file(tmp_path):
         read_calibration_cache(tmp_path / "x.cache")
 
 
+def test_agreement_reports_its_standard_error_and_whether_it_resolves_a_target():
+    from t2tedge.quantize.sensitivity import Agreement
+
+    reference = np.eye(10, dtype=np.float32)[np.arange(400) % 10]
+    candidate = reference.copy()
+    candidate[:4] = np.roll(candidate[:4], 1, axis=1)  # 4 of 400 flip: 99.0%
+    agreement = Agreement.of(reference, candidate)
+    assert agreement.images == 400 and agreement.top1_agreement == pytest.approx(0.99)
+    assert agreement.standard_error == pytest.approx(0.00554, abs=1e-5)  # rate 397/402 with one of each added
+    assert agreement.resolves(0.98) and agreement.resolves(0.999)
+    assert not agreement.resolves(0.994) and not agreement.resolves(0.99)
+    assert "99.0% ± 0.6% (1 s.e., 400 images)" in agreement.describe()
+    assert agreement.to_dict()["top1_agreement_standard_error"] == agreement.standard_error
+    fewer = Agreement.of(reference[:100], candidate[:100])  # same 4 flips in 100 images: 96% ± 2.1%
+    assert fewer.standard_error > 3 * agreement.standard_error and not fewer.resolves(0.975)
+    perfect = Agreement.of(reference[:48], reference[:48])  # 48 of 48 cannot show 99%
+    assert perfect.top1_agreement == 1.0 and perfect.standard_error > 0.015 and not perfect.resolves(0.99)
+
+
 def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp_path):
     """Ranking is sorted by what leaving a node float buys; the fallback keeps a prefix of it, in order."""
     from t2tedge.data import discover, load_batch, split
@@ -349,6 +368,7 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
     session = PTQSession(fp32, ImageCalibrationReader(calib, spec.preprocess, batch=16, progress=None), QuantConfig(),
                          images, workdir=tmp_path / "work")
     assert session.ranges.is_file()  # one calibration, reused by every variant
+    assert session.full.images == 32
     session.candidates = ["/classifier/classifier.1/Gemm"] + session.candidates[10:22:5]  # 3 between int8 layers
     ranking = analyse(session, progress=False)
     gains = [r["sqnr_gain_db"] for r in ranking]
@@ -372,8 +392,14 @@ def test_mixed_precision_reaches_target_on_mobilenet_v2(weights_dir, sample_dir,
                  "--calib", str(sample_dir), "--num-calib", "256", "--target-agreement", "0.99",
                  "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "mobilenet_v2_100_int8.json").read_text())
-    assert report["mixed_precision"]["reached"] and report["sensitivity"]
-    assert set(report["mixed_precision"]["kept_float"]) <= set(report["float_nodes"])
+    searched = report["mixed_precision"]
+    assert searched["reached"] and report["sensitivity"]
+    assert set(searched["kept_float"]) <= set(report["float_nodes"])
+    agreement, images = searched["top1_agreement"], report["held_out_images"]
+    assert searched["images"] == images == 200
+    rate = (round(agreement * images) + 1) / (images + 2)
+    assert searched["top1_agreement_standard_error"] == pytest.approx(np.sqrt(rate * (1 - rate) / images))
+    assert searched["resolved_by_held_out"] == (abs(agreement - 0.99) > searched["top1_agreement_standard_error"])
 
 
 def _conv_after_dequantize(path):
