@@ -335,13 +335,12 @@ def _search_mixed_precision(args, fp32, out, reader, config, held_out, workdir):
     if args.target_agreement:
         budget = args.max_float if args.max_float is not None else max(1, len(ranking) // 10)
         config, kept, achieved = mixed_precision(session, ranking, args.target_agreement, max_float=budget)
-        resolved = achieved.resolves(args.target_agreement)
+        reached, resolved = achieved.top1_agreement >= args.target_agreement, achieved.resolves(args.target_agreement)
         result["mixed_precision"] = {"target_agreement": args.target_agreement, "kept_float": kept, "max_float": budget,
-                                     **achieved.to_dict(), "reached": achieved.top1_agreement >= args.target_agreement,
-                                     "resolved_by_held_out": resolved}
-        reached = "reached" if achieved.top1_agreement >= args.target_agreement else f"NOT reached within {budget} float nodes"
+                                     **achieved.to_dict(), "reached": reached, "resolved_by_held_out": resolved}
+        outcome = "reached" if reached else f"NOT reached within {budget} float nodes"
         print(f"mixed precision: {len(kept)} node(s) kept float -> {achieved.describe()} "
-              f"(target {100 * args.target_agreement:.1f}%: {reached})")
+              f"(target {100 * args.target_agreement:.1f}%: {outcome})")
         if not resolved:
             print(f"note: the target lies within one standard error of what {count} held-out images measure, so "
                   f"on other images the model may fall on either side of it; --num-heldout sets how many "
