@@ -7,19 +7,21 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow export-onnx export-coreml quantize parity table4 bench-onnx bench-coreml bench-ptq clean help
+.PHONY: setup test test-slow export-onnx export-coreml export-openvino quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
 	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
 	@echo "make export-coreml  T2T-ViT-7/12 .mlpackage to artifacts/coreml (OUT=, ALL=1 adds the MobileNets,"
 	@echo "                    CHECKPOINT=path or WEIGHTS=random, COMPRESS=w8|palettize6|palettize4|w8a8, TARGET=iOS17)"
+	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=int8: INT8 for OpenVINO)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       torch vs onnxruntime parity for the five models"
 	@echo "make table4       Table 4 grid (torch/onnxruntime x fp32/int8 here) to results/"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
 	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
+	@echo "make bench-openvino OpenVINO fp32/INT8 vs NNCF's INT8 and ONNX Runtime: top-1, agreement, SQNR, latency"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
 
@@ -28,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# The CPU wheel first, so no dependency can pull a CUDA build of torch.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -51,6 +53,14 @@ COREML_FLAGS = $(if $(COMPRESS),--compress $(COMPRESS)) $(if $(TARGET),--target 
 export-coreml: setup
 	@for m in $(COREML_MODELS); do $(T2TEDGE) export coreml $$m --out $(COREML_OUT) $(COREML_WEIGHTS) $(COREML_FLAGS) || exit 1; done
 
+# OpenVINO IR from our ONNX export (fp32), or from our INT8 tuned for OpenVINO (PRECISION=int8).
+export-openvino: setup
+	@for m in $(MODELS); do \
+	  if [ "$(PRECISION)" = int8 ]; then \
+	    $(T2TEDGE) quantize $$m --target openvino --out $(OUT)/int8 && \
+	    $(T2TEDGE) export openvino $(OUT)/int8/$${m}_int8_openvino.onnx --out $(OUT)/openvino || exit 1; \
+	  else $(T2TEDGE) export openvino $$m --out $(OUT)/openvino || exit 1; fi; done
+
 quantize: setup
 	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
@@ -68,6 +78,9 @@ bench-coreml: setup
 
 bench-ptq: setup
 	$(PY) benchmarks/bench_ptq.py
+
+bench-openvino: setup
+	$(PY) benchmarks/bench_ptq.py --runtime openvino --out results/bench_openvino.json
 
 clean:
 	rm -rf $(OUT) results .pytest_cache

@@ -12,6 +12,11 @@ images, which exhausts 24 GiB on T2T-ViT-7. No official T2T-ViT weights reach th
 Imagenette-trained subject (tests/assets), calibrated on 256 Imagenette train images and evaluated on Imagenette val
 (10 classes); `--trained-like` (or a model without such a subject) uses seeded trained-like random weights instead,
 scored by agreement and SQNR on imagenet-val1300 only. Prints a table; writes results/bench_ptq.json. `make bench-ptq`.
+
+`--runtime openvino` (`make bench-openvino`) scores on OpenVINO (f32 precision hint) instead: fp32, NNCF's own
+`nncf.quantize` on the same calibration images (transformer preset for T2T-ViT, its default for the MobileNets) as
+the peer, and `t2tedge quantize --target openvino`; then the fp32 and our INT8 files again on ONNX Runtime, so
+one run compares the two runtimes on the same files.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from t2tedge.quantize.ptq import _quiet_ort_logging
 from t2tedge.quantize.ranges import WINDOW_IMAGES
 from t2tedge.quantize.sensitivity import sqnr_db
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
+
+RUNTIMES = {"onnxruntime": OnnxRuntimeCPU}
 
 PEERS = [  # (row name, per_channel, ORT calibration method)
     ("ORT per-tensor MinMax", False, "MinMax"),
@@ -87,9 +94,23 @@ def subject_for(name: str, workdir: Path, num_calib: int, limit: int | None, tra
     return Subject(path, "trained-like random", evaluation, calibration, 1000, False)
 
 
+def nncf_peer(name: str, fp32: Path, out: Path, calibration: np.ndarray) -> str:
+    """What a user gets from NNCF directly on the OpenVINO model of our fp32 export; returns the row's label."""
+    import nncf
+    import openvino as ov
+
+    transformer = get_spec(name).family == "T2T-ViT"
+    options = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quantized = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset([image[None] for image in calibration]),
+                                  subset_size=len(calibration), **options)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return f"NNCF, {'transformer' if transformer else 'default'} preset"
+
+
 def score(path: Path, images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, threads: int,
-          runs: int) -> dict:
-    runtime = OnnxRuntimeCPU.load(path, threads=threads)
+          runs: int, runtime_name: str = "onnxruntime") -> dict:
+    runtime = RUNTIMES[runtime_name].load(path, threads=threads)
     logits = np.concatenate([runtime.run(images[i:i + 64]) for i in range(0, len(images), 64)])
     row = {"top1": float(np.mean(logits.argmax(1) == labels)), "logits": logits,
            "latency_p50_ms": measure_latency(runtime, images[:1], warmup=10, runs=runs)["p50_ms"]}
@@ -109,8 +130,14 @@ def main() -> int:
                         help="T2T-ViT on seeded trained-like random weights instead of the Imagenette-trained subject")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="score on this runtime; openvino compares against NNCF instead of onnxruntime.quantization")
     parser.add_argument("--out", type=Path, default=Path("results/bench_ptq.json"))
     args = parser.parse_args()
+    if args.runtime == "openvino":
+        from t2tedge.runtimes.openvino import OpenVINO
+
+        RUNTIMES["openvino"] = OpenVINO
     rows, evaluated = [], {}
     print(f"{'model':18} {'variant':28} {'top-1':>7} {'delta':>7} {'agree':>7} {'SQNR dB':>8} {'p50 ms':>7} {'vs fp32':>7}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,19 +154,33 @@ def main() -> int:
             fp32 = export_onnx(name, subject.checkpoint, out_dir=work, options=OnnxExportOptions(dynamic_batch=True),
                                **overrides)
             reader = ImageCalibrationReader(subject.calibration, spec.preprocess, batch=16, progress=None)
-            base = score(fp32, images, labels, None, args.threads, args.runs)
+            run = args.runtime
+            base = score(fp32, images, labels, None, args.threads, args.runs, run)
             variants = [("fp32", base)]
-            for label, per_channel, method in PEERS:
-                out = work / f"{name}_{method}_{per_channel}.onnx"
-                reader.rewind()
-                plain_ort(fp32, out, reader, per_channel, method)
-                variants.append((label, score(out, images, labels, base["logits"], args.threads, args.runs)))
-            for label, rounding in (("t2t-edge, nearest rounding", "nearest"), ("t2t-edge default", "gptq")):
+            if run == "onnxruntime":
+                for label, per_channel, method in PEERS:
+                    out = work / f"{name}_{method}_{per_channel}.onnx"
+                    reader.rewind()
+                    plain_ort(fp32, out, reader, per_channel, method)
+                    variants.append((label, score(out, images, labels, base["logits"], args.threads, args.runs)))
+                ours_variants = (("t2t-edge, nearest rounding", "nearest"), ("t2t-edge default", "gptq"))
+            else:
+                calibration, _ = load_batch(subject.calibration, spec.preprocess)
+                label = nncf_peer(name, fp32, work / f"{name}_nncf.xml", calibration)
+                variants.append((label, score(work / f"{name}_nncf.xml", images, labels, base["logits"], args.threads,
+                                              args.runs, run)))
+                ours_variants = (("t2t-edge --target openvino", "gptq"),)
+            for label, rounding in ours_variants:
                 reader.rewind()
                 ours = work / f"{name}_ours_{rounding}.onnx"
-                quantize_onnx(fp32, ours, reader, preset("onnxruntime", weight_rounding=rounding),
+                quantize_onnx(fp32, ours, reader, preset(run, weight_rounding=rounding),
                               ranges_cache=work / f"{name}_ranges.json")
-                variants.append((label, score(ours, images, labels, base["logits"], args.threads, args.runs)))
+                variants.append((label, score(ours, images, labels, base["logits"], args.threads, args.runs, run)))
+            if run == "openvino":  # the same two files on ONNX Runtime, for the runtime comparison
+                ort_fp32 = score(fp32, images, labels, base["logits"], args.threads, args.runs)
+                variants.append(("fp32 on onnxruntime", ort_fp32))
+                variants.append(("t2t-edge INT8 on onnxruntime",
+                                 score(ours, images, labels, base["logits"], args.threads, args.runs)))
             for label, row in variants:
                 row.pop("logits")
                 entry = {"model": name, "variant": label, "weights": subject.weights,
@@ -151,8 +192,8 @@ def main() -> int:
                 sqnr = f"{row['sqnr_db']:8.1f}" if "sqnr_db" in row else "       -"
                 print(f"{name:18} {label:28} {top1:>7} {delta:>7} {agree:>7} {sqnr} {row['latency_p50_ms']:7.2f} "
                       f"{entry['latency_vs_fp32']:6.2f}x", flush=True)
-    report = {"machine": machine_info(), "subjects": evaluated, "calibration_images": args.num_calib,
-              "threads": args.threads, "rows": rows}
+    report = {"machine": machine_info(), "runtime": args.runtime, "subjects": evaluated,
+              "calibration_images": args.num_calib, "threads": args.threads, "rows": rows}
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from t2tedge import __version__
-from t2tedge.errors import DataError, T2TEdgeError
+from t2tedge.errors import DataError, T2TEdgeError, UsageError
 from t2tedge.paths import shared_path
 
 DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
@@ -28,6 +28,22 @@ def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
 def _num_classes_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=1000,
                         help="classifier size of the checkpoint, for fine-tunes on other label sets (default: %(default)s)")
+
+
+def _precision_hint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision-hint", choices=("f32", "bf16", "f16"),
+                        help="openvino runtime: the precision it may run float ops in (default: f32; OpenVINO's own "
+                             "default is bf16 on CPUs that have it, which moves MobileNetV2's logits to about 20 dB "
+                             "SQNR)")
+
+
+def _openvino_options(args: argparse.Namespace, runtimes: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Per-runtime load options from the command line: --precision-hint belongs to the openvino runtime."""
+    if not args.precision_hint:
+        return {}
+    if "openvino" not in runtimes:
+        raise UsageError("--precision-hint is an option of the openvino runtime; add it with --runtime(s)")
+    return {"openvino": {"precision_hint": args.precision_hint}}
 
 
 def _class_override(args: argparse.Namespace) -> dict[str, int]:
@@ -103,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
         artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
                                   **_class_override(args))
-        runtime = cls.load(artifact, threads=args.threads)
+        runtime = cls.load(artifact, threads=args.threads, **_openvino_options(args, [args.runtime]).get(args.runtime, {}))
         result = evaluate(runtime, samples, spec.preprocess, batch=args.batch, progress=f"eval {args.model}")
     report = {"model": args.model, "runtime": runtime.describe().to_dict(), "data": str(args.data),
               "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)", **result.to_dict()}
@@ -181,6 +197,22 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_openvino(args: argparse.Namespace) -> int:
+    from t2tedge.export.openvino_export import export_openvino
+    from t2tedge.models import get_spec
+
+    checkpoint = None
+    if not args.source.endswith(".onnx"):
+        get_spec(args.source)
+        checkpoint = _resolve_checkpoint(args.source, args.checkpoint)
+    elif args.checkpoint is not None:
+        raise T2TEdgeError("--checkpoint goes with a model name; an .onnx file already holds its weights")
+    path = export_openvino(args.source, checkpoint, out_dir=args.out, weights=args.weights, **_class_override(args))
+    size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    print(f"wrote {path} and {path.with_suffix('.bin').name} ({size / 1e6:.1f} MB, {args.weights} weights)")
+    return 0
+
+
 def cmd_export_ort(args: argparse.Namespace) -> int:
     from t2tedge.export.ort_format import export_ort
 
@@ -205,7 +237,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     runtime = args.runtime or detect_runtime(args.artifact)
     options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
-                                             ("precision", args.precision)) if value}
+                                             ("precision", args.precision),
+                                             ("precision_hint", args.precision_hint)) if value}
+    if args.precision_hint and runtime != "openvino":
+        raise UsageError("--precision-hint is an option of the openvino runtime (.xml files, or --runtime openvino)")
     table = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
                              settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
                              **options)
@@ -228,7 +263,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     runtimes = _comma_list(args.runtimes)
     report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
-                        onnx_path=args.onnx, threads=args.threads, **_class_override(args))
+                        onnx_path=args.onnx, threads=args.threads, load_options=_openvino_options(args, runtimes),
+                        **_class_override(args))
     print(format_report(report))
     if args.json:
         write_report(report, args.json)
@@ -279,7 +315,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             report = quantize_onnx(fp32, staged, reader, config)
         _report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold)
         cache = out.with_suffix(".trt.cache")
-        report.update({"model": args.model, "destination": str(out),
+        report.update({"model": args.model, "destination": str(out), "target": args.target,
                        "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
                        "config": config.to_dict(),
                        "trt_calibration_cache": {"path": str(cache), "tensors": write_calibration_cache(
@@ -441,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    _precision_hint_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -500,6 +537,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_tensorrt)
 
     p = export_sub.add_parser(
+        "openvino", help="OpenVINO IR (.xml + .bin) for Intel CPUs, from a model or one of our ONNX files",
+        description="Convert to OpenVINO IR (what OpenVINO reads from the .onnx, saved); the t2tedge metadata (model, preprocessing, "
+                    "class order, weights) goes into the IR's rt_info. SOURCE is a model name (exported to ONNX "
+                    "first, same default weights as `export onnx`) or an .onnx file of ours, fp32 or INT8 (from "
+                    "`t2tedge quantize`, best with --target openvino). OpenVINO also runs the .onnx files directly; "
+                    "IR loads faster and can halve a float model with --weights fp16.")
+    p.add_argument("source", metavar="MODEL|FILE.onnx")
+    _checkpoint_arg(p)
+    p.add_argument("--weights", choices=("fp32", "fp16"), default="fp32",
+                   help="how the .bin stores float weights; fp16 halves it, OpenVINO computes in the inference "
+                        "precision either way (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("artifacts/openvino"), help="output folder (default: %(default)s)")
+    _num_classes_arg(p)
+    p.set_defaults(func=cmd_export_openvino)
+
+    p = export_sub.add_parser(
         "ort", help="ORT format (.ort) for ONNX Runtime Mobile, via onnxruntime's own converter",
         description="Convert an ONNX export to ONNX Runtime's ORT format and write the required-operators config "
                     "for a minimal build. 'fixed' bakes in CPU optimizations for --platform; 'runtime' leaves them "
@@ -512,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = export_sub.add_parser(
         "bundle", help="artifacts + profiler + runner script in one .tar.gz for a device",
-        description="Pack artifacts (.onnx, .ort, .mlpackage, .engine) with the profiler and profile.sh. On the "
+        description="Pack artifacts (.onnx, .ort, .mlpackage, .engine, OpenVINO .xml with its .bin) with the profiler and profile.sh. On the "
                     "device: tar xzf BUNDLE && sh profile.sh (needs python3, numpy, pillow, tqdm and the runtime). "
                     "Each run leaves a JSON in results/ to merge with `t2tedge table4 --merge`.")
     p.add_argument("artifacts", nargs="+", type=Path)
@@ -522,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
         description="Measure an exported artifact with its runtime, chosen from the suffix (.onnx/.ort: "
-                    "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt): warm-up, then --runs timed batch-1 "
-                    "runs (min/p50/p90/p99/mean) and batch-8 throughput. Writes a Table 4 JSON with one cell.")
+                    "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt, .xml: openvino): warm-up, then --runs "
+                    "timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 throughput. Writes a Table 4 JSON with one cell.")
     p.add_argument("artifact", type=Path)
     p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. tensorrt for an .onnx)")
     p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
@@ -535,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-units", choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"), help="Core ML only")
     p.add_argument("--provider", choices=("cpu", "xnnpack"), help="onnxruntime execution provider (default: cpu)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT: engine precision for an .onnx")
+    _precision_hint_arg(p)
     p.add_argument("--out", type=Path, default=Path("results/profile"),
                    help="a .json file, or a folder for <artifact>_<runtime>.json (default: %(default)s)")
     p.set_defaults(func=cmd_profile)
@@ -550,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    _precision_hint_arg(p)
     _num_classes_arg(p)
     p.set_defaults(func=cmd_parity)
 
@@ -577,10 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move each quantized layer's bias by the mean shift that quantizing its inputs causes, "
                         "layer by layer on the calibration images (MobileNetV1 SQNR +3.2 dB, see README); auto "
                         "keeps it only where it raises logits SQNR on those images by 0.5 dB (default: %(default)s)")
-    p.add_argument("--target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
-                   help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); tensorrt: "
-                        "symmetric int8 activations, float biases, as TensorRT's explicit quantization requires "
-                        "(default: %(default)s)")
+    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); openvino: the "
+                        "same choices, measured best for OpenVINO's int8 kernels too (attention MatMuls stay float; "
+                        "docs/openvino.md), written as MODEL_int8_openvino.onnx; tensorrt: symmetric int8 activations, "
+                        "float biases, as TensorRT's explicit quantization requires (default: %(default)s)")
     p.add_argument("--exclude", metavar="OP_TYPES|NODE_NAMES",
                    help="comma list kept in float: ONNX op types (MatMul) or node names / fnmatch patterns")
     p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")

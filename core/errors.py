@@ -7,6 +7,12 @@ class T2TEdgeError(Exception):
     exit_code = 1
 
 
+class UsageError(T2TEdgeError):
+    """Options that do not go together; argparse's own usage errors exit 2 as well."""
+
+    exit_code = 2
+
+
 class CheckpointError(T2TEdgeError):
     """A checkpoint that cannot be read or does not fit the model."""
 

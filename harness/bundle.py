@@ -1,9 +1,9 @@
 """`t2tedge export bundle`: artifacts + the profiler + a runner script, one .tar.gz to copy onto a device.
 
 The device needs Python 3.10+, numpy, pillow, tqdm and the runtime library of its artifacts (onnxruntime,
-coremltools on macOS, tensorrt on an NVIDIA box); not torch and not this package's install. The runner
-profiles every artifact the way `t2tedge profile` does here and leaves one JSON per run in results/,
-ready for `t2tedge table4 --merge`.
+coremltools on macOS, tensorrt on an NVIDIA box, openvino on an Intel box); not torch and not this
+package's install. The runner profiles every artifact the way `t2tedge profile` does here and leaves one
+JSON per run in results/, ready for `t2tedge table4 --merge`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ PACKAGES = ("t2tedge", "t2tedge.models", "t2tedge.export", "t2tedge.quantize", "
 
 RUNNER = """#!/bin/sh
 # Profile every artifact of this bundle on this device (t2t-edge {version}).
-# Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt.
+# Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino.
 # Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N.
 set -e
 cd "$(dirname "$0")"
@@ -50,6 +50,9 @@ def _runner_commands(names: list[str]) -> str:
         if runtime == "coreml":
             # Load vs predict time per compute unit: the Neural Engine and the CPU differ most.
             lines += [f"profile {name} --compute-units {units}" for units in ("ALL", "CPU_AND_NE", "CPU_ONLY")]
+        elif runtime == "openvino":
+            # OpenVINO's CPU default is bf16 where the CPU has it; measure what each precision costs and buys.
+            lines += [f"profile {name} --precision-hint {hint}" for hint in ("f32", "bf16")]
         elif runtime == "onnxruntime":
             lines += [f"profile {name}", f"profile {name} --provider xnnpack"]
         else:
@@ -70,6 +73,8 @@ def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLi
             raise T2TEdgeError(f"artifact not found: {path}")
         if path.suffix not in RUNTIME_BY_SUFFIX:
             raise T2TEdgeError(f"cannot bundle {path.name}: known artifact types are {', '.join(RUNTIME_BY_SUFFIX)}")
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise T2TEdgeError("two artifacts share a file name; rename one")
@@ -83,6 +88,8 @@ def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLi
         with tarfile.open(tmp, "w:gz") as tar:
             for path in paths:
                 tar.add(path, arcname=f"artifacts/{path.name}")
+                if path.suffix == ".xml":
+                    tar.add(path.with_suffix(".bin"), arcname=f"artifacts/{path.with_suffix('.bin').name}")
             for package in PACKAGES:
                 folder = Path(importlib.import_module(package).__path__[0])
                 for source in sorted(folder.glob("*.py")):

@@ -2,7 +2,7 @@
 
 Writes a Table 4 result with one cell (same schema), so a file measured on a Mac, a phone host or a GPU
 box merges into the grid with `t2tedge table4 --merge`. Needs no torch: it runs where only the runtime
-library (onnxruntime, coremltools, tensorrt) and numpy/pillow are installed.
+library (onnxruntime, coremltools, tensorrt, openvino) and numpy/pillow are installed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from t2tedge.runtimes import get_runtime
 
 SCHEMA = "t2tedge.table4/1"  # the grid's schema (harness.table4.SCHEMA), repeated so this imports without torch
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
-                     ".plan": "tensorrt"}
+                     ".plan": "tensorrt", ".xml": "openvino"}
 
 
 def detect_runtime(path: Path) -> str:
@@ -53,6 +53,15 @@ def artifact_metadata(path: Path) -> dict[str, str]:
         import coremltools as ct
 
         return dict(ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata)
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        from t2tedge.runtimes.openvino import read_openvino_metadata
+
+        try:
+            return read_openvino_metadata(ov.Core().read_model(str(path)))
+        except RuntimeError as exc:
+            raise T2TEdgeError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[0][:200]}") from None
     return {}
 
 
@@ -83,10 +92,11 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
     samples = discover(data)[:limit] if data else []
     cls = get_runtime(runtime)
     instance = cls.load(path, threads=threads, **load_options)
+    described_precision = instance.describe().precision
     weights = meta.get("t2tedge.weights", "")
     cell: dict[str, Any] = {
         "model": model, "runtime": runtime, "family": meta.get("t2tedge.family") or (spec and spec.family),
-        "precision": meta.get("t2tedge.precision") or load_options.get("precision") or "fp32",
+        "precision": meta.get("t2tedge.precision") or described_precision,
         "weights": "untrained" if weights.startswith("untrained") else "trained" if weights else "unknown",
         "paper": vars(spec.paper) if spec and spec.paper else None, "status": "measured",
         "artifact": path.name, "artifact_bytes": artifact_bytes(path),

@@ -30,7 +30,7 @@ from t2tedge.runtimes import get_runtime
 
 SCHEMA = "t2tedge.table4/1"
 TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
-RUNTIMES = ("torch", "onnxruntime", "coreml", "tensorrt")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "coreml", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 # What each runtime adapter can run here, and why not otherwise.
 SUPPORTED = {
@@ -40,6 +40,9 @@ SUPPORTED = {
     ("onnxruntime", "fp32"): None,
     ("onnxruntime", "int8"): None,
     ("onnxruntime", "fp16"): "ONNX Runtime's CPU EP has no fp16 kernels for most ops",
+    ("openvino", "fp32"): None,
+    ("openvino", "int8"): None,
+    ("openvino", "fp16"): "OpenVINO's CPU plugin computes in f32 or bf16; fp16 is measured on Core ML / TensorRT",
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
-from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.runtimes.base import Runtime, RuntimeDescription, run_in_chunks
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
@@ -49,17 +49,7 @@ def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batc
     graph (`fixed_batch`) takes any batch: chunks of its size, the last one zero-padded and its padding cut from
     every output."""
     batch = np.ascontiguousarray(batch, dtype=batch.dtype if batch.dtype == np.uint8 else np.float32)
-    if fixed_batch is None or len(batch) == fixed_batch:
-        return session.run(output_names, {input_name: batch})
-    chunks = []
-    for start in range(0, len(batch), fixed_batch):
-        chunk = batch[start:start + fixed_batch]
-        pad = fixed_batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        outputs = session.run(output_names, {input_name: chunk})
-        chunks.append([o[:fixed_batch - pad] for o in outputs] if pad else outputs)
-    return [np.concatenate(parts) for parts in zip(*chunks)]
+    return run_in_chunks(lambda chunk: session.run(output_names, {input_name: chunk}), fixed_batch, batch)
 
 
 def _session_graph(artifact: str | os.PathLike, fuse: bool, unsigned_weights: bool

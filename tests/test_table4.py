@@ -15,7 +15,7 @@ from t2tedge.harness.table4_views import cell_row, parse_markdown_rows, pareto_f
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, val_dir):
     out = tmp_path_factory.mktemp("table4")
-    argv = ["table4", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes", "torch,onnxruntime,coreml",
+    argv = ["table4", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes", "torch,onnxruntime,openvino,coreml",
             "--precisions", "fp32,int8", "--data", str(val_dir), "--limit", "16", "--runs", "5", "--num-calib", "16",
             "--out", str(out)]
     assert main(argv) == 0
@@ -25,10 +25,11 @@ def grid(tmp_path_factory, val_dir):
 def test_json_cells(grid):
     table = load_table(grid[0] / "table4.json")
     cells = {(c["model"], c["runtime"], c["precision"]): c for c in table["cells"]}
-    assert len(cells) == 2 * 3 * 2
+    assert len(cells) == 2 * 4 * 2
     measured = [k for k, c in cells.items() if c["status"] == "measured"]
     assert sorted(measured) == sorted([(m, r, p) for m in ("t2t_vit_7", "mobilenet_v2_100")
-                                       for r, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))])
+                                       for r, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                                    ("openvino", "fp32"), ("openvino", "int8"))])
     assert "Core ML" in cells[("t2t_vit_7", "coreml", "fp32")]["reason"]
     mnv2 = cells[("mobilenet_v2_100", "onnxruntime", "int8")]
     assert mnv2["weights"] == "trained" and cells[("t2t_vit_7", "torch", "fp32")]["weights"] == "untrained"
@@ -38,6 +39,11 @@ def test_json_cells(grid):
     assert lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["runs"] == 5
     assert mnv2["artifact_bytes"] < cells[("mobilenet_v2_100", "onnxruntime", "fp32")]["artifact_bytes"] / 2
     assert table["machine"]["cores"] and mnv2["paper"]["top1"] == 72.0
+    ov_int8 = cells[("mobilenet_v2_100", "openvino", "int8")]
+    # OpenVINO runs the same INT8 file (quantize --target openvino chooses ORT's settings), in int8 kernels.
+    assert ov_int8["artifact_sha256"] == mnv2["artifact_sha256"] and ov_int8["top1_agreement"] >= 0.8
+    assert "u8 x" in ov_int8["runtime_info"]["details"]["layers_by_precision"]
+    assert cells[("mobilenet_v2_100", "openvino", "fp32")]["top1_agreement"] == 1.0
 
 
 def test_markdown_matches_json(grid):
@@ -79,3 +85,13 @@ def test_merge_two_machines(grid, tmp_path):
 def test_pareto_front():
     points = [(1.0, 70.0), (2.0, 75.0), (3.0, 74.0), (0.5, 60.0), (2.0, 72.0)]
     assert pareto_front(points) == [3, 0, 1]
+
+
+def test_machine_info_is_the_same_in_two_processes():
+    import subprocess
+    import sys
+
+    code = "import json; from t2tedge.harness.latency import machine_info; print(json.dumps(machine_info()))"
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout) for seed in ("1", "2")]
+    assert runs[0] == runs[1] and len(runs[0]["hostname_hash"]) == 12

@@ -1,0 +1,134 @@
+"""OpenVINO on the CPU: runs an `.onnx` file (fp32 or our INT8 QDQ) or OpenVINO IR (`.xml` + `.bin`) as it is.
+
+The inference precision is always set explicitly. OpenVINO's CPU plugin otherwise picks bf16 on CPUs that
+have it (AVX-512 BF16, AMX), which changes the numbers a user gets without saying so: T2T-ViT-7 logits moved
+to 44 dB SQNR and MobileNetV2's to 20 dB against fp32 on an AMD EPYC with AVX-512 BF16 (docs/openvino.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2tedge.errors import T2TEdgeError
+from t2tedge.runtimes.base import Runtime, RuntimeDescription, run_in_chunks
+
+# Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
+PRECISION_HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+# What describe() and parity call the arithmetic of a float graph under each hint.
+_HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+SUFFIXES = (".onnx", ".xml")
+
+
+def read_openvino_metadata(model) -> dict[str, str]:
+    """The `t2tedge.*` metadata of an OpenVINO model: IR written by `t2tedge export openvino` keeps it under
+    the rt_info section `t2tedge`; an ONNX file read by OpenVINO carries its metadata_props under `framework`."""
+    meta: dict[str, str] = {}
+    info = model.get_rt_info()
+    for section, strip in (("framework", False), ("t2tedge", True)):
+        if section not in info.keys():
+            continue
+        entries = model.get_rt_info([section])
+        try:
+            items = entries.astype(dict)
+        except Exception:  # OVAny holding something other than a map
+            continue
+        for key, value in items.items():
+            name = f"t2tedge.{key}" if strip else str(key)
+            if name.startswith("t2tedge."):
+                meta[name] = value.astype(str) if hasattr(value, "astype") else str(value)
+    return meta
+
+
+class OpenVINO(Runtime):
+    name = "openvino"
+    consumes = "onnx"  # an .onnx file, or IR (.xml with its .bin beside it)
+
+    def __init__(self, compiled, path: str, threads: int | None, precision_hint: str, performance_hint: str,
+                 metadata: dict[str, str]) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.path = path
+        self.threads = threads
+        self.precision_hint = precision_hint
+        self.performance_hint = performance_hint
+        self.metadata = metadata
+        batch_dim = compiled.inputs[0].get_partial_shape()[0]
+        self.fixed_batch = batch_dim.get_length() if batch_dim.is_static else None
+        self.file_precision = metadata.get("t2tedge.precision", "fp32")
+        self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed (pip install 't2t-edge[openvino]')"
+        return None
+
+    @classmethod
+    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, precision_hint: str = "f32",
+             performance_hint: str = "LATENCY", **options: Any) -> "OpenVINO":
+        """`precision_hint`: f32 (default), bf16 or f16, the precision OpenVINO may run float ops in; an INT8
+        file's quantized ops run in int8 under any hint. `threads`: INFERENCE_NUM_THREADS (None: all cores)."""
+        import openvino as ov
+
+        if precision_hint not in PRECISION_HINTS:
+            raise T2TEdgeError(f"unknown precision hint {precision_hint!r}; choose {', '.join(PRECISION_HINTS)}")
+        if performance_hint not in PERFORMANCE_HINTS:
+            raise T2TEdgeError(f"unknown performance hint {performance_hint!r}; choose {', '.join(PERFORMANCE_HINTS)}")
+        path = Path(artifact)
+        if path.suffix not in SUFFIXES:
+            raise T2TEdgeError(f"OpenVINO runs .onnx files or IR (.xml + .bin), not {path.name}")
+        if not path.is_file():
+            raise T2TEdgeError(f"model file not found: {path}")
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision_hint],
+                                  "PERFORMANCE_HINT": performance_hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            model = core.read_model(str(path))
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line texts
+            raise T2TEdgeError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+        return cls(compiled, str(path), threads, precision_hint, performance_hint, read_openvino_metadata(model))
+
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        # copy: the request reuses its output buffer on the next call.
+        return [np.array(self.request.infer({0: batch})[0], dtype=np.float32, copy=True)]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return run_in_chunks(self._infer, self.fixed_batch, np.ascontiguousarray(batch, dtype=np.float32))[0]
+
+    def execution_precisions(self) -> dict[str, int]:
+        """How many executed layers of the compiled graph run in each precision (I8, FP32, BF16, ...)."""
+        counts: collections.Counter[str] = collections.Counter()
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "layerType" not in info.keys() or info["layerType"].astype(str) in ("Input", "Output", "Const"):
+                continue
+            counts[info["runtimePrecision"].astype(str) if "runtimePrecision" in info.keys() else "?"] += 1
+        return dict(sorted(counts.items()))
+
+    def describe(self) -> RuntimeDescription:
+        import openvino as ov
+
+        precision = "int8" if self.file_precision == "int8" else _HINT_PRECISION.get(self.inference_precision, "fp32")
+        return RuntimeDescription(
+            runtime=self.name, version=ov.get_version().split("-")[0], precision=precision,
+            device=ov.Core().get_property("CPU", "FULL_DEVICE_NAME"), threads=self.threads or os.cpu_count(),
+            details={"format": "ir" if self.path.endswith(".xml") else "onnx",
+                     "inference_precision_hint": self.precision_hint,
+                     # What the plugin settled on: f32 where a bf16/f16 hint meets a CPU without those units.
+                     "inference_precision": self.inference_precision,
+                     "performance_hint": self.performance_hint,
+                     "layers_by_precision": ",".join(f"{k} x{n}" for k, n in self.execution_precisions().items()),
+                     "artifact": self.path})
