@@ -16,8 +16,8 @@ help:
 	@echo "                    CHECKPOINT=path or WEIGHTS=random, COMPRESS=w8|palettize6|palettize4|w8a8, TARGET=iOS17)"
 	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=int8: INT8 for OpenVINO)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
-	@echo "make parity       torch vs onnxruntime parity for the five models"
-	@echo "make table4       Table 4 grid (torch/onnxruntime x fp32/int8 here) to results/"
+	@echo "make parity       torch vs onnxruntime and openvino parity for the five models"
+	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
 	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
@@ -65,7 +65,7 @@ quantize: setup
 	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
 parity: setup
-	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime || exit 1; done
+	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino || exit 1; done
 
 table4: setup
 	$(T2TEDGE) table4 --out results

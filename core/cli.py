@@ -10,9 +10,48 @@ from typing import Sequence
 
 from t2tedge import __version__
 from t2tedge.errors import DataError, T2TEdgeError, UsageError
+from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.paths import shared_path
 
 DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
+
+
+def _at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer in [minimum, maximum]; a count of 0 or -5 is a usage error, not a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_where(check, wanted: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value == value and check(value)):  # value == value: NaN is refused too
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _fraction(open_low: bool = False, open_high: bool = False):
+    low, high = ("(0" if open_low else "[0"), ("1)" if open_high else "1]")
+    return _float_where(lambda v: (v > 0 if open_low else v >= 0) and (v < 1 if open_high else v <= 1),
+                        f"in {low}, {high}")
+
+
+_positive_float = _float_where(lambda v: 0 < v < float("inf"), "a positive number")
+_non_negative_float = _float_where(lambda v: 0 <= v < float("inf"), "zero or more")
 
 
 def _comma_list(text: str) -> list[str]:
@@ -26,7 +65,7 @@ def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _num_classes_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-classes", type=int, default=1000,
+    parser.add_argument("--num-classes", type=_at_least(1), default=1000,
                         help="classifier size of the checkpoint, for fine-tunes on other label sets (default: %(default)s)")
 
 
@@ -44,6 +83,11 @@ def _openvino_options(args: argparse.Namespace, runtimes: Sequence[str]) -> dict
     if "openvino" not in runtimes:
         raise UsageError("--precision-hint is an option of the openvino runtime; add it with --runtime(s)")
     return {"openvino": {"precision_hint": args.precision_hint}}
+
+
+def _force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="use an artifact whose stamped model, class count or input size differs from the command")
 
 
 def _class_override(args: argparse.Namespace) -> dict[str, int]:
@@ -99,6 +143,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from t2tedge.data import discover
+    from t2tedge.export.onnx_export import check_onnx_fits
     from t2tedge.harness.artifacts import build_artifact
     from t2tedge.harness.evaluate import evaluate
     from t2tedge.models import get_spec
@@ -107,19 +152,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     spec = get_spec(args.model)
+    args.runtime = args.runtime or ("onnxruntime" if args.onnx else "torch")
+    load_options = _openvino_options(args, [args.runtime]).get(args.runtime, {})
+    if args.onnx:
+        if args.checkpoint is not None:
+            raise UsageError("--onnx files hold their weights; drop --checkpoint")
+        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
     checkpoint = None if args.onnx else _resolve_checkpoint(args.model, args.checkpoint)  # the file has its weights
     samples = discover(args.data, num_classes=args.num_classes)
     if args.limit:
         samples = samples[: args.limit]
-    args.runtime = args.runtime or ("onnxruntime" if args.onnx else "torch")
     cls = get_runtime(args.runtime)
     if args.onnx and cls.consumes != "onnx":
-        raise T2TEdgeError(f"--onnx needs a runtime that runs ONNX files, not {args.runtime}; "
-                           f"use --runtime onnxruntime (or tensorrt)")
+        raise UsageError(f"--onnx needs a runtime that runs ONNX files, not {args.runtime}; "
+                         f"use --runtime onnxruntime (or openvino, tensorrt)")
     with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
         artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
                                   **_class_override(args))
-        runtime = cls.load(artifact, threads=args.threads, **_openvino_options(args, [args.runtime]).get(args.runtime, {}))
+        runtime = cls.load(artifact, threads=args.threads, **load_options)
         result = evaluate(runtime, samples, spec.preprocess, batch=args.batch, progress=f"eval {args.model}")
     report = {"model": args.model, "runtime": runtime.describe().to_dict(), "data": str(args.data),
               "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)", **result.to_dict()}
@@ -142,6 +192,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     get_spec(args.model)
     options = OnnxExportOptions(opset=args.opset, batch=args.batch, dynamic_batch=args.dynamic_batch,
                                 simplify=not args.no_simplify)
+    ensure_writable_dir(args.out)
     checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     path = export_onnx(args.model, checkpoint, out_dir=args.out, options=options, **_class_override(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -161,6 +212,7 @@ def cmd_export_coreml(args: argparse.Namespace) -> int:
                                   num_calib=args.num_calib)
     if args.calib is not None and not args.calib.is_dir():
         raise DataError(f"calibration folder not found: {args.calib}")
+    ensure_writable_dir(args.out)
     require_coremltools()
     if args.checkpoint is None and spec.release_url:
         from t2tedge.models.release import fetch_official
@@ -184,6 +236,9 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
     options = EngineOptions(precision=args.precision, calibration_cache=str(args.calib_cache) if args.calib_cache else None,
                             min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
                             workspace_mib=args.workspace_mib, timing_cache=str(args.timing_cache) if args.timing_cache else None)
+    ensure_writable_dir(args.out)
+    if args.log:
+        ensure_writable_file(args.log, "--log")
     require_tensorrt()
     destination = args.out / f"{args.onnx.stem}_{args.precision}.engine"
     result = build_engine(args.onnx, destination, options)
@@ -206,7 +261,8 @@ def cmd_export_openvino(args: argparse.Namespace) -> int:
         get_spec(args.source)
         checkpoint = _resolve_checkpoint(args.source, args.checkpoint)
     elif args.checkpoint is not None:
-        raise T2TEdgeError("--checkpoint goes with a model name; an .onnx file already holds its weights")
+        raise UsageError("--checkpoint goes with a model name; an .onnx file already holds its weights")
+    ensure_writable_dir(args.out)
     path = export_openvino(args.source, checkpoint, out_dir=args.out, weights=args.weights, **_class_override(args))
     size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
     print(f"wrote {path} and {path.with_suffix('.bin').name} ({size / 1e6:.1f} MB, {args.weights} weights)")
@@ -216,6 +272,8 @@ def cmd_export_openvino(args: argparse.Namespace) -> int:
 def cmd_export_ort(args: argparse.Namespace) -> int:
     from t2tedge.export.ort_format import export_ort
 
+    if args.out is not None:
+        ensure_writable_dir(args.out)
     ort_file, config = export_ort(args.onnx, args.out, style=args.style, platform=args.platform)
     print(f"wrote {ort_file} ({ort_file.stat().st_size / 1e6:.1f} MB) and {config}")
     return 0
@@ -224,6 +282,7 @@ def cmd_export_ort(args: argparse.Namespace) -> int:
 def cmd_export_bundle(args: argparse.Namespace) -> int:
     from t2tedge.harness.bundle import make_bundle
 
+    ensure_writable_file(args.out, suffix=".tar.gz")
     path = make_bundle(args.artifacts, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): copy it to the device, then "
           f"tar xzf {path.name} && sh profile.sh")
@@ -235,6 +294,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from t2tedge.harness.measure import LatencySettings
     from t2tedge.harness.profile import detect_runtime, profile_artifact
 
+    out = args.out
+    if out.suffix == ".json":
+        ensure_writable_file(out)
+    else:
+        ensure_writable_dir(out)
     runtime = args.runtime or detect_runtime(args.artifact)
     options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
                                              ("precision", args.precision),
@@ -243,9 +307,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise UsageError("--precision-hint is an option of the openvino runtime (.xml files, or --runtime openvino)")
     table = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
                              settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
-                             **options)
+                             force=args.force, **options)
     cell = table["cells"][0]
-    out = args.out
     if out.suffix != ".json":
         out = out / f"{args.artifact.name}_{runtime}{'_' + '_'.join(map(str, options.values())) if options else ''}.json"
     atomic_write_text(out, json.dumps(table, indent=1, sort_keys=True) + "\n")
@@ -260,10 +323,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     from t2tedge.harness.parity import format_report, run_parity, write_report
 
-    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     runtimes = _comma_list(args.runtimes)
+    load_options = _openvino_options(args, runtimes)
+    if args.json:
+        ensure_writable_file(args.json, "--json", suffix=".json")
+    if args.onnx:
+        from t2tedge.export.onnx_export import check_onnx_fits
+
+        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
-                        onnx_path=args.onnx, threads=args.threads, load_options=_openvino_options(args, runtimes),
+                        onnx_path=args.onnx, threads=args.threads, load_options=load_options,
                         **_class_override(args))
     print(format_report(report))
     if args.json:
@@ -275,7 +345,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import tempfile
 
     from t2tedge.export import OnnxExportOptions, export_onnx
-    from t2tedge.fileio import atomic_write_bytes, atomic_write_text
+    from t2tedge.export.onnx_export import check_onnx_fits
+    from t2tedge.fileio import publish_together
     from t2tedge.models import get_spec
     from t2tedge.quantize import ImageCalibrationReader, QuantConfig, calibration_samples, preset, quantize_onnx
     from t2tedge.quantize.tensorrt_checks import write_calibration_cache
@@ -287,16 +358,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         config = QuantConfig.load(args.config)
     else:
         config = preset(args.target, args.method, args.per_channel, args.weight_rounding, args.bias_correction)
-    samples = calibration_samples(args.calib, args.num_calib, seed=args.seed, num_classes=args.num_classes)
+    if args.onnx is not None:
+        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+    ensure_writable_dir(args.out)
+    samples = calibration_samples(args.calib, args.num_calib, seed=args.seed)
+    if len(samples) < args.num_calib:
+        print(f"note: calibrating on all {len(samples)} images under {args.calib} (--num-calib {args.num_calib} asked "
+              f"for more)", file=sys.stderr)
     suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
     out = args.out / f"{args.model}_int8{suffix}.onnx"
-    with tempfile.TemporaryDirectory(prefix="t2tedge-quantize-") as tmp:
-        # Everything is made in tmp and moved into place only once the report is complete, so a failure in
-        # a later step never leaves an INT8 model without its report.
+    cache = out.with_suffix(".trt.cache")
+    # Everything is made in a staging folder beside the destination and moved into place together once the
+    # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
+    with tempfile.TemporaryDirectory(prefix=".t2tedge-quantize-", dir=args.out) as tmp:
         staged = Path(tmp) / out.name
         fp32 = args.onnx
-        if fp32 is not None and not fp32.is_file():
-            raise T2TEdgeError(f"ONNX file not found: {fp32}")
         if fp32 is None:
             checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
             # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
@@ -304,25 +380,25 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                **_class_override(args))
         graph = onnx.load(str(fp32), load_external_data=False).graph
         if args.exclude:
-            config = config.with_float(_comma_list(args.exclude), graph)
+            config = config.with_float(_comma_list(args.exclude), graph, strict=True)
         batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
         reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
         searching = bool(args.sensitivity or args.target_agreement)
-        held_out = _held_out_images(args, samples, spec, args.num_heldout if searching else LAYER_SQNR_IMAGES)
+        held_out = _held_out_images(args, samples, spec, args.num_heldout if searching else LAYER_SQNR_IMAGES,
+                                    searching)
         if args.sensitivity or args.target_agreement:
             report, config = _search_mixed_precision(args, fp32, staged, reader, config, held_out, Path(tmp))
         else:
             report = quantize_onnx(fp32, staged, reader, config)
         _report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold)
-        cache = out.with_suffix(".trt.cache")
         report.update({"model": args.model, "destination": str(out), "target": args.target,
                        "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
                        "config": config.to_dict(),
                        "trt_calibration_cache": {"path": str(cache), "tensors": write_calibration_cache(
                            staged, staged.with_suffix(".trt.cache"))}})
-        atomic_write_bytes(out, staged.read_bytes())
-        atomic_write_bytes(cache, staged.with_suffix(".trt.cache").read_bytes())
-        atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+        staged.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        publish_together({staged: out, staged.with_suffix(".trt.cache"): cache,
+                          staged.with_suffix(".json"): out.with_suffix(".json")})
     print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
           f"{out.with_suffix('.json')} and {cache}")
     return 0
@@ -331,14 +407,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 LAYER_SQNR_IMAGES = 8
 
 
-def _held_out_images(args, calibration, spec, count: int):
+def _held_out_images(args, calibration, spec, count: int, searching: bool = False):
     """(images, count): held-out images from the calibration folder, disjoint from the calibration subset."""
-    from t2tedge.data import discover, load_batch, split
+    from t2tedge.data import discover_images, load_batch, split
 
     used = {s.path for s in calibration}
-    rest = [s for s in discover(args.calib, num_classes=args.num_classes) if s.path not in used]
+    rest = [s for s in discover_images(args.calib) if s.path not in used]
     if not rest:
-        raise T2TEdgeError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration images")
+        if searching:
+            raise DataError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration "
+                            f"images; lower --num-calib or add images")
+        rest = list(calibration)  # the per-layer SQNR report only: scored on calibration images, and says so
     held_out, _ = split(rest, min(count, len(rest)), seed=args.seed + 1)
     images, _ = load_batch(held_out, spec.preprocess)
     return images, len(held_out)
@@ -421,6 +500,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       drop_path=args.drop_path, weight_decay=args.weight_decay, preload=args.preload,
                       eval_every=args.eval_every, save_every=args.save_every)
     out = args.out or Path("artifacts/train") / f"{args.model}_{Path(args.data).parent.name or 'data'}.pth"
+    ensure_writable_file(out)
     result = train(cfg, out, val_data=args.val, resume=not args.no_resume, save_fp16=args.fp16)
     print(f"wrote {result['checkpoint']} ({result['num_classes']} classes)")
     return 0
@@ -429,6 +509,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_table4(args: argparse.Namespace) -> int:
     from t2tedge.harness.table4 import Grid, GridSettings, load_table, merge, write_outputs
 
+    ensure_writable_dir(args.out)
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
     else:
@@ -451,10 +532,20 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one error style of every other error: one line, exit 2."""
+
+    def error(self, message: str):
+        print(f"t2tedge: error: {message} ({self.prog}); see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t2tedge", description="Export, quantize and compare lite T2T-ViT and "
-                                     "MobileNet models on edge runtimes.")
+    parser = _Parser(prog="t2tedge", description="Export, quantize and compare lite T2T-ViT and MobileNet models on "
+                     "edge runtimes. Errors print one line (exit 2 for usage, 1 for data); --debug adds the "
+                     "traceback.")
     parser.add_argument("--version", action="version", version=f"t2t-edge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list the registered models")
@@ -472,12 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageFolder, flat wnid_*.JPEG or flat ImageNet val folder (default: %(default)s)")
     p.add_argument("--runtime", help="runtime to evaluate on (default: onnxruntime with --onnx, else torch)")
     p.add_argument("--onnx", type=Path, help="evaluate this ONNX file (fp32 or INT8 QDQ) instead of exporting one")
-    p.add_argument("--num-classes", type=int, default=1000,
+    p.add_argument("--num-classes", type=_at_least(1), default=1000,
                    help="classifier size; other than 1000, class folders are labelled in sorted order")
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.add_argument("--limit", type=_at_least(1), help="only the first N images")
+    p.add_argument("--batch", type=_at_least(1), default=32)
+    p.add_argument("--threads", type=_at_least(1), help="intra-op threads (default: all cores)")
     _precision_hint_arg(p)
+    _force_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -487,9 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _checkpoint_arg(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/onnx"), help="output folder (default: %(default)s)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default: %(default)s)")
+    p.add_argument("--opset", type=_at_least(13, 21), default=17, help="ONNX opset, 13..21 (default: %(default)s)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help="static batch size (default: %(default)s)")
+    batch.add_argument("--batch", type=_at_least(1), default=1, help="static batch size (default: %(default)s)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     _num_classes_arg(p)
@@ -515,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=("classifier", "logits"), default="classifier",
                    help="classifier (class label + probabilities) or raw logits (default: %(default)s)")
     p.add_argument("--calib", type=Path, help="w8a8 calibration images (default: ../shared/data/imagenet-sample)")
-    p.add_argument("--num-calib", type=int, default=128, help="w8a8 calibration images used (default: %(default)s)")
+    p.add_argument("--num-calib", type=_at_least(1), default=128, help="w8a8 calibration images used (default: %(default)s)")
     _num_classes_arg(p)
     p.set_defaults(func=cmd_export_coreml)
 
@@ -527,10 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("onnx", type=Path, help="ONNX file (fp32, or QDQ INT8)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     p.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache written by `t2tedge quantize`")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=8, help="optimization profile for dynamic-batch graphs")
-    p.add_argument("--workspace-mib", type=int, default=1024)
+    p.add_argument("--min-batch", type=_at_least(1), default=1)
+    p.add_argument("--opt-batch", type=_at_least(1), default=1)
+    p.add_argument("--max-batch", type=_at_least(1), default=8, help="optimization profile for dynamic-batch graphs")
+    p.add_argument("--workspace-mib", type=_at_least(1), default=1024)
     p.add_argument("--timing-cache", type=Path, help="read and update this timing cache (faster rebuilds)")
     p.add_argument("--log", type=Path, help="write the builder log here")
     p.add_argument("--out", type=Path, default=Path("artifacts/tensorrt"), help="output folder (default: %(default)s)")
@@ -581,14 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. tensorrt for an .onnx)")
     p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
     p.add_argument("--data", type=Path, help="labelled images: also measure top-1/top-5")
-    p.add_argument("--limit", type=int, help="first N images of --data")
-    p.add_argument("--runs", type=int, default=50, help="timed batch-1 runs (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: %(default)s)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--limit", type=_at_least(1), help="first N images of --data")
+    p.add_argument("--runs", type=_at_least(1), default=50, help="timed batch-1 runs (default: %(default)s)")
+    p.add_argument("--warmup", type=_at_least(0), default=10, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--compute-units", choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"), help="Core ML only")
     p.add_argument("--provider", choices=("cpu", "xnnpack"), help="onnxruntime execution provider (default: cpu)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT: engine precision for an .onnx")
     _precision_hint_arg(p)
+    _force_arg(p)
     p.add_argument("--out", type=Path, default=Path("results/profile"),
                    help="a .json file, or a folder for <artifact>_<runtime>.json (default: %(default)s)")
     p.set_defaults(func=cmd_profile)
@@ -599,12 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list; the first is the reference (default: %(default)s)")
     _checkpoint_arg(p)
     p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder (default: %(default)s)")
-    p.add_argument("--n", type=int, default=64, help="number of images (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=1, help="batch size fed to each runtime (default: %(default)s)")
+    p.add_argument("--n", type=_at_least(1), default=64, help="number of images (default: %(default)s)")
+    p.add_argument("--batch", type=_at_least(1), default=1, help="batch size fed to each runtime (default: %(default)s)")
     p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     _precision_hint_arg(p)
+    _force_arg(p)
     _num_classes_arg(p)
     p.set_defaults(func=cmd_parity)
 
@@ -615,8 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", metavar="PATH|random", help="export these weights first (see `export onnx`)")
     p.add_argument("--calib", type=Path, default=shared_path("data", "imagenet-sample"),
                    help="calibration images, disjoint from evaluation data (default: %(default)s)")
-    p.add_argument("--num-calib", type=int, default=256, help="calibration images drawn with --seed (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-calib", type=_at_least(1), default=256, help="calibration images drawn with --seed (default: %(default)s)")
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--method", choices=["mse", "minmax", "percentile", "entropy"], default="mse",
                    help="activation range calibration; mse picks, per tensor, the clipping range with the least "
                         "int8 error (measured best on MobileNetV1/V2 and T2T-ViT-7, see README) (default: %(default)s)")
@@ -642,18 +736,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")
     p.add_argument("--sensitivity", action="store_true",
                    help="score every quantizable node (left in float alone) on held-out images; report sorted")
-    p.add_argument("--target-agreement", type=float, metavar="FRACTION",
+    p.add_argument("--target-agreement", type=_fraction(open_low=True), metavar="FRACTION",
                    help="keep the most sensitive nodes in float until top-1 agreement with fp32 reaches this "
                         "(e.g. 0.99); implies --sensitivity")
-    p.add_argument("--max-float", type=int, metavar="N",
+    p.add_argument("--max-float", type=_at_least(0), metavar="N",
                    help="at most N nodes kept float by --target-agreement (default: 10%% of quantizable nodes)")
-    p.add_argument("--num-heldout", type=int, default=200,
+    p.add_argument("--num-heldout", type=_at_least(1), default=200,
                    help="held-out images from --calib (disjoint from calibration) for scoring; near 99%% agreement "
                         "200 images give a standard error of about 0.9%%, 500 about 0.5%% (default: %(default)s)")
     p.add_argument("--sqnr-threshold", type=float, default=10.0, metavar="DB",
                    help="flag layers whose output SQNR vs fp32 (cumulative, on held-out images) is below this "
                         "(default: %(default)s)")
     _num_classes_arg(p)
+    _force_arg(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_quantize)
 
@@ -665,33 +760,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--data", type=Path, required=True, help="training folder <class>/<image>; classes in sorted order")
     p.add_argument("--val", type=Path, help="validation folder, evaluated after every epoch")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
-    p.add_argument("--warmup-epochs", type=int, default=5)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; 0 disables (default)")
-    p.add_argument("--cutmix", type=float, default=0.0,
+    p.add_argument("--epochs", type=_at_least(1), default=100)
+    p.add_argument("--img-size", type=_at_least(32), default=224)
+    p.add_argument("--batch", type=_at_least(1), default=64)
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=_at_least(0), default=5)
+    p.add_argument("--label-smoothing", type=_fraction(open_high=True), default=0.1)
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.05)
+    p.add_argument("--mixup", type=_non_negative_float, default=0.0, help="mixup alpha; 0 disables (default)")
+    p.add_argument("--cutmix", type=_non_negative_float, default=0.0,
                    help="CutMix alpha; 0 disables (default). With --mixup too, each batch uses one of the two")
-    p.add_argument("--color-jitter", type=float, default=0.0,
+    p.add_argument("--color-jitter", type=_fraction(), default=0.0,
                    help="brightness/contrast/saturation factors drawn from [1-s, 1+s]; 0 disables (default)")
-    p.add_argument("--random-erase", type=float, default=0.0,
+    p.add_argument("--random-erase", type=_fraction(), default=0.0,
                    help="probability of erasing one random rectangle per image (timm's 'pixel' mode)")
-    p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate for T2T-ViT")
-    p.add_argument("--ema-decay", type=float, default=0.0, help="keep an EMA of weights (saved as state_dict_ema)")
+    p.add_argument("--drop-path", type=_fraction(open_high=True), default=0.1, help="stochastic depth rate for T2T-ViT")
+    p.add_argument("--ema-decay", type=_fraction(open_high=True), default=0.0, help="keep an EMA of weights (saved as state_dict_ema)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--preload", type=int, metavar="SIZE",
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--workers", type=_at_least(1), default=2, help="image decoding threads")
+    p.add_argument("--preload", type=_at_least(1), metavar="SIZE",
                    help="decode every training image once at SIZExSIZE and crop batches on the training device "
                         "(keeps a GPU fed; 9469 images at 192 px hold 1 GB). Default: decode per image per epoch")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate --val every N epochs (and after the last)")
-    p.add_argument("--save-every", type=int, default=1,
+    p.add_argument("--eval-every", type=_at_least(1), default=1, help="evaluate --val every N epochs (and after the last)")
+    p.add_argument("--save-every", type=_at_least(1), default=1,
                    help="write the resumable checkpoint every N epochs (and after the last)")
-    p.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke tests)")
-    p.add_argument("--limit", type=int, help="train on an evenly spread subset of N images")
+    p.add_argument("--max-steps", type=_at_least(1), help="cap steps per epoch (smoke tests)")
+    p.add_argument("--limit", type=_at_least(1), help="train on an evenly spread subset of N images")
     p.add_argument("--out", type=Path, help="checkpoint path (default: artifacts/train/MODEL_DATASET.pth)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     p.add_argument("--fp16", action="store_true", help="also write a compact fp16 release file beside --out")
@@ -699,14 +794,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x runtimes x precisions")
     p.add_argument("--models", default="t2t_vit_7,t2t_vit_12,mobilenet_v1_100,mobilenet_v2_100,mobilenet_v2_140")
-    p.add_argument("--runtimes", default="torch,onnxruntime,coreml,tensorrt")
+    p.add_argument("--runtimes", default="torch,onnxruntime,openvino,coreml,tensorrt")
     p.add_argument("--precisions", default="fp32,fp16,int8")
     p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="evaluation images (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="first N images only, for quick runs")
-    p.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
-    p.add_argument("--num-calib", type=int, default=256,
+    p.add_argument("--limit", type=_at_least(1), help="first N images only, for quick runs")
+    p.add_argument("--runs", type=_at_least(1), default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
+    p.add_argument("--num-calib", type=_at_least(1), default=256,
                    help="calibration images for the int8 cells, from ../shared imagenet-sample (default: %(default)s)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")
     p.set_defaults(func=cmd_table4)
@@ -716,16 +811,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every `with` block (temporary folders, staged artifacts) unwinds."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (usage errors raise SystemExit(2) from the parser, as argparse does)."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return args.func(args)
     except T2TEdgeError as exc:
+        if args.debug:
+            raise
         print(f"t2tedge: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("t2tedge: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("t2tedge: terminated", file=sys.stderr)
+        return 143
+    except Exception as exc:  # anything unforeseen still ends in one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"t2tedge: error: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else text}"
+              f"{where}; rerun with `t2tedge --debug ...` for the traceback", file=sys.stderr)
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,26 @@ def imagenet_class_names() -> list[str]:
     return [f"{name} ({wnid})" if firsts.count(name) > 1 else name for (wnid, _), name in zip(entries, firsts)]
 
 
+def _visible(path: Path) -> bool:
+    """Not a hidden or system file: macOS's ._* AppleDouble files and .DS_Store end in image suffixes too."""
+    return not path.name.startswith(".")
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def discover_images(root: str | Path) -> list[Sample]:
+    """Every image under `root`, recursively, labels unknown (-1): what calibration needs from a user's photos.
+    Hidden files and folders are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                    and all(_visible(Path(part)) for part in p.relative_to(root).parts))
+    if not images:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    return [Sample(p, -1) for p in images]
 
 
 def _default_ground_truth() -> Path:
@@ -62,7 +80,7 @@ def discover(root: str | Path, num_classes: int = 1000, labels_file: str | Path 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
     if class_dirs:
         if num_classes == 1000:
             index = {w: i for i, w in enumerate(imagenet_wnids())}
@@ -122,6 +140,8 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} is too large to decode safely ({exc}); downscale it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
@@ -171,12 +191,14 @@ def iter_batches(dataset: ImageDataset, batch_size: int, workers: int = 2,
 
     bar = tqdm(total=len(dataset), desc=progress, unit="img", disable=progress is None, leave=False)
     # PIL decodes and resizes without the GIL, so threads are enough and keep errors in this process.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(dataset), batch_size):
-            items = list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
-            bar.update(len(items))
-            yield np.stack([x for x, _ in items]), np.asarray([y for _, y in items], dtype=np.int64)
-    bar.close()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, len(dataset), batch_size):
+                items = list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
+                bar.update(len(items))
+                yield np.stack([x for x, _ in items]), np.asarray([y for _, y in items], dtype=np.int64)
+    finally:
+        bar.close()  # also on an error, so the error line does not follow a half-drawn bar
 
 
 def load_batch(samples: Sequence[Sample], cfg) -> tuple[np.ndarray, np.ndarray]:

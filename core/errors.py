@@ -1,5 +1,7 @@
 """Errors the command line reports as one line and a non-zero exit code."""
 
+import importlib
+
 
 class T2TEdgeError(Exception):
     """A user-facing failure: bad input, missing data or a missing runtime."""
@@ -25,3 +27,19 @@ class RuntimeUnavailable(T2TEdgeError):
     """An optional runtime (Core ML, TensorRT, ...) is not installed or cannot run here."""
 
     exit_code = 2
+
+
+def missing_package(module: str, install: str) -> str | None:
+    """None when `module` imports; otherwise the one line that says how to install it (`install`: the pip
+    argument, e.g. "'t2t-edge[openvino]'")."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"{module} is not installed (pip install {install})"
+    return None
+
+
+def require_package(module: str, install: str) -> None:
+    reason = missing_package(module, install)
+    if reason:
+        raise RuntimeUnavailable(reason)

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from t2tedge.errors import UsageError
+
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -74,3 +76,59 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create `path` if needed and prove a file can be written there, before any work is done: an --out that
+    is a file, lies under a file, is read-only or in /proc fails now, in one line, not after an hour."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} is a file, not a folder; name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".t2tedge-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {folder} is not a writable folder ({exc.strerror or exc}); "
+                         f"choose another") from None
+    return folder
+
+
+def ensure_writable_file(path: str | os.PathLike, option: str = "--out", suffix: str | None = None) -> Path:
+    """The same check for an output that is one file: its folder must be writable and it must not be a folder."""
+    target = Path(path)
+    if suffix and not target.name.endswith(suffix):
+        raise UsageError(f"{option} {target} must end in {suffix}")
+    if target.is_dir():
+        raise UsageError(f"{option} {target} is a folder; name a file")
+    ensure_writable_dir(target.parent if str(target.parent) else Path("."), option)
+    return target
+
+
+def publish_together(staged: dict[Path, Path]) -> None:
+    """Move each staged file (key) onto its destination (value), all or none: a destination's previous file is
+    put back if a later move fails. Staged files must lie on the destination's file system (renames only)."""
+    done: list[tuple[Path, Path, Path | None]] = []  # (staged, destination, backup) of each file moved in
+    try:
+        for source, destination in staged.items():
+            backup = None
+            if destination.exists():
+                backup = source.with_name(source.name + ".previous")
+                os.replace(destination, backup)
+            try:
+                os.replace(source, destination)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, destination)
+                raise
+            done.append((source, destination, backup))
+    except BaseException:
+        for source, destination, backup in reversed(done):
+            os.replace(destination, source)
+            if backup is not None:
+                os.replace(backup, destination)
+        raise
+    for _, _, backup in done:
+        if backup is not None:
+            backup.unlink()

@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from t2tedge import __version__
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.export.common import build_model, class_labels
 from t2tedge.fileio import atomic_path
 from t2tedge.models import get_spec
@@ -119,6 +119,37 @@ def read_metadata(proto_or_path: onnx.ModelProto | str | os.PathLike) -> dict[st
     proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(
         str(proto_or_path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int | None = None,
+                    force: bool = False) -> None:
+    """Refuse an ONNX file that is not what the command says it is: another model stamped in its metadata, another
+    class count, another input size. `force` accepts a mismatch (a user's own export with other names)."""
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        raise DataError(f"ONNX file not found: {path}" if not path.exists() else f"{path} is a folder, not an ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise DataError(f"{path} is not a readable ONNX model ({type(exc).__name__}); pass the .onnx that "
+                        f"`t2tedge export onnx` wrote") from None
+    if not proto.graph.node or not proto.graph.input or not proto.graph.output:
+        raise DataError(f"{path} is not a readable ONNX model (no graph); pass the .onnx that `t2tedge export onnx` wrote")
+    if force:
+        return
+    hint = "; name the right model, or pass --force to use the file anyway"
+    stamped = read_metadata(proto).get("t2tedge.model")
+    if stamped and stamped != model_name:
+        raise DataError(f"{path} holds {stamped}, but the command names {model_name}{hint}")
+    output = proto.graph.output[0].type.tensor_type.shape.dim
+    classes = output[-1].dim_value if output else 0
+    if num_classes is not None and classes and classes != num_classes:
+        raise DataError(f"{path} has {classes} classes, but the command expects {num_classes} "
+                        f"(--num-classes {classes} for a fine-tune){hint}")
+    crop = get_spec(model_name).preprocess.crop
+    size = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]]
+    if all(size) and size and size != [crop, crop]:
+        raise DataError(f"{path} takes {'x'.join(map(str, size))} images, but {model_name} takes {crop}x{crop}{hint}")
 
 
 def export_onnx(model_name: str, checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike = "artifacts/onnx",

@@ -11,17 +11,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
+from t2tedge.errors import T2TEdgeError, require_package
 from t2tedge.export.onnx_export import read_metadata
 
 WEIGHT_FORMATS = ("fp32", "fp16")
-
-
-def require_openvino() -> None:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        raise RuntimeUnavailable("openvino is not installed (pip install 't2t-edge[openvino]')") from None
 
 
 def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathLike, weights: str = "fp32") -> Path:
@@ -59,7 +52,7 @@ def export_openvino(source: str, checkpoint: str | os.PathLike | None = None, ou
                     weights: str = "fp32", **overrides) -> Path:
     """IR for `source`: a model name (exported to ONNX first, as `export_onnx` would) or an `.onnx` file of
     ours (fp32 or INT8). Returns the .xml path; the .bin lies beside it."""
-    require_openvino()
+    require_package("openvino", "'t2t-edge[openvino]'")
     if source.endswith(".onnx"):
         onnx_path = Path(source)
         if not onnx_path.is_file():

@@ -66,15 +66,40 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
+def check_artifact(path: Path) -> None:
+    """A cheap look inside each artifact, so a bundle never carries a text file named .onnx to a device."""
+    if not path.exists():
+        raise T2TEdgeError(f"artifact not found: {path}")
+    if path.suffix not in RUNTIME_BY_SUFFIX:
+        raise T2TEdgeError(f"cannot bundle {path.name}: known artifact types are {', '.join(RUNTIME_BY_SUFFIX)}")
+    problem = None
+    if path.suffix == ".mlpackage":
+        problem = None if (path / "Manifest.json").is_file() else "an .mlpackage folder with a Manifest.json"
+    elif not path.is_file() or path.stat().st_size == 0:
+        problem = "a non-empty file"
+    elif path.suffix == ".onnx":
+        import onnx
+
+        try:
+            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+        except Exception:  # protobuf decode errors have no common base class
+            nodes = 0
+        problem = None if nodes else "an ONNX model"
+    elif path.suffix == ".ort":
+        problem = None if path.read_bytes()[4:8] == b"ORTM" else "an ORT-format model (onnxruntime's 'ORTM' flatbuffer)"
+    elif path.suffix == ".xml":
+        head = path.read_bytes()[:4096]
+        problem = None if b"<net" in head else "OpenVINO IR (an XML <net>)"
+        if problem is None and not path.with_suffix(".bin").is_file():
+            raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
+    if problem:
+        raise T2TEdgeError(f"{path} is not {problem}; bundle the files t2tedge export wrote")
+
+
 def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLike) -> Path:
     paths = [Path(a) for a in artifacts]
     for path in paths:
-        if not path.exists():
-            raise T2TEdgeError(f"artifact not found: {path}")
-        if path.suffix not in RUNTIME_BY_SUFFIX:
-            raise T2TEdgeError(f"cannot bundle {path.name}: known artifact types are {', '.join(RUNTIME_BY_SUFFIX)}")
-        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
-            raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
+        check_artifact(path)
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise T2TEdgeError("two artifacts share a file name; rename one")

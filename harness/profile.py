@@ -72,14 +72,19 @@ def artifact_bytes(path: Path) -> int:
 def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model: str | None = None,
                      data: str | os.PathLike | None = None, limit: int | None = None,
                      settings: LatencySettings = LatencySettings(), threads: int | None = None,
-                     **load_options: Any) -> dict[str, Any]:
-    """Measure `path` with its runtime; accuracy too when `data` is given."""
+                     force: bool = False, **load_options: Any) -> dict[str, Any]:
+    """Measure `path` with its runtime; accuracy too when `data` is given. A `model` other than the one stamped in
+    the artifact is an error unless `force`."""
     path = Path(path)
     if not path.exists():
         raise T2TEdgeError(f"artifact not found: {path}")
     runtime = runtime or detect_runtime(path)
     meta = artifact_metadata(path)
-    model = model or meta.get("t2tedge.model")
+    stamped = meta.get("t2tedge.model")
+    if model and stamped and model != stamped and not force:
+        raise T2TEdgeError(f"{path.name} holds {stamped}, but --model names {model}; drop --model, or pass --force "
+                           f"to record it as {model} anyway")
+    model = model or stamped
     if not model:
         raise T2TEdgeError(f"{path.name} carries no t2tedge.model metadata; pass --model NAME")
     spec = _spec(model)

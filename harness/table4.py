@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ import torch
 from t2tedge import __version__
 from t2tedge.data import discover
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
-from t2tedge.fileio import atomic_write_text, sha256_file
+from t2tedge.fileio import atomic_write_text, publish_together, sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
 from t2tedge.models import create_model, default_checkpoint, get_spec
@@ -203,9 +204,14 @@ def write_outputs(table: dict[str, Any], out: Path) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "table4.json", "md": out / "table4.md", "png": out / "table4.png"}
-    atomic_write_text(paths["json"], json.dumps(table, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(paths["md"], render_markdown(table))
-    render_plot(table, paths["png"])
+    # The data and its views are one set: staged beside them and moved in together, never a new JSON beside an
+    # old plot.
+    with tempfile.TemporaryDirectory(prefix=".t2tedge-table4-", dir=out) as tmp:
+        staged = {kind: Path(tmp) / path.name for kind, path in paths.items()}
+        staged["json"].write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        staged["md"].write_text(render_markdown(table))
+        render_plot(table, staged["png"])
+        publish_together({staged[kind]: paths[kind] for kind in paths})
     return paths
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -15,11 +16,14 @@ from t2tedge.errors import CheckpointError
 # Wrapper keys of the official release (`state_dict_ema` from timm's EMA), training scripts and others.
 WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model_ema", "model")
 _SHOWN_KEYS = 3
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file as a flat {name: tensor} dict, unwrapping release wrappers and `module.`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the .pth / .pth.tar file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -27,7 +31,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file can fail anywhere inside the unpickler
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = _ANSI.sub("", str(exc)).strip()
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if "Weights only load failed" in text:
+            what = f" ({refused.group(1)})" if refused else ""
+            raise CheckpointError(f"checkpoint {path} holds Python objects{what} besides tensors, which t2tedge does "
+                                  f"not unpickle (running them could run code); re-save only its state dict, e.g. "
+                                  f"torch.save(model.state_dict(), 'weights.pth')") from None
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
     return unwrap_state_dict(obj, source=str(path))
 
@@ -79,6 +90,10 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         shown = _first([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched])
         raise CheckpointError(f"{source} does not fit {model_name}: shape mismatch (checkpoint vs model): "
                               f"{shown}{_classifier_hint(model, state, mismatched)}")
+    wrong_type = [f"{k} ({state[k].dtype})" for k, v in expected.items()
+                  if v.is_floating_point() and not state[k].is_floating_point()]
+    if wrong_type:
+        raise CheckpointError(f"{source}: integer tensors where {model_name} has float weights: {_first(wrong_type)}")
     non_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise CheckpointError(f"{source}: non-finite values (NaN/Inf) in {_first(non_finite)}")

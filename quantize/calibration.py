@@ -7,14 +7,18 @@ from typing import Sequence
 
 import numpy as np
 
-from t2tedge.data import Sample, discover, load_batch, split
+from t2tedge.data import Sample, discover_images, load_batch, split
 from t2tedge.errors import DataError
 
 
-def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0, num_classes: int = 1000,
+def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0,
                         exclude: Sequence[Sample] = ()) -> list[Sample]:
-    """`count` images drawn with `seed` from `folder`, never any of `exclude` (the evaluation images)."""
-    samples = discover(folder, num_classes=num_classes)
+    """`count` images drawn with `seed` from any image under `folder` (labels are not needed: a folder of one's
+    own photos will do), never any of `exclude` (the evaluation images). Fewer images than `count`: all of them,
+    and the caller says so."""
+    if count < 1:
+        raise DataError(f"the calibration image count must be at least 1, not {count}")
+    samples = discover_images(folder)
     held_out = {s.path.resolve() for s in exclude}
     samples = [s for s in samples if s.path.resolve() not in held_out]
     if not samples:

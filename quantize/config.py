@@ -89,9 +89,20 @@ class QuantConfig:
             return self.op_type_configs[node.op_type]
         return self.global_config if node.op_type in self.op_types else None
 
-    def with_float(self, names_or_types: Iterable[str], graph: onnx.GraphProto | None = None) -> "QuantConfig":
-        """A copy keeping the given op types (if they are op types of `graph`) or node names in float."""
+    def with_float(self, names_or_types: Iterable[str], graph: onnx.GraphProto | None = None,
+                   strict: bool = False) -> "QuantConfig":
+        """A copy keeping the given op types (if they are op types of `graph`) or node names in float. `strict`:
+        an entry that is neither an op type of `graph` nor matches one of its node names is an error (a typo
+        would otherwise quantize everything without a word)."""
         op_types = {n.op_type for n in graph.node} if graph is not None else set()
+        if strict and graph is not None:
+            names = [n.name for n in graph.node]
+            unmatched = [item for item in names_or_types if item not in op_types
+                         and not any(name == item or fnmatch.fnmatchcase(name, item) for name in names)]
+            if unmatched:
+                raise T2TEdgeError(f"--exclude {', '.join(unmatched)} matches no op type or node name of the model; "
+                                   f"op types here: {', '.join(sorted(op_types & set(self.op_types)))}; node names "
+                                   f"look like {names[0]!r} (fnmatch patterns such as '/blocks.0/*' work)")
         types, names = dict(self.op_type_configs), dict(self.op_name_configs)
         for item in names_or_types:
             if item in op_types or (graph is None and item[:1].isupper() and "/" not in item):
@@ -117,6 +128,10 @@ class QuantConfig:
         def load(value):
             return None if value is None else OpQuantConfig(**value)
 
+        unknown = sorted(set(data) - set(cls().to_dict()))
+        if unknown:
+            raise T2TEdgeError(f"bad quantization config: unknown keys {', '.join(unknown)}; known: "
+                               f"{', '.join(sorted(cls().to_dict()))}")
         try:
             return cls(global_config=load(data.get("global_config", asdict(OpQuantConfig()))),
                        op_types=tuple(data.get("op_types", DEFAULT_OP_TYPES)),

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import T2TEdgeError, missing_package
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -45,11 +45,7 @@ class CoreML(Runtime):
     def unavailable_reason(cls) -> str | None:
         if platform.system() != "Darwin":
             return "Core ML predicts only on macOS (coremltools converts and checks packages elsewhere)"
-        try:
-            import coremltools  # noqa: F401
-        except ImportError:
-            return "coremltools is not installed (pip install 't2t-edge[coreml]')"
-        return None
+        return missing_package("coremltools", "'t2t-edge[coreml]'")
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, compute_units: str = "ALL",

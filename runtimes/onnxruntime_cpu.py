@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, missing_package
 from t2tedge.runtimes.base import Runtime, RuntimeDescription, run_in_chunks
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -135,11 +135,7 @@ class OnnxRuntimeCPU(Runtime):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed (pip install onnxruntime)"
-        return None
+        return missing_package("onnxruntime", "onnxruntime")
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import T2TEdgeError, missing_package
 from t2tedge.runtimes.base import Runtime, RuntimeDescription, run_in_chunks
 
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
@@ -65,11 +65,7 @@ class OpenVINO(Runtime):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "openvino is not installed (pip install 't2t-edge[openvino]')"
-        return None
+        return missing_package("openvino", "'t2t-edge[openvino]'")
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, precision_hint: str = "f32",

@@ -1,0 +1,278 @@
+"""Bad input never costs a user a good artifact or a traceback: each case exits non-zero with one line, writes
+nothing, and leaves the artifact already in its --out folder as it was."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2tedge.cli import main
+from t2tedge.export import export_onnx
+
+GOOD = b"a good artifact from an earlier run"
+
+
+class Unpicklable:
+    """A class the safe loader refuses: a checkpoint holding one would run code when unpickled."""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, weights_dir, val_dir):
+    root = tmp_path_factory.mktemp("bad_input")
+    files = {"root": root, "val": val_dir}
+    files["mnv2"] = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=root)
+    files["t2t"] = export_onnx("t2t_vit_7", None, out_dir=root / "t2t")
+    (root / "fake.onnx").write_text("not a model\n")
+    files["fake"] = root / "fake.onnx"
+    (root / "a_file").write_text("I am a file\n")
+    files["file"] = root / "a_file"
+    (root / "empty").mkdir()
+    files["empty"] = root / "empty"
+    huge = root / "huge"
+    huge.mkdir()
+    Image.new("1", (15000, 15000)).save(huge / "n01440764_huge.png")  # 225 Mpixel: PIL's decompression-bomb limit
+    files["huge"] = huge
+    from t2tedge.models import create_model
+
+    state = {k: v.to(torch.int32) for k, v in create_model("mobilenet_v2_100").state_dict().items()}
+    torch.save(state, root / "int32.pth")
+    files["int32"] = root / "int32.pth"
+    torch.save({"state_dict": create_model("mobilenet_v2_100").state_dict(), "extra": Unpicklable()}, root / "pickle.pth")
+    files["pickle"] = root / "pickle.pth"
+    (root / "ckpt_dir").mkdir()
+    files["ckpt_dir"] = root / "ckpt_dir"
+    (root / "unknown_keys.json").write_text('{"method": "mse", "quantise_bias": false}')
+    files["config"] = root / "unknown_keys.json"
+    return files
+
+
+def _out_with_good_artifacts(root: Path, name: str) -> Path:
+    """An --out folder that already holds a good artifact under every name the failing command could write."""
+    out = root / "outs" / name
+    out.mkdir(parents=True)
+    for artifact in ("mobilenet_v2_100.onnx", "mobilenet_v2_100_int8.onnx", "mobilenet_v2_100_int8.json",
+                     "mobilenet_v2_100_int8.trt.cache", "t2t_vit_7.onnx", "table4.json", "cell.json", "x.pth"):
+        (out / artifact).write_bytes(GOOD)
+    return out
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+M = "mobilenet_v2_100"
+CASES = [
+    # 1. the model on the command line is checked against the artifact
+    ("quantize names another model", ["quantize", M, "--onnx", "{t2t}", "--out", "{out}"], 1,
+     "holds t2t_vit_7, but the command names mobilenet_v2_100"),
+    ("eval names another model", ["eval", M, "--onnx", "{t2t}", "--limit", "2", "--data", "{val}"], 1,
+     "holds t2t_vit_7, but the command names mobilenet_v2_100"),
+    ("profile --model names another model", ["profile", "{t2t}", "--model", M, "--runs", "1", "--out", "{out}"], 1,
+     "holds t2t_vit_7, but --model names mobilenet_v2_100"),
+    ("parity names another model", ["parity", M, "--onnx", "{t2t}", "--n", "2", "--data", "{val}"], 1,
+     "holds t2t_vit_7"),
+    ("eval expects other classes", ["eval", "t2t_vit_7", "--onnx", "{t2t}", "--num-classes", "10", "--limit", "2",
+                                    "--data", "{val}"], 1, "has 1000 classes, but the command expects 10"),
+    ("eval of a text file named .onnx", ["eval", M, "--onnx", "{fake}", "--data", "{val}"], 1,
+     "is not a readable ONNX model"),
+    ("eval --onnx with --checkpoint", ["eval", M, "--onnx", "{mnv2}", "--checkpoint", "random"], 2,
+     "drop --checkpoint"),
+    # 2. counts are validated where they are parsed
+    ("quantize --num-calib -5", ["quantize", M, "--num-calib", "-5", "--out", "{out}"], 2,
+     "--num-calib: must be at least 1, not -5"),
+    ("quantize --num-calib 0", ["quantize", M, "--num-calib", "0", "--out", "{out}"], 2, "must be at least 1, not 0"),
+    ("quantize --num-calib text", ["quantize", M, "--num-calib", "many", "--out", "{out}"], 2,
+     "'many' is not a whole number"),
+    ("parity --n 0", ["parity", M, "--n", "0"], 2, "--n: must be at least 1"),
+    ("eval --batch 0", ["eval", M, "--batch", "0"], 2, "--batch: must be at least 1"),
+    ("eval --threads -1", ["eval", M, "--threads", "-1"], 2, "--threads: must be at least 1"),
+    ("eval --limit -1", ["eval", M, "--limit", "-1"], 2, "--limit: must be at least 1"),
+    ("profile --runs 0", ["profile", "{mnv2}", "--runs", "0", "--out", "{out}"], 2, "--runs: must be at least 1"),
+    ("profile --warmup -1", ["profile", "{mnv2}", "--warmup", "-1", "--out", "{out}"], 2, "--warmup: must be at least 0"),
+    ("train --img-size 0", ["train", M, "--data", "{val}", "--img-size", "0", "--out", "{out}/x.pth"], 2,
+     "--img-size: must be at least 32"),
+    ("train --epochs 0", ["train", M, "--data", "{val}", "--epochs", "0", "--out", "{out}/x.pth"], 2,
+     "--epochs: must be at least 1"),
+    ("train --lr nan", ["train", M, "--data", "{val}", "--lr", "nan", "--out", "{out}/x.pth"], 2,
+     "--lr: must be a positive number"),
+    ("export onnx --num-classes 0", ["export", "onnx", M, "--num-classes", "0", "--out", "{out}"], 2,
+     "--num-classes: must be at least 1"),
+    ("export onnx --opset 99", ["export", "onnx", M, "--opset", "99", "--out", "{out}"], 2,
+     "--opset: must be from 13 to 21"),
+    ("quantize --target-agreement 1.5", ["quantize", M, "--target-agreement", "1.5", "--out", "{out}"], 2,
+     "--target-agreement: must be in (0, 1]"),
+    ("table4 --runs 0", ["table4", "--runs", "0", "--out", "{out}"], 2, "--runs: must be at least 1"),
+    ("unknown --precision-hint", ["profile", "{mnv2}", "--precision-hint", "int4"], 2, "invalid choice: 'int4'"),
+    ("--precision-hint without openvino", ["eval", M, "--onnx", "{mnv2}", "--precision-hint", "bf16", "--limit", "1",
+                                           "--data", "{val}"], 2, "--precision-hint is an option of the openvino"),
+    # 3. output problems surface before the work
+    ("export onnx --out is a file", ["export", "onnx", M, "--out", "{file}"], 2, "is a file, not a folder"),
+    ("export onnx --out under a file", ["export", "onnx", M, "--out", "{file}/sub"], 2, "is not a writable folder"),
+    ("export onnx --out in /proc", ["export", "onnx", M, "--out", "/proc/t2tedge-out"], 2, "is not a writable folder"),
+    ("quantize --out is a file", ["quantize", M, "--out", "{file}"], 2, "is a file, not a folder"),
+    ("export openvino --out is a file", ["export", "openvino", M, "--out", "{file}"], 2, "is a file, not a folder"),
+    ("profile --out under a file", ["profile", "{mnv2}", "--out", "{file}/cell.json"], 2, "is a file, not a folder"),
+    ("table4 --out is a file", ["table4", "--out", "{file}"], 2, "is a file, not a folder"),
+    ("parity --json under a file", ["parity", M, "--json", "{file}/r.json"], 2, "is a file, not a folder"),
+    ("bundle --out is not .tar.gz", ["export", "bundle", "{mnv2}", "--out", "{out}/b.zip"], 2, "must end in .tar.gz"),
+    ("train --out is a folder", ["train", M, "--data", "{val}", "--out", "{out}"], 2, "is a folder; name a file"),
+    # 5. calibration data
+    ("calibration folder empty", ["quantize", M, "--calib", "{empty}", "--out", "{out}"], 1, "no images"),
+    ("calibration folder is a file", ["quantize", M, "--calib", "{file}", "--out", "{out}"], 1, "image folder not found"),
+    ("oversized calibration image", ["quantize", M, "--onnx", "{mnv2}", "--calib", "{huge}", "--num-calib", "1",
+                                     "--out", "{out}"], 1,
+     "too large to decode safely"),
+    ("oversized evaluation image", ["eval", M, "--data", "{huge}"], 1, "too large to decode safely"),
+    # 6. silent acceptance
+    ("int32 checkpoint", ["export", "onnx", M, "--checkpoint", "{int32}", "--out", "{out}"], 1, "integer tensors"),
+    ("config with unknown keys", ["quantize", M, "--onnx", "{mnv2}", "--config", "{config}", "--out", "{out}"], 1,
+     "unknown keys quantise_bias"),
+    ("--exclude matching nothing", ["quantize", M, "--onnx", "{mnv2}", "--exclude", "Convv", "--num-calib", "2",
+                                    "--out", "{out}"], 1, "--exclude Convv matches no op type or node name"),
+    ("bundle of a text file named .onnx", ["export", "bundle", "{fake}", "--out", "{out}/b.tar.gz"], 1,
+     "is not an ONNX model"),
+    # 7. messages that mislead
+    ("untrusted pickle", ["export", "onnx", M, "--checkpoint", "{pickle}", "--out", "{out}"], 1,
+     "holds Python objects (test_bad_input.Unpicklable) besides tensors"),
+    ("checkpoint is a folder", ["export", "onnx", M, "--checkpoint", "{ckpt_dir}", "--out", "{out}"], 1,
+     "is a folder, not a file"),
+    ("export openvino of a missing file", ["export", "openvino", "{root}/missing.onnx", "--out", "{out}"], 1,
+     "ONNX file not found"),
+    ("export openvino with --checkpoint for a file", ["export", "openvino", "{mnv2}", "--checkpoint", "random",
+                                                      "--out", "{out}"], 2, "--checkpoint goes with a model name"),
+    ("profile of a missing artifact", ["profile", "{root}/missing.onnx", "--out", "{out}"], 1, "artifact not found"),
+    ("eval of a missing data folder", ["eval", M, "--data", "{root}/nowhere"], 1, "data folder not found"),
+    ("unknown model", ["export", "onnx", "resnet50", "--out", "{out}"], 1, "unknown model"),
+    ("info of an unknown model", ["info", "resnet50"], 1, "unknown model"),
+    ("export coreml --out is a file", ["export", "coreml", M, "--out", "{file}"], 2, "is a file, not a folder"),
+    ("export coreml --num-calib 0", ["export", "coreml", M, "--num-calib", "0", "--out", "{out}"], 2,
+     "--num-calib: must be at least 1"),
+    ("export tensorrt --out is a file", ["export", "tensorrt", "{mnv2}", "--out", "{file}"], 2,
+     "is a file, not a folder"),
+    ("export tensorrt --max-batch 0", ["export", "tensorrt", "{mnv2}", "--max-batch", "0", "--out", "{out}"], 2,
+     "--max-batch: must be at least 1"),
+    ("export ort of a text file named .onnx", ["export", "ort", "{fake}", "--out", "{out}"], 1, "{fake}"),
+    ("check-trt of a text file named .onnx", ["check-trt", "{fake}"], 1, "cannot read ONNX file"),
+]
+
+
+@pytest.mark.parametrize("argv,code,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(argv, code, message, world, capsys, request):
+    out = _out_with_good_artifacts(world["root"], request.node.callspec.id.replace(" ", "_").replace("/", "_"))
+    before = _snapshot(out)
+    argv = [a.format(out=out, **world) for a in argv]
+    try:
+        returned = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        returned = exc.code
+    err = capsys.readouterr().err.split("\r")[-1].strip()  # after a progress bar's last redraw, if one was drawn
+    assert returned == code, err
+    assert err.startswith("t2tedge: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert message.format(out=out, **world) in err and "\x1b[" not in err, err
+    assert _snapshot(out) == before  # nothing written, nothing half-written, the good artifacts untouched
+
+
+def test_the_battery_covers_every_command():
+    commands = {c[1][0] if c[1][0] != "export" else f"export {c[1][1]}" for c in CASES}
+    assert {"quantize", "eval", "profile", "parity", "train", "table4", "info", "check-trt", "export onnx",
+            "export coreml", "export tensorrt", "export ort", "export openvino", "export bundle"} <= commands
+    assert len(CASES) >= 40
+
+
+def test_calibration_takes_any_folder_of_photos(world, tmp_path, capsys):
+    """No labels, nested folders, macOS ._ files beside the photos, more images asked for than there are."""
+    photos = tmp_path / "my photos"
+    (photos / "holiday" / "day 1").mkdir(parents=True)
+    from t2tedge.data import discover
+
+    sources = [sample.path for sample in discover(world["val"])[:5]]
+    for i, source in enumerate(sources):
+        folder = photos / "holiday" / "day 1" if i % 2 else photos
+        (folder / f"IMG_{i:04d}.jpg").write_bytes(source.read_bytes())
+        (folder / f"._IMG_{i:04d}.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (photos / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    out = tmp_path / "out"
+    assert main(["quantize", M, "--onnx", str(world["mnv2"]), "--calib", str(photos), "--num-calib", "5000",
+                 "--method", "minmax", "--weight-rounding", "nearest", "--bias-correction", "off",
+                 "--out", str(out)]) == 0
+    assert "calibrating on all 5 images" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["mobilenet_v2_100_int8.json", "mobilenet_v2_100_int8.onnx",
+                                                     "mobilenet_v2_100_int8.trt.cache"]
+    evaluation = tmp_path / "val"
+    evaluation.mkdir()
+    for source in sources[:2]:
+        (evaluation / source.name).write_bytes(source.read_bytes())
+        (evaluation / f"._{source.name}").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    assert main(["eval", M, "--onnx", str(world["mnv2"]), "--data", str(evaluation)]) == 0
+    assert "(2 images from" in capsys.readouterr().out
+
+
+def test_artifact_set_is_published_together_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk (here: the second rename fails) leaves the previous model, cache and report as they were."""
+    from t2tedge.fileio import publish_together
+
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    out.mkdir()
+    names = ("m.onnx", "m.trt.cache", "m.json")
+    for name in names:
+        (staging / name).write_text(f"new {name}")
+        (out / name).write_text(f"old {name}")
+    real_replace, calls = os.replace, []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # backup 1, move 1, backup 2, then the second move fails
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        publish_together({staging / n: out / n for n in names})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {n: (out / n).read_text() for n in names} == {n: f"old {n}" for n in names}
+    publish_together({staging / n: out / n for n in names})
+    assert {n: (out / n).read_text() for n in names} == {n: f"new {n}" for n in names}
+
+
+def test_unforeseen_errors_are_one_line_unless_debug(world, monkeypatch, capsys):
+    import t2tedge.cli as cli
+
+    def broken(args):
+        raise OSError(28, "No space left on device", "/data/out/model.onnx")
+
+    monkeypatch.setattr(cli, "cmd_list", broken)
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device (/data/out/model.onnx)" in err and "--debug" in err
+    with pytest.raises(OSError):
+        main(["--debug", "list"])
+
+
+def test_sigterm_during_quantize_cleans_up(world, tmp_path, sample_dir):
+    temp, out = tmp_path / "tmp", tmp_path / "out"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "t2tedge.cli", "quantize", M, "--onnx", str(world["mnv2"]),
+                                "--calib", str(sample_dir), "--num-calib", "64", "--out", str(out)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # Wait until the work has made temporary folders (ours beside --out, the calibrators' in TMPDIR).
+    while time.monotonic() < deadline and not (list(temp.iterdir()) and out.is_dir() and list(out.iterdir())):
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err.decode()
+    assert "t2tedge: terminated" in err.decode() and b"Traceback" not in err
+    # No folder is left behind (a finished run leaves only a library's small session-ID file in TMPDIR too).
+    assert [p for p in temp.iterdir() if p.is_dir()] == [] and list(out.iterdir()) == []
