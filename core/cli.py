@@ -370,6 +370,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     cache = out.with_suffix(".trt.cache")
     # Everything is made in a staging folder beside the destination and moved into place together once the
     # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".t2tedge-quantize-", dir=args.out) as tmp:
         staged = Path(tmp) / out.name
         fp32 = args.onnx

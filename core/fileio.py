@@ -79,14 +79,19 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
 
 
 def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create `path` if needed and prove a file can be written there, before any work is done: an --out that
-    is a file, lies under a file, is read-only or in /proc fails now, in one line, not after an hour."""
+    """Prove that `path` is, or can be made, a folder to write in, before any work is done: an --out that is a
+    file, lies under a file, is read-only or in /proc fails now, in one line, not after an hour. Nothing is
+    created: the nearest existing folder on the way is probed with a file that is removed at once."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{option} {folder} is a file, not a folder; name a folder")
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder} is not a writable folder ({existing} is a file); choose another")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".t2tedge-write-test.", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".t2tedge-write-test.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

@@ -268,7 +268,7 @@ def test_quantize_cli_offers_every_calibration_method():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--calib", "{empty}"], "no images found"),
+    (["--calib", "{empty}"], "no images"),
     (["--method", "kl"], None),
     (["--config", "{bad}"], "cannot read quantization config"),
 ])
@@ -524,7 +524,7 @@ def test_quantize_and_eval_name_a_missing_or_misrouted_onnx(sample_dir, val_dir,
     assert "ONNX file not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
     path = export_onnx("mobilenet_v2_100", None, out_dir=tmp_path)
     # An ONNX file is evaluated on ONNX Runtime unless told otherwise, never silently swapped for the torch model.
-    assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--runtime", "torch"]) == 1
+    assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--runtime", "torch"]) == 2
     assert "--onnx needs a runtime that runs ONNX files" in capsys.readouterr().err
     assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--data", str(val_dir), "--limit", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
