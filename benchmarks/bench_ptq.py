@@ -42,7 +42,7 @@ from t2tedge.paths import shared_path
 from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
 from t2tedge.quantize.ptq import _quiet_ort_logging
 from t2tedge.quantize.ranges import WINDOW_IMAGES
-from t2tedge.quantize.sensitivity import sqnr_db
+from t2tedge.metrics import sqnr_db
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
 
 RUNTIMES = {"onnxruntime": OnnxRuntimeCPU}

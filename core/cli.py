@@ -490,7 +490,7 @@ def cmd_check_trt(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from t2tedge.models import get_spec
-    from t2tedge.train import TrainConfig, train
+    from t2tedge.models.train import TrainConfig, train
 
     get_spec(args.model)
     cfg = TrainConfig(model=args.model, data=str(args.data), epochs=args.epochs, img_size=args.img_size,

@@ -58,15 +58,6 @@ class BuildResult:
     explicit_quantization: bool = False
 
 
-def has_qdq(model: str | os.PathLike | onnx.ModelProto) -> bool:
-    """Whether an ONNX model (a file or a loaded ModelProto) holds Q/DQ nodes: an INT8 QDQ model."""
-    if not hasattr(model, "graph"):
-        import onnx
-
-        model = onnx.load(str(model), load_external_data=False)
-    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
-
-
 def _logger(trt, lines: list[str]):
     class CapturingLogger(trt.ILogger):
         def __init__(self) -> None:

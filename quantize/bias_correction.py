@@ -102,7 +102,7 @@ def write_biases(qdq: onnx.ModelProto, biases: dict[str, np.ndarray]) -> list[st
 def _input_means(model: onnx.ModelProto, geometries: dict[str, WeightGeometry], tensor_of: dict[str, str],
                  images: np.ndarray, threads: int | None, batch: int = 8) -> dict[str, np.ndarray]:
     """Mean unfolded input (groups, K) of each layer over `images`, from a session pruned to those inputs."""
-    from t2tedge.runtimes.onnxruntime_cpu import session_exposing
+    from t2tedge.ort_session import session_exposing
 
     input_name = model.graph.input[0].name
     names = sorted(set(tensor_of.values()) - {input_name})
@@ -129,7 +129,7 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarr
     place as they are found (each layer sees the corrected layers before it). `images`: calibration images."""
     from tqdm import tqdm
 
-    from t2tedge.runtimes.onnxruntime_cpu import session_exposing
+    from t2tedge.ort_session import session_exposing
 
     targets = gptq_targets(qdq, fp32)
     qnodes = {n.name: n for n in qdq.graph.node}
@@ -163,8 +163,8 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarr
 def bias_correction_gain(fp32: onnx.ModelProto, plain: onnx.ModelProto, corrected: onnx.ModelProto,
                          images: np.ndarray, threads: int | None = None) -> tuple[float, float]:
     """(logits SQNR vs fp32 without, with the correction) on `images`."""
-    from t2tedge.quantize.sensitivity import sqnr_db
-    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches, session_exposing
+    from t2tedge.metrics import sqnr_db
+    from t2tedge.ort_session import run_in_fixed_batches, session_exposing
 
     def logits(model: onnx.ModelProto) -> np.ndarray:
         output = model.graph.output[0].name

@@ -9,7 +9,7 @@ same tensors with the same kernels.
 
 Cuts are float tensors that no DequantizeLinear produced, or uint8 ones: a subgraph that starts at a dequantized
 float would hand ORT a float input where the full graph has an int8 kernel (QLinearConv), and an int8 input
-cannot take ORT's uint8 weight rewrite (runtimes.ort_int8_weights) on CPUs without VNNI. The price is memory:
+cannot take ORT's uint8 weight rewrite (t2tedge.ort_int8_weights) on CPUs without VNNI. The price is memory:
 one cut's values for every calibration image (T2T-ViT-7's 3136x64 float stage: 0.8 MB an image).
 """
 
@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from t2tedge.quantize.graph_index import producers
+from t2tedge.onnx_graph import producers
 
 CUT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8)
 
@@ -100,7 +100,7 @@ def run_in_batches(session, input_name: str, fixed: int | None, inputs: np.ndarr
                    batch: int) -> Iterator[dict[str, np.ndarray]]:
     """{input_name: the chunk, each of `outputs`: its values} for `batch` of `inputs` at a time (no session when
     `outputs` is empty)."""
-    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
+    from t2tedge.ort_session import run_in_fixed_batches
 
     for start in range(0, len(inputs), batch):
         chunk = inputs[start:start + batch]

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from t2tedge.quantize.graph_index import consumers, producers
+from t2tedge.onnx_graph import consumers, producers
 
 PREPROCESS_KEY = "t2tedge.preprocess"
 PIXEL_LEVELS = 255

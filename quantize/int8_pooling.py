@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from t2tedge.quantize.graph_index import consumers, producers, redirect_readers
+from t2tedge.onnx_graph import consumers, producers, redirect_readers
 
 RESHAPES = ("Flatten", "Reshape", "Squeeze")
 

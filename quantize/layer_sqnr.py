@@ -12,7 +12,7 @@ import os
 import numpy as np
 import onnx
 
-from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches, session_exposing
+from t2tedge.ort_session import run_in_fixed_batches, session_exposing
 
 DEFAULT_SQNR_THRESHOLD_DB = 10.0
 
@@ -42,7 +42,7 @@ def layer_sqnr(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, nodes:
     DequantizeLinear after it (so activation rounding counts, and a ReLU/Clip folded into that range is
     compared as the clipped value it stands for), or the tensor itself where it is not quantized.
     """
-    from t2tedge.quantize.sensitivity import sqnr_db
+    from t2tedge.metrics import sqnr_db
 
     fp32 = onnx.load(str(fp32_path))
     qdq = onnx.load(str(qdq_path))

@@ -21,7 +21,7 @@ from t2tedge.quantize.input_grid import align_input_quantization
 from t2tedge.quantize.ranges import ort_method, write_ranges
 from t2tedge.quantize.requantization import keep_outputs_float, skip_requantization_before_float
 from t2tedge.quantize.tensorrt_checks import FLOAT_OUTPUT_RANGES_KEY
-from t2tedge.runtimes.onnxruntime_cpu import QDQ_DISABLED_OPTIMIZERS
+from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
 
 
 @contextlib.contextmanager

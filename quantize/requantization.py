@@ -13,7 +13,7 @@ from typing import Iterable
 
 import onnx
 
-from t2tedge.quantize.graph_index import consumers, producers, redirect_readers
+from t2tedge.onnx_graph import consumers, producers, redirect_readers
 from t2tedge.quantize.tensorrt_checks import quantize_amax
 
 # Only these have an int8 kernel with a float output in ORT; a Conv without its output Q would run in float.
@@ -28,19 +28,6 @@ def _drop_pair(graph: onnx.GraphProto, q: onnx.NodeProto, dq: onnx.NodeProto,
         graph.value_info.remove(info)
     graph.node.remove(dq)
     graph.node.remove(q)
-
-
-def prune_unused_initializers(model: onnx.ModelProto) -> int:
-    """Remove initializers that no node reads and that are neither graph inputs nor outputs; returns how many."""
-    graph = model.graph
-    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for attr in n.attribute):
-        return 0  # a subgraph may read outer initializers by name
-    used = ({name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-            | {i.name for i in graph.input})
-    stale = [init for init in graph.initializer if init.name not in used]
-    for init in stale:
-        graph.initializer.remove(init)
-    return len(stale)
 
 
 def keep_outputs_float(model: onnx.ModelProto) -> int:

@@ -14,13 +14,10 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from t2tedge.metrics import sqnr_db
+from t2tedge.ort_session import logits as ort_logits
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
 from t2tedge.quantize.ptq import quantize_onnx
-
-
-def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - candidate) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference.astype(np.float64) ** 2)) / noise)
 
 
 @dataclass
@@ -66,15 +63,12 @@ class PTQSession:
 
     def __init__(self, fp32_path: str | os.PathLike, reader, config: QuantConfig, held_out: np.ndarray,
                  workdir: str | os.PathLike | None = None, threads: int | None = None) -> None:
-        from t2tedge.runtimes import get_runtime
-
         self._tmp = tempfile.TemporaryDirectory(prefix="t2tedge-sensitivity-") if workdir is None else None
         self.workdir = Path(workdir or self._tmp.name)
         self.fp32_path = Path(fp32_path)
         self.config = config
         self.held_out = held_out
         self.threads = threads
-        self.runtime = get_runtime("onnxruntime")
         self.ranges = self.workdir / "ranges.json"
         self.reference = self._logits(self.fp32_path)
         self.full_path = self.workdir / "full_int8.onnx"
@@ -87,7 +81,7 @@ class PTQSession:
         self._count = 0
 
     def _logits(self, path: Path) -> np.ndarray:
-        return self.runtime.load(path, threads=self.threads).run(self.held_out)
+        return ort_logits(path, self.held_out, self.threads)
 
     def score(self, config: QuantConfig) -> Agreement:
         self._count += 1

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_write_text
-from t2tedge.quantize.graph_index import producers
+from t2tedge.onnx_graph import producers
 from t2tedge.quantize.input_grid import grid_source
 
 # Marked unsupported in onnx-tensorrt's operator matrix (docs/operators.md).

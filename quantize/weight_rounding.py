@@ -264,7 +264,7 @@ def fp32_layer_inputs(fp32_path: str, images: np.ndarray, batch: int = 8, thread
     def batches(names: list[str]) -> Iterable[dict[str, np.ndarray]]:
         from tqdm import tqdm
 
-        from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches, session_exposing
+        from t2tedge.ort_session import run_in_fixed_batches, session_exposing
 
         model = onnx.load(fp32_path)
         input_name = model.graph.input[0].name

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, missing_package
-from t2tedge.runtimes.base import Runtime, RuntimeDescription, run_in_chunks
+from t2tedge.batching import run_in_chunks
+from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
@@ -23,14 +24,6 @@ MULTI_THREAD_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
 # took 210 us there on one thread where Add + LayerNormalization took 30 (T2T-ViT-7 fp32: 12.31 -> 12.12 ms on
 # one thread, 9.20 -> 9.14 ms on two).
 SLOW_FUSIONS = ("SkipLayerNormFusion",)
-# ORT's WeightBiasQuantization (a level-1 QDQ transformer) quantizes, at load time, every float Conv,
-# ConvTranspose or Gemm whose input comes from a per-tensor DequantizeLinear: per-tensor int8 weights of its own
-# choosing. In a QDQ model those are exactly the nodes the quantization config kept in float (--exclude, the
-# mixed-precision search), so without this they silently ran in int8, with per-tensor weights that a depthwise
-# Conv cannot take: MobileNetV2 with every Conv kept float but its activations quantized fell to 0% agreement.
-QDQ_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
-
-
 def disabled_optimizers(threads: int | None, optimization: str = "all", provider: str = "cpu",
                         quantized: bool = False) -> list[str]:
     """ORT graph optimizers this adapter turns off for the given intra-op thread count (None: all cores), and
@@ -43,28 +36,19 @@ def disabled_optimizers(threads: int | None, optimization: str = "all", provider
     return disabled
 
 
-def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batch: np.ndarray,
-                         output_names: list[str] | None = None) -> list[np.ndarray]:
-    """`session.run` on `batch` (float32, or uint8 for a graph that starts at a quantized tensor); a static-batch
-    graph (`fixed_batch`) takes any batch: chunks of its size, the last one zero-padded and its padding cut from
-    every output."""
-    batch = np.ascontiguousarray(batch, dtype=batch.dtype if batch.dtype == np.uint8 else np.float32)
-    return run_in_chunks(lambda chunk: session.run(output_names, {input_name: chunk}), fixed_batch, batch)
-
-
 def _session_graph(artifact: str | os.PathLike, fuse: bool, unsigned_weights: bool
                    ) -> tuple[str | bytes, dict[str, int], bool, int]:
     """What the session loads (the artifact's path, or its graph rewritten in memory), the fusion counts, whether
     the graph may be quantized (QDQ), and how many int8 weight tensors were moved to uint8 (`unsigned_weights`,
-    see runtimes.ort_int8_weights). An .ort file is taken as it is, and counted as possibly quantized: onnx
+    see t2tedge.ort_int8_weights). An .ort file is taken as it is, and counted as possibly quantized: onnx
     cannot read it, and the QDQ-only optimizers this turns off do nothing to a float graph."""
     if not str(artifact).endswith(".onnx"):
         return str(artifact), {}, True, 0
     import onnx
 
-    from t2tedge.export.tensorrt_engine import has_qdq
+    from t2tedge.onnx_graph import has_qdq
     from t2tedge.runtimes.ort_fusions import fuse_int8_matmul_bias, fuse_self_attention
-    from t2tedge.runtimes.ort_int8_weights import make_int8_unsigned
+    from t2tedge.ort_int8_weights import make_int8_unsigned
 
     try:
         proto = onnx.load(str(artifact))
@@ -80,36 +64,6 @@ def _session_graph(artifact: str | os.PathLike, fuse: bool, unsigned_weights: bo
     kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"
              and node.op_type in ("Attention", "QAttention", "MatMulIntegerToFloat")]
     return proto.SerializeToString(), {kind: kinds.count(kind) for kind in sorted(set(kinds))}, quantized, moved
-
-
-def session_exposing(proto, tensors, threads: int | None = None, only: bool = False):
-    """(CPU session, fixed batch or None) of `proto` with the intermediate `tensors` also exposed as outputs
-    (those the graph computes; others are left out). `only`: they replace the graph's outputs, so ORT drops
-    every node after them. `proto` is not modified."""
-    import onnx
-    import onnxruntime as ort
-
-    from t2tedge.export.tensorrt_engine import has_qdq
-    from t2tedge.runtimes.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
-
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    if int8_dot_may_saturate():
-        make_int8_unsigned(proto)
-    present = {o for node in proto.graph.node for o in node.output}
-    if only:
-        del proto.graph.output[:]
-    existing = {o.name for o in proto.graph.output}
-    for tensor in sorted(set(tensors)):
-        if tensor in present and tensor not in existing:
-            proto.graph.output.add(name=tensor)  # untyped output: ORT fills in type and shape
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if has_qdq(proto) else [])
-    batch_dim = session.get_inputs()[0].shape[0]
-    return session, batch_dim if isinstance(batch_dim, int) else None
 
 
 class OnnxRuntimeCPU(Runtime):
@@ -144,11 +98,11 @@ class OnnxRuntimeCPU(Runtime):
         """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack. `fuse`: rewrite
         self-attention blocks into ORT's contrib Attention kernel (QAttention for an int8 qkv projection) in memory
         (runtimes.ort_fusions); the file is not changed. `unsigned_weights`: give an INT8 graph's int8 weights to
-        the session as uint8 (exact; runtimes.ort_int8_weights); None: only on an x86 CPU without VNNI, where ORT's
+        the session as uint8 (exact; t2tedge.ort_int8_weights); None: only on an x86 CPU without VNNI, where ORT's
         u8 x s8 kernels saturate. An .ort file cannot be rewritten and runs as it is."""
         import onnxruntime as ort
 
-        from t2tedge.runtimes.ort_int8_weights import int8_dot_may_saturate
+        from t2tedge.ort_int8_weights import int8_dot_may_saturate
 
         if provider not in EXECUTION_PROVIDERS:
             raise T2TEdgeError(f"unknown execution provider {provider!r}; choose {', '.join(EXECUTION_PROVIDERS)}")

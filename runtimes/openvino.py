@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from t2tedge.errors import T2TEdgeError, missing_package
-from t2tedge.runtimes.base import Runtime, RuntimeDescription, run_in_chunks
+from t2tedge.batching import run_in_chunks
+from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
 PRECISION_HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}

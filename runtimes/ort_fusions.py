@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from t2tedge.quantize.graph_index import consumers, producers
-from t2tedge.quantize.requantization import prune_unused_initializers
+from t2tedge.onnx_graph import consumers, producers
+from t2tedge.onnx_graph import prune_unused_initializers
 
 MS_DOMAIN = "com.microsoft"
 HEADS_FIRST = [0, 2, 1, 3]  # (B, N, H, D) <-> (B, H, N, D)

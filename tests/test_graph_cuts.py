@@ -44,7 +44,7 @@ def test_cuts_are_the_tensors_that_alone_carry_the_input_forward(tmp_path):
 
 
 def test_running_from_cuts_gives_the_full_graphs_tensors_bit_for_bit(tmp_path):
-    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches, session_exposing
+    from t2tedge.ort_session import run_in_fixed_batches, session_exposing
 
     images = np.random.default_rng(1).normal(size=(24, 3, 16, 16)).astype(np.float32)
     _residual_net(tmp_path / "fp32.onnx")

@@ -1,4 +1,4 @@
-"""INT8 graphs reach ONNX Runtime as uint8 where its int8 kernels can saturate (runtimes/ort_int8_weights.py)."""
+"""INT8 graphs reach ONNX Runtime as uint8 where its int8 kernels can saturate (core/ort_int8_weights.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from t2tedge.runtimes import ort_int8_weights
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
-from t2tedge.runtimes.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
+from t2tedge.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
 
 CHANNELS, OUT = 64, 8
 X_SCALE, W_SCALE, Y_SCALE = 1 / 255, 0.01, 0.5

@@ -84,7 +84,7 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     from t2tedge.data import discover, load_batch
     from t2tedge.export import export_onnx
     from t2tedge.models import get_spec
-    from t2tedge.quantize.sensitivity import sqnr_db
+    from t2tedge.metrics import sqnr_db
     from t2tedge.runtimes import get_runtime
 
     fp32 = export_onnx("t2t_vit_7", t2t7_checkpoint, out_dir=tmp_path)
@@ -220,7 +220,7 @@ def test_static_batch_graph_runs_any_batch_for_every_requested_output(tmp_path):
     """The per-layer report and the onnxruntime adapter share one chunk-and-pad rule for static-batch exports."""
     import onnxruntime as ort
 
-    from t2tedge.runtimes.onnxruntime_cpu import run_in_fixed_batches
+    from t2tedge.ort_session import run_in_fixed_batches
 
     _tiny_conv_model(tmp_path / "static.onnx", batch=3)
     _tiny_conv_model(tmp_path / "dynamic.onnx")

@@ -65,7 +65,7 @@ def test_subject_is_a_release_format_trained_checkpoint(subject, held_out):
 
 
 def test_int8_keeps_the_trained_subjects_predictions(exports, held_out):
-    from t2tedge.quantize.sensitivity import sqnr_db
+    from t2tedge.metrics import sqnr_db
 
     fp32, int8 = exports
     images, labels = held_out

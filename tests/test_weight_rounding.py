@@ -119,7 +119,7 @@ def mobilenet_v1_variants(tmp_path_factory, weights_dir, sample_dir, val_dir):
 def test_gptq_rounding_recovers_mobilenet_v1_agreement(mobilenet_v1_variants):
     """Round-to-nearest per-channel int8 weights alone cost MobileNetV1 ~3.5 pt of agreement (bench: 95.9% ->
     97.8% on val1300 with 256 images); GPTQ must win clearly on the same calibration and activation ranges."""
-    from t2tedge.quantize.sensitivity import sqnr_db
+    from t2tedge.metrics import sqnr_db
 
     work, logits, reports = mobilenet_v1_variants
     fp32 = onnx.load(next(work.glob("mobilenet_v1_100*.onnx")))
@@ -138,7 +138,7 @@ def test_bias_correction_is_adopted_for_mobilenet_v1(mobilenet_v1_variants):
     """MobileNetV1's remaining INT8 error is largely a mean shift from uint8 activations and folded ReLU6 ranges
     (bench, val1300, 256 images: SQNR 25.2 -> 28.4 dB); auto must find that on the calibration images alone
     and the gain must hold on held-out val images."""
-    from t2tedge.quantize.sensitivity import sqnr_db
+    from t2tedge.metrics import sqnr_db
 
     _, logits, reports = mobilenet_v1_variants
     correction = reports["default"]["bias_correction"]

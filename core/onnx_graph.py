@@ -1,0 +1,50 @@
+"""ONNX graph helpers every layer shares: who writes and who reads each tensor (the two lookups every Q/DQ rewrite
+starts from), whether a model is quantized, and dropping initializers nothing reads."""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that outputs it (graph inputs and initializers have none)."""
+    return {name: node for node in graph.node for name in node.output}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def redirect_readers(readers: list[onnx.NodeProto], old: str, new: str) -> None:
+    """Make each of `readers` read tensor `new` wherever it read `old`."""
+    for reader in readers:
+        for k, name in enumerate(reader.input):
+            if name == old:
+                reader.input[k] = new
+
+
+def has_qdq(model: str | os.PathLike | onnx.ModelProto) -> bool:
+    """Whether an ONNX model (a file or a loaded ModelProto) holds Q/DQ nodes: an INT8 QDQ model."""
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model), load_external_data=False)
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def prune_unused_initializers(model: onnx.ModelProto) -> int:
+    """Remove initializers that no node reads and that are neither graph inputs nor outputs; returns how many."""
+    graph = model.graph
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for attr in n.attribute):
+        return 0  # a subgraph may read outer initializers by name
+    used = ({name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+            | {i.name for i in graph.input})
+    stale = [init for init in graph.initializer if init.name not in used]
+    for init in stale:
+        graph.initializer.remove(init)
+    return len(stale)
