@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.fileio import atomic_path, atomic_write_bytes
+from t2tedge.onnx_graph import has_qdq
 
 if TYPE_CHECKING:
     import onnx

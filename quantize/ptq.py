@@ -15,13 +15,13 @@ import onnx
 
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
+from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
 from t2tedge.quantize.int8_pooling import quantize_global_pooling
 from t2tedge.quantize.input_grid import align_input_quantization
 from t2tedge.quantize.ranges import ort_method, write_ranges
 from t2tedge.quantize.requantization import keep_outputs_float, skip_requantization_before_float
 from t2tedge.quantize.tensorrt_checks import FLOAT_OUTPUT_RANGES_KEY
-from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import onnx
 
-from t2tedge.onnx_graph import consumers, producers, redirect_readers
+from t2tedge.onnx_graph import consumers, producers, prune_unused_initializers, redirect_readers
 from t2tedge.quantize.tensorrt_checks import quantize_amax
 
 # Only these have an int8 kernel with a float output in ORT; a Conv without its output Q would run in float.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, missing_package
-from t2tedge.batching import run_in_chunks
+from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS, run_in_fixed_batches
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from t2tedge.runtimes import ort_int8_weights
-from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
+from t2tedge import ort_int8_weights
 from t2tedge.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
+from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
 
 CHANNELS, OUT = 64, 8
 X_SCALE, W_SCALE, Y_SCALE = 1 / 255, 0.01, 0.5

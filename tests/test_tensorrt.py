@@ -14,7 +14,8 @@ import pytest
 from t2tedge.cli import main
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.export import OnnxExportOptions, export_onnx
-from t2tedge.export.tensorrt_engine import INSTALL_HINT, EngineOptions, build_engine, has_qdq
+from t2tedge.export.tensorrt_engine import INSTALL_HINT, EngineOptions, build_engine
+from t2tedge.onnx_graph import has_qdq
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason=INSTALL_HINT)
