@@ -7,7 +7,7 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow export-onnx export-coreml export-openvino quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -18,6 +18,7 @@ help:
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       torch vs onnxruntime and openvino parity for the five models"
 	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/"
+	@echo "make table4-imagenette  the grid on Imagenette-trained models (val, calibrated on train) to results/imagenette"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
 	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
@@ -69,6 +70,10 @@ parity: setup
 
 table4: setup
 	$(T2TEDGE) table4 --out results
+
+# Every model trained from scratch on Imagenette with one recipe; models without such weights yet are skipped.
+table4-imagenette: setup
+	$(T2TEDGE) table4 --suite imagenette --out results/imagenette
 
 bench-onnx: setup
 	$(PY) benchmarks/bench_onnx.py

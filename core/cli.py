@@ -509,13 +509,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_table4(args: argparse.Namespace) -> int:
     from t2tedge.harness.table4 import Grid, GridSettings, load_table, merge, write_outputs
+    from t2tedge.harness.table4_grid import SUITES
 
     ensure_writable_dir(args.out)
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
     else:
-        settings = GridSettings(data=args.data, limit=args.limit, threads=args.threads, runs=args.runs,
-                                num_calib=args.num_calib)
+        settings = GridSettings(data=args.data or SUITES[args.suite].data(), limit=args.limit, threads=args.threads,
+                                runs=args.runs, num_calib=args.num_calib, suite=args.suite)
         table = Grid(_comma_list(args.models), _comma_list(args.runtimes), _comma_list(args.precisions), settings,
                      args.out).run()
     paths = write_outputs(table, args.out)
@@ -793,15 +794,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="also write a compact fp16 release file beside --out")
     p.set_defaults(func=cmd_train)
 
+    from t2tedge.harness.table4_grid import PRECISIONS, RUNTIMES, SUITES, TABLE4_MODELS
+
     p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x runtimes x precisions")
-    p.add_argument("--models", default="t2t_vit_7,t2t_vit_12,mobilenet_v1_100,mobilenet_v2_100,mobilenet_v2_140")
-    p.add_argument("--runtimes", default="torch,onnxruntime,openvino,coreml,tensorrt")
-    p.add_argument("--precisions", default="fp32,fp16,int8")
-    p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="evaluation images (default: %(default)s)")
-    p.add_argument("--limit", type=_at_least(1), help="first N images only, for quick runs")
+    p.add_argument("--models", default=",".join(TABLE4_MODELS), help="comma list (default: %(default)s)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma list (default: %(default)s)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list (default: %(default)s)")
+    p.add_argument("--suite", choices=sorted(SUITES), default="imagenet",
+                   help="imagenet: ImageNet weights where they exist (untrained T2T-ViT otherwise), val1300, "
+                        "imagenet-sample calibration; imagenette: every model trained from scratch on Imagenette, "
+                        "its val, calibrated on its train; models without such weights are skipped "
+                        "(default: %(default)s)")
+    p.add_argument("--data", type=Path, help="evaluation images (default: the suite's)")
+    p.add_argument("--limit", type=_at_least(1), help="N images evenly spread over the classes, for quick runs")
     p.add_argument("--runs", type=_at_least(1), default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
     p.add_argument("--num-calib", type=_at_least(1), default=256,
-                   help="calibration images for the int8 cells, from ../shared imagenet-sample (default: %(default)s)")
+                   help="calibration images for the int8 cells, from the suite's calibration folder "
+                        "(default: %(default)s)")
     p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")

@@ -19,9 +19,9 @@ from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
+from t2tedge.harness.table4_grid import SCHEMA
 from t2tedge.runtimes import get_runtime
 
-SCHEMA = "t2tedge.table4/1"  # the grid's schema (harness.table4.SCHEMA), repeated so this imports without torch
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
                      ".plan": "tensorrt", ".xml": "openvino"}
 

@@ -20,31 +20,17 @@ import numpy as np
 import torch
 
 from t2tedge import __version__
-from t2tedge.data import discover
+from t2tedge.data import discover, evenly_spread
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.fileio import atomic_write_text, publish_together, sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
-from t2tedge.models import create_model, default_checkpoint, get_spec
+# Re-exported: the grid's vocabulary lives in table4_grid so that it imports without torch.
+from t2tedge.harness.table4_grid import (PRECISIONS, RUNTIMES, SCHEMA, SUITES, SUPPORTED,  # noqa: F401
+                                         TABLE4_MODELS, Suite)
+from t2tedge.models import create_model, get_spec
 from t2tedge.models.complexity import count_macs, count_params
 from t2tedge.runtimes import get_runtime
-
-SCHEMA = "t2tedge.table4/1"
-TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-# What each runtime adapter can run here, and why not otherwise.
-SUPPORTED = {
-    ("torch", "fp32"): None,
-    ("torch", "fp16"): "torch eager on CPU is the fp32 reference; fp16 is measured on Core ML / TensorRT",
-    ("torch", "int8"): "INT8 is measured through the QDQ graph on onnxruntime / TensorRT",
-    ("onnxruntime", "fp32"): None,
-    ("onnxruntime", "int8"): None,
-    ("onnxruntime", "fp16"): "ONNX Runtime's CPU EP has no fp16 kernels for most ops",
-    ("openvino", "fp32"): None,
-    ("openvino", "int8"): None,
-    ("openvino", "fp16"): "OpenVINO's CPU plugin computes in f32 or bf16; fp16 is measured on Core ML / TensorRT",
-}
 
 
 @dataclass
@@ -56,6 +42,7 @@ class GridSettings:
     runs: int = 50
     throughput_batch: int = 8
     num_calib: int = 256
+    suite: str = "imagenet"
 
 
 def _hash_bytes(*parts: bytes) -> str:
@@ -81,12 +68,15 @@ class Grid:
             raise T2TEdgeError(f"unknown runtime/precision {unknown}; runtimes: {', '.join(RUNTIMES)}, "
                                f"precisions: {', '.join(PRECISIONS)}")
         self.models, self.runtimes, self.precisions = list(models), list(runtimes), list(precisions)
+        if settings.suite not in SUITES:
+            raise T2TEdgeError(f"unknown suite {settings.suite!r}; choose {', '.join(SUITES)}")
+        self.suite = SUITES[settings.suite]
         self.settings = settings
         self.out = out
         self.cache_dir = out / "cache"
         self.artifacts = artifacts or out / "artifacts"
-        samples = discover(settings.data)
-        self.samples = samples[: settings.limit] if settings.limit else samples
+        samples = discover(settings.data, num_classes=self.suite.num_classes)
+        self.samples = evenly_spread(samples, settings.limit)
         self.data_hash = _hash_bytes("\n".join(str(s.path) for s in self.samples).encode())
 
     def cells(self) -> list[tuple[str, str, str]]:
@@ -94,8 +84,9 @@ class Grid:
 
     def _artifact(self, model_name: str, runtime: str, precision: str, checkpoint: Path | None) -> tuple[Any, str, int]:
         """(artifact for the adapter, content hash, size on disk in bytes)."""
+        overrides = self._overrides()
         if runtime == "torch":
-            model = create_model(model_name, checkpoint=checkpoint)
+            model = create_model(model_name, checkpoint=checkpoint, **overrides)
             digest, size = _state_hash(model)
             return model, digest, size
         from t2tedge.export import OnnxExportOptions, export_onnx
@@ -105,7 +96,8 @@ class Grid:
         weights = sha256_file(checkpoint) if checkpoint else "untrained"
         fp32 = self.artifacts / "onnx" / f"{model_name}_dynbatch_{_hash_bytes(__version__.encode(), weights.encode())[:12]}.onnx"
         if not fp32.is_file():
-            export_onnx(model_name, checkpoint, options=OnnxExportOptions(dynamic_batch=True), destination=fp32)
+            export_onnx(model_name, checkpoint, options=OnnxExportOptions(dynamic_batch=True), destination=fp32,
+                        **overrides)
         if precision == "fp32":
             return fp32, sha256_file(fp32), fp32.stat().st_size
         from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
@@ -114,21 +106,23 @@ class Grid:
         recipe = json.dumps({"config": config.to_dict(), "num_calib": self.settings.num_calib}, sort_keys=True)
         int8 = self.artifacts / "int8" / f"{model_name}_int8_{_hash_bytes(fp32.name.encode(), recipe.encode())[:12]}.onnx"
         if not int8.is_file():
-            from t2tedge.paths import shared_path
-
-            calib = calibration_samples(shared_path("data", "imagenet-sample"), self.settings.num_calib,
-                                        exclude=self.samples)
+            calib = calibration_samples(self.suite.calibration_folder(), self.settings.num_calib, exclude=self.samples)
             quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
                                                              progress=f"calibrate {model_name}"), config)
         return int8, sha256_file(int8), int8.stat().st_size
 
+    def _overrides(self) -> dict[str, int]:
+        return {"num_classes": self.suite.num_classes} if self.suite.num_classes != 1000 else {}
+
     def run_cell(self, model_name: str, runtime: str, precision: str) -> dict[str, Any]:
         spec = get_spec(model_name)
-        checkpoint = default_checkpoint(model_name)
+        checkpoint = self.suite.checkpoint(model_name)
+        missing = self.suite.missing_weights(model_name)
+        weights = "trained" if checkpoint else "none" if missing else "untrained"
         cell: dict[str, Any] = {"model": model_name, "runtime": runtime, "precision": precision,
-                                "family": spec.family, "weights": "trained" if checkpoint else "untrained",
+                                "family": spec.family, "weights": weights,
                                 "paper": vars(spec.paper) if spec.paper else None}
-        reason = SUPPORTED.get((runtime, precision), "")
+        reason = SUPPORTED.get((runtime, precision), "") or missing
         try:
             cls = get_runtime(runtime)
         except RuntimeUnavailable as exc:
@@ -148,7 +142,7 @@ class Grid:
         latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
         cell.update(measure_runtime(instance, self.samples, spec.preprocess, latency,
                                     progress=f"{model_name} {runtime} {precision}"))
-        reference_model = create_model(model_name)
+        reference_model = create_model(model_name, **self._overrides())
         cell.update({
             "status": "measured", "params": count_params(reference_model),
             "macs": count_macs(reference_model, spec.preprocess.crop),
@@ -164,7 +158,9 @@ class Grid:
         for model_name, runtime, precision in tqdm(self.cells(), desc="table4", unit="cell"):
             cells.append(self.run_cell(model_name, runtime, precision))
         return finish({"schema": SCHEMA, "version": __version__, "machine": machine_info(),
-                       "data": {"folder": str(self.settings.data), "images": len(self.samples)}, "cells": cells})
+                       "data": {"folder": str(self.settings.data), "images": len(self.samples),
+                                "suite": self.suite.name, "calibration": str(self.suite.calibration_folder())},
+                       "cells": cells})
 
 
 def finish(table: dict[str, Any]) -> dict[str, Any]:

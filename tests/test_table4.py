@@ -95,3 +95,43 @@ def test_machine_info_is_the_same_in_two_processes():
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                       env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout) for seed in ("1", "2")]
     assert runs[0] == runs[1] and len(runs[0]["hostname_hash"]) == 12
+
+
+def test_imagenette_suite_measures_trained_models_and_skips_the_rest(tmp_path):
+    from t2tedge.models import trained_subject
+
+    if trained_subject("t2t_vit_7") is None:
+        pytest.skip("the Imagenette-trained T2T-ViT-7 or ../shared/data/imagenette2 is absent")
+    out = tmp_path / "imagenette"
+    assert main(["table4", "--suite", "imagenette", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes",
+                 "torch,onnxruntime", "--precisions", "fp32,int8", "--limit", "20", "--runs", "3",
+                 "--num-calib", "16", "--out", str(out)]) == 0
+    table = load_table(out / "table4.json")
+    assert table["data"]["suite"] == "imagenette" and table["data"]["images"] == 20
+    assert table["data"]["folder"].endswith("imagenette2/val")
+    cells = {(c["model"], c["runtime"], c["precision"]): c for c in table["cells"]}
+    t2t = cells[("t2t_vit_7", "torch", "fp32")]
+    # 20 images spread over the 10 classes; the trained subject scores 85% on all 3925.
+    assert t2t["weights"] == "trained" and t2t["top1"] >= 0.6 and t2t["status"] == "measured"
+    assert cells[("t2t_vit_7", "onnxruntime", "int8")]["top1_agreement"] >= 0.8
+    skipped = cells[("mobilenet_v2_100", "onnxruntime", "fp32")]
+    assert skipped["status"] == "skipped" and "no Imagenette-trained mobilenet_v2_100" in skipped["reason"]
+    rows = parse_markdown_rows((out / "table4.md").read_text())
+    assert (out / "table4.png").is_file() and "untrained" not in {row[3] for row in rows}
+
+
+def test_the_cli_and_profile_need_no_torch(tmp_path, weights_dir):
+    """A device with only onnxruntime and numpy runs the bundled profiler: the CLI must import without torch."""
+    import subprocess
+    import sys
+
+    from t2tedge.export import export_onnx
+
+    path = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=tmp_path)
+    code = ("import sys; sys.modules['torch'] = None; from t2tedge.cli import main; "
+            f"sys.exit(main(['profile', {str(path)!r}, '--runs', '2', '--warmup', '1', '--out', "
+            f"{str(tmp_path / 'cell.json')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cell = json.loads((tmp_path / "cell.json").read_text())["cells"][0]
+    assert cell["model"] == "mobilenet_v2_100" and cell["params"] is None  # complexity needs torch: left to the host

@@ -1,0 +1,65 @@
+"""What a Table 4 grid is made of (models, runtimes, precisions, suites), importable without torch: the CLI's
+parser reads it, and `t2tedge profile` runs on devices that have no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = "t2tedge.table4/1"
+TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "coreml", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+# What each runtime adapter can run here, and why not otherwise.
+SUPPORTED = {
+    ("torch", "fp32"): None,
+    ("torch", "fp16"): "torch eager on CPU is the fp32 reference; fp16 is measured on Core ML / TensorRT",
+    ("torch", "int8"): "INT8 is measured through the QDQ graph on onnxruntime / TensorRT",
+    ("onnxruntime", "fp32"): None,
+    ("onnxruntime", "int8"): None,
+    ("onnxruntime", "fp16"): "ONNX Runtime's CPU EP has no fp16 kernels for most ops",
+    ("openvino", "fp32"): None,
+    ("openvino", "int8"): None,
+    ("openvino", "fp16"): "OpenVINO's CPU plugin computes in f32 or bf16; fp16 is measured on Core ML / TensorRT",
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Where a grid's images and weights come from. `imagenet`: the models' ImageNet weights where they exist
+    (untrained otherwise), val1300, imagenet-sample calibration. `imagenette`: every model trained from scratch on
+    Imagenette with one recipe, its val and train folders; a model without such a checkpoint is skipped."""
+
+    name: str
+    dataset: str
+    calibration: str
+    num_classes: int
+
+    def data(self) -> Path:
+        from t2tedge.paths import shared_path
+
+        return shared_path("data", *self.dataset.split("/"))
+
+    def calibration_folder(self) -> Path:
+        from t2tedge.paths import shared_path
+
+        return shared_path("data", *self.calibration.split("/"))
+
+    def checkpoint(self, model_name: str) -> Path | None:
+        from t2tedge.models import default_checkpoint, trained_subject
+
+        if self.name == "imagenet":
+            return default_checkpoint(model_name)
+        subject = trained_subject(model_name)
+        return subject.checkpoint if subject is not None and subject.num_classes == self.num_classes else None
+
+    def missing_weights(self, model_name: str) -> str | None:
+        """Why `model_name` has no cell in this suite, or None."""
+        if self.name == "imagenette" and self.checkpoint(model_name) is None:
+            return (f"no Imagenette-trained {model_name} yet: train it from scratch with the T2T-ViT-7 recipe "
+                    f"(`t2tedge train`, on a GPU; tests/assets/README.md)")
+        return None
+
+
+SUITES = {"imagenet": Suite("imagenet", "imagenet-val1300", "imagenet-sample", 1000),
+          "imagenette": Suite("imagenette", "imagenette2/val", "imagenette2/train", 10)}
