@@ -391,7 +391,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             report, config = _search_mixed_precision(args, fp32, staged, reader, config, held_out, Path(tmp))
         else:
             report = quantize_onnx(fp32, staged, reader, config)
-        _report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold)
+        _report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold, held_out[2])
         report.update({"model": args.model, "destination": str(out), "target": args.target,
                        "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
                        "config": config.to_dict(),
@@ -409,27 +409,29 @@ LAYER_SQNR_IMAGES = 8
 
 
 def _held_out_images(args, calibration, spec, count: int, searching: bool = False):
-    """(images, count): held-out images from the calibration folder, disjoint from the calibration subset."""
+    """(images, count, scored on held-out images): images from the calibration folder, disjoint from the calibration
+    subset; for the layer report alone, the calibration images when the folder has no others."""
     from t2tedge.data import discover_images, load_batch, split
 
     used = {s.path for s in calibration}
     rest = [s for s in discover_images(args.calib) if s.path not in used]
-    if not rest:
-        if searching:
-            raise DataError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration "
-                            f"images; lower --num-calib or add images")
-        rest = list(calibration)  # the per-layer SQNR report only: scored on calibration images, and says so
-    held_out, _ = split(rest, min(count, len(rest)), seed=args.seed + 1)
+    if not rest and searching:
+        raise DataError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration "
+                        f"images; lower --num-calib or add images")
+    pool = rest or list(calibration)
+    held_out, _ = split(pool, min(count, len(pool)), seed=args.seed + 1)
     images, _ = load_batch(held_out, spec.preprocess)
-    return images, len(held_out)
+    return images, len(held_out), bool(rest)
 
 
-def _report_layer_sqnr(report, fp32, out, images, threshold_db) -> None:
+def _report_layer_sqnr(report, fp32, out, images, threshold_db, held_out: bool) -> None:
     from t2tedge.quantize.layer_sqnr import layer_sqnr
 
     rows = layer_sqnr(fp32, out, report["quantized_nodes"], images, threshold_db)
     flagged = [r["node"] for r in rows if r["flagged"]]
-    report["layer_sqnr"] = {"threshold_db": threshold_db, "images": len(images), "layers": rows, "flagged": flagged}
+    report["layer_sqnr"] = {"threshold_db": threshold_db, "images": len(images), "layers": rows, "flagged": flagged,
+                            "scored_on": "held-out images" if held_out else
+                            "calibration images (--calib has no others)"}
     if flagged:
         print(f"warning: {len(flagged)} layer(s) below {threshold_db:g} dB SQNR vs fp32 (first: {flagged[0]}); "
               f"see layer_sqnr in the report", file=sys.stderr)
@@ -440,7 +442,7 @@ def _search_mixed_precision(args, fp32, out, reader, config, held_out, workdir):
     from t2tedge.quantize import quantize_onnx
     from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
 
-    images, count = held_out
+    images, count, _ = held_out
     session = PTQSession(fp32, reader, config, images, workdir=workdir / "search")
     ranking = analyse(session)
     result = {"held_out_images": count, "all_int8": session.full.to_dict(), "sensitivity": ranking}

@@ -3,6 +3,7 @@ nothing, and leaves the artifact already in its --out folder as it was."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -207,6 +208,8 @@ def test_calibration_takes_any_folder_of_photos(world, tmp_path, capsys):
     assert "calibrating on all 5 images" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["mobilenet_v2_100_int8.json", "mobilenet_v2_100_int8.onnx",
                                                      "mobilenet_v2_100_int8.trt.cache"]
+    report = json.loads((out / "mobilenet_v2_100_int8.json").read_text())
+    assert report["calibration"]["images"] == 5 and report["layer_sqnr"]["scored_on"].startswith("calibration")
     evaluation = tmp_path / "val"
     evaluation.mkdir()
     for source in sources[:2]:
