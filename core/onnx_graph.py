@@ -48,16 +48,3 @@ def prune_unused_initializers(model: onnx.ModelProto) -> int:
     for init in stale:
         graph.initializer.remove(init)
     return len(stale)
-
-
-def with_static_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
-    """A copy of `model` whose graph inputs and outputs have batch `batch` where they had a symbolic one: what
-    `export onnx` writes by default, and what runtimes compile fastest (OpenVINO compiles a symbolic batch with
-    dynamic-shape kernels). Intermediate shapes are left for the runtime to infer."""
-    static = onnx.ModelProto.FromString(model.SerializeToString())
-    for value in list(static.graph.input) + list(static.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].dim_param:
-            dims[0].dim_value = batch
-    del static.graph.value_info[:]
-    return static

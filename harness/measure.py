@@ -25,16 +25,15 @@ class LatencySettings:
 
 
 def measure_runtime(instance: Runtime, samples: Sequence[Sample], preprocess, settings: LatencySettings,
-                    progress: str | None = None, latency_instance: Runtime | None = None) -> dict[str, Any]:
-    """Top-1/top-5 and predictions (when `samples`), batch-1 latency percentiles, batch-N throughput.
-    `latency_instance` (the same model with a static batch of 1) times batch 1 instead of `instance`."""
+                    progress: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5 and predictions (when `samples`), batch-1 latency percentiles, batch-N throughput."""
     cell: dict[str, Any] = {}
     if samples:
         result = evaluate(instance, samples, preprocess, batch=32, progress=progress)
         cell.update(top1=result.top1, top5=result.top5, images=result.images, predictions=result.predictions.tolist())
     image = np.zeros((1, 3, preprocess.crop, preprocess.crop), np.float32)
     batch = np.zeros((settings.throughput_batch,) + image.shape[1:], np.float32)
-    latency = measure_latency(latency_instance or instance, image, settings.warmup, settings.runs)
+    latency = measure_latency(instance, image, settings.warmup, settings.runs)
     batch_latency = measure_latency(instance, batch, max(2, settings.warmup // 2), max(5, settings.runs // 5))
     description = instance.describe().to_dict()
     description["details"].pop("artifact", None)

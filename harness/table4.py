@@ -22,7 +22,7 @@ import torch
 from t2tedge import __version__
 from t2tedge.data import discover, evenly_spread
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
-from t2tedge.fileio import atomic_write_bytes, atomic_write_text, publish_together, sha256_file
+from t2tedge.fileio import atomic_write_text, publish_together, sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
 # Re-exported: the grid's vocabulary lives in table4_grid so that it imports without torch.
@@ -103,25 +103,13 @@ class Grid:
         from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
 
         config = preset("onnxruntime")
-        recipe = json.dumps({"config": config.to_dict(), "num_calib": self.settings.num_calib,
-                             "calibration": str(self.suite.calibration_folder())}, sort_keys=True)
+        recipe = json.dumps({"config": config.to_dict(), "num_calib": self.settings.num_calib}, sort_keys=True)
         int8 = self.artifacts / "int8" / f"{model_name}_int8_{_hash_bytes(fp32.name.encode(), recipe.encode())[:12]}.onnx"
         if not int8.is_file():
             calib = calibration_samples(self.suite.calibration_folder(), self.settings.num_calib, exclude=self.samples)
             quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
                                                              progress=f"calibrate {model_name}"), config)
         return int8, sha256_file(int8), int8.stat().st_size
-
-    @staticmethod
-    def _static_twin(path: Path) -> Path:
-        import onnx
-
-        from t2tedge.onnx_graph import with_static_batch
-
-        twin = path.with_name(f"{path.stem}_b1.onnx")
-        if not twin.is_file():
-            atomic_write_bytes(twin, with_static_batch(onnx.load(str(path))).SerializeToString())
-        return twin
 
     def _overrides(self) -> dict[str, int]:
         return {"num_classes": self.suite.num_classes} if self.suite.num_classes != 1000 else {}
@@ -151,13 +139,9 @@ class Grid:
         if cached.is_file():
             return {**json.loads(cached.read_text()), "cached": True}
         instance = cls.load(artifact, threads=self.settings.threads)
-        # Accuracy and batch-8 throughput run the dynamic-batch file; batch-1 latency its static batch-1 twin, the
-        # form `export onnx` ships: on dynamic shapes ORT's INT8 T2T-ViT-7 took 16.6 ms against 8.9 static.
-        single = cls.load(self._static_twin(artifact), threads=self.settings.threads) if cls.consumes == "onnx" else None
         latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
         cell.update(measure_runtime(instance, self.samples, spec.preprocess, latency,
-                                    progress=f"{model_name} {runtime} {precision}", latency_instance=single))
-        cell["latency_b1"]["artifact"] = "static batch 1" if single is not None else "as loaded"
+                                    progress=f"{model_name} {runtime} {precision}"))
         reference_model = create_model(model_name, **self._overrides())
         cell.update({
             "status": "measured", "params": count_params(reference_model),

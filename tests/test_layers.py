@@ -67,4 +67,3 @@ def test_the_check_sees_an_edge_that_points_up(tmp_path, monkeypatch):
                                           ("t2tedge.models.train", "models"), ("t2tedge.harness.table4", "harness")])
 def test_layer_names(module, layer):
     assert layer_of(module) == layer
-

@@ -131,23 +131,3 @@ def test_artifact_permissions_follow_umask(exported):
     umask = os.umask(0)
     os.umask(umask)
     assert exported["t2t_vit_7"].stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-def test_with_static_batch_fixes_only_the_symbolic_batch(tmp_path):
-    import numpy as np
-    import onnxruntime as ort
-
-    from t2tedge.export import OnnxExportOptions, export_onnx
-    from t2tedge.onnx_graph import with_static_batch
-
-    import onnx
-
-    dynamic = onnx.load(str(export_onnx("mobilenet_v2_100", None, out_dir=tmp_path,
-                                        options=OnnxExportOptions(dynamic_batch=True))))
-    static = with_static_batch(dynamic)
-    assert [d.dim_value for d in static.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
-    assert dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the original is untouched
-    image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
-               for m in (dynamic, static)]
-    assert np.abs(outputs[0] - outputs[1]).max() <= 1e-5
