@@ -103,7 +103,8 @@ class Grid:
         from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
 
         config = preset("onnxruntime")
-        recipe = json.dumps({"config": config.to_dict(), "num_calib": self.settings.num_calib}, sort_keys=True)
+        recipe = json.dumps({"config": config.to_dict(), "num_calib": self.settings.num_calib,
+                             "calibration": str(self.suite.calibration_folder())}, sort_keys=True)
         int8 = self.artifacts / "int8" / f"{model_name}_int8_{_hash_bytes(fp32.name.encode(), recipe.encode())[:12]}.onnx"
         if not int8.is_file():
             calib = calibration_samples(self.suite.calibration_folder(), self.settings.num_calib, exclude=self.samples)
