@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from t2tedge.errors import T2TEdgeError, require_package
+from t2tedge.fileio import publish_together
 from t2tedge.export.onnx_export import read_metadata
 
 WEIGHT_FORMATS = ("fp32", "fp16")
@@ -19,8 +20,8 @@ WEIGHT_FORMATS = ("fp32", "fp16")
 
 def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathLike, weights: str = "fp32") -> Path:
     """Write `destination` (.xml, with its .bin beside it) from `onnx_path`; `weights` fp16 halves a float
-    model's file (OpenVINO decompresses to the inference precision when it loads). Both files appear together:
-    the .bin is moved into place first, so an .xml on disk always has its weights."""
+    model's file (OpenVINO decompresses to the inference precision when it loads). Both files are moved into place
+    together, or neither (an earlier pair stays as it was)."""
     import openvino as ov
 
     if weights not in WEIGHT_FORMATS:
@@ -41,8 +42,7 @@ def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathL
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
     try:
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=weights == "fp16")
-        os.replace(staging / "model.bin", destination.with_suffix(".bin"))
-        os.replace(staging / "model.xml", destination)
+        publish_together({staging / "model.bin": destination.with_suffix(".bin"), staging / "model.xml": destination})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
