@@ -301,10 +301,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         ensure_writable_dir(out)
     runtime = args.runtime or detect_runtime(args.artifact)
     options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
-                                             ("precision", args.precision),
-                                             ("precision_hint", args.precision_hint)) if value}
-    if args.precision_hint and runtime != "openvino":
-        raise UsageError("--precision-hint is an option of the openvino runtime (.xml files, or --runtime openvino)")
+                                             ("precision", args.precision)) if value}
+    options.update(_openvino_options(args, [runtime]).get(runtime, {}))
     table = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
                              settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
                              force=args.force, **options)

@@ -121,10 +121,8 @@ def read_metadata(proto_or_path: onnx.ModelProto | str | os.PathLike) -> dict[st
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int | None = None,
-                    force: bool = False) -> None:
-    """Refuse an ONNX file that is not what the command says it is: another model stamped in its metadata, another
-    class count, another input size. `force` accepts a mismatch (a user's own export with other names)."""
+def load_onnx_graph(path: str | os.PathLike) -> onnx.ModelProto:
+    """The model in `path` without its external data, or a DataError when it is not an ONNX model with a graph."""
     path = Path(path)
     if path.is_dir() or not path.is_file():
         raise DataError(f"ONNX file not found: {path}" if not path.exists() else f"{path} is a folder, not an ONNX file")
@@ -135,6 +133,14 @@ def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int |
                         f"`t2tedge export onnx` wrote") from None
     if not proto.graph.node or not proto.graph.input or not proto.graph.output:
         raise DataError(f"{path} is not a readable ONNX model (no graph); pass the .onnx that `t2tedge export onnx` wrote")
+    return proto
+
+
+def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int | None = None,
+                    force: bool = False) -> None:
+    """Refuse an ONNX file that is not what the command says it is: another model stamped in its metadata, another
+    class count, another input size. `force` accepts a mismatch (a user's own export with other names)."""
+    proto = load_onnx_graph(path)
     if force:
         return
     hint = "; name the right model, or pass --force to use the file anyway"

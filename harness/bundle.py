@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from t2tedge import __version__
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.fileio import atomic_path, sha256_file
 from t2tedge.harness.profile import RUNTIME_BY_SUFFIX
 
@@ -78,13 +78,12 @@ def check_artifact(path: Path) -> None:
     elif not path.is_file() or path.stat().st_size == 0:
         problem = "a non-empty file"
     elif path.suffix == ".onnx":
-        import onnx
+        from t2tedge.export.onnx_export import load_onnx_graph
 
         try:
-            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
-        except Exception:  # protobuf decode errors have no common base class
-            nodes = 0
-        problem = None if nodes else "an ONNX model"
+            load_onnx_graph(path)
+        except DataError:
+            problem = "an ONNX model"
     elif path.suffix == ".ort":
         problem = None if path.read_bytes()[4:8] == b"ORTM" else "an ORT-format model (onnxruntime's 'ORTM' flatbuffer)"
     elif path.suffix == ".xml":

@@ -18,8 +18,8 @@ from t2tedge.errors import T2TEdgeError, missing_package
 from t2tedge.batching import run_in_chunks
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
-# Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
-PRECISION_HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+# OpenVINO's INFERENCE_PRECISION_HINT values, as the CLI's --precision-hint takes them.
+PRECISION_HINTS = ("f32", "bf16", "f16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 # What describe() and parity call the arithmetic of a float graph under each hint.
 _HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -87,7 +87,7 @@ class OpenVINO(Runtime):
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
             raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision_hint],
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint,
                                   "PERFORMANCE_HINT": performance_hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
