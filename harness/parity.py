@@ -1,6 +1,6 @@
 """Runtime parity: the same real images through several runtimes, compared pairwise with the first.
 
-Default tolerances per precision of the compared runtime (documented in the README):
+Default tolerances per precision of the compared runtime (documented in docs/runtimes.md):
 - fp32: max abs diff <= 1e-4 and top-1 agreement 100%;
 - fp16: cosine >= 0.999 and top-1 agreement >= 99%;
 - bf16: cosine >= 0.99 and top-1 agreement >= 95%;

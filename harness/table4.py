@@ -130,7 +130,7 @@ class Grid:
             reason = str(exc)
         if reason or (runtime, precision) not in SUPPORTED:
             return {**cell, "status": "skipped",
-                    "reason": reason or f"{runtime} {precision} is measured on its device (see README: profiling)"}
+                    "reason": reason or f"{runtime} {precision} is measured on its device (see docs/profiling.md)"}
         artifact, artifact_hash, size = self._artifact(model_name, runtime, precision, checkpoint)
         settings = {k: str(v) for k, v in vars(self.settings).items()}
         key = _hash_bytes(artifact_hash.encode(), self.data_hash.encode(), json.dumps(
