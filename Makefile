@@ -7,7 +7,7 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -15,13 +15,15 @@ help:
 	@echo "make export-coreml  T2T-ViT-7/12 .mlpackage to artifacts/coreml (OUT=, ALL=1 adds the MobileNets,"
 	@echo "                    CHECKPOINT=path or WEIGHTS=random, COMPRESS=w8|palettize6|palettize4|w8a8, TARGET=iOS17)"
 	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=int8: INT8 for OpenVINO)"
+	@echo "make export-litert  LiteRT .tflite of the five models to $(OUT)/litert (PRECISION=fp16|w8|int8)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
-	@echo "make parity       torch vs onnxruntime and openvino parity for the five models"
+	@echo "make parity       torch vs onnxruntime, openvino and litert parity for the five models"
 	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/"
 	@echo "make table4-imagenette  the grid on Imagenette-trained models (val, calibrated on train) to results/imagenette"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
 	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
+	@echo "make bench-litert LiteRT parity/delegation for the five models; fp32/int8/w8/PT2E peer vs ONNX Runtime"
 	@echo "make bench-openvino OpenVINO fp32/INT8 vs NNCF's INT8 and ONNX Runtime: top-1, agreement, SQNR, latency"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
@@ -31,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# The CPU wheel first, so no dependency can pull a CUDA build of torch.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino,litert]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -45,14 +47,18 @@ test-slow: setup
 export-onnx: setup
 	@for m in $(MODELS); do $(T2TEDGE) export onnx $$m --out $(OUT)/onnx || exit 1; done
 
-# Core ML: OUT given on the command line is the package folder itself; by default artifacts/coreml.
+# Core ML: OUT given on the command line is the package folder itself; by default artifacts/coreml. Without
+# CHECKPOINT or WEIGHTS, T2T-ViTs take their official release weights (the MODEL.official tag, downloaded once).
 COREML_OUT = $(if $(filter command line environment,$(origin OUT)),$(OUT),$(OUT)/coreml)
 COREML_MODELS = $(if $(ALL),$(MODELS),$(if $(filter command line environment,$(origin MODELS)),$(MODELS),t2t_vit_7 t2t_vit_12))
 COREML_WEIGHTS = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),$(if $(filter random,$(WEIGHTS)),--checkpoint random))
+COREML_TAG = $(if $(strip $(COREML_WEIGHTS)),,.official)
 COREML_FLAGS = $(if $(COMPRESS),--compress $(COMPRESS)) $(if $(TARGET),--target $(TARGET)) $(if $(PRECISION),--precision $(PRECISION))
 
 export-coreml: setup
-	@for m in $(COREML_MODELS); do $(T2TEDGE) export coreml $$m --out $(COREML_OUT) $(COREML_WEIGHTS) $(COREML_FLAGS) || exit 1; done
+	@for m in $(COREML_MODELS); do \
+	  case "$$m" in t2t_vit_*) m=$$m$(COREML_TAG);; esac; \
+	  $(T2TEDGE) export coreml $$m --out $(COREML_OUT) $(COREML_WEIGHTS) $(COREML_FLAGS) || exit 1; done
 
 # OpenVINO IR from our ONNX export (fp32), or from our INT8 tuned for OpenVINO (PRECISION=int8).
 export-openvino: setup
@@ -62,11 +68,15 @@ export-openvino: setup
 	    $(T2TEDGE) export openvino $(OUT)/int8/$${m}_int8_openvino.onnx --out $(OUT)/openvino || exit 1; \
 	  else $(T2TEDGE) export openvino $$m --out $(OUT)/openvino || exit 1; fi; done
 
+# LiteRT for Android: fp32 by default; PRECISION=int8 calibrates on ../shared imagenet-sample.
+export-litert: setup
+	@for m in $(MODELS); do $(T2TEDGE) export litert $$m --out $(OUT)/litert $(if $(PRECISION),--precision $(PRECISION)) || exit 1; done
+
 quantize: setup
 	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
 parity: setup
-	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino || exit 1; done
+	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino,litert || exit 1; done
 
 table4: setup
 	$(T2TEDGE) table4 --out results
@@ -86,6 +96,9 @@ bench-ptq: setup
 
 bench-openvino: setup
 	$(PY) benchmarks/bench_ptq.py --runtime openvino --out results/bench_openvino.json
+
+bench-litert: setup
+	$(PY) benchmarks/bench_litert.py --out results/bench_litert.json
 
 clean:
 	rm -rf $(OUT) results .pytest_cache

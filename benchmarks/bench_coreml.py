@@ -3,7 +3,7 @@
 Linux cannot run Core ML, so accuracy is measured in torch: the package's (decompressed) weights are loaded
 into the network they came from (`coreml_checks.roundtrip_network`); for w8a8 the calibrated W8A8 torch
 model runs with the package's weights, after checking that its activation scales are the packaged ones.
-T2T-ViT-7 is scored with the project's Imagenette-trained subject (tests/assets) on Imagenette val, its W8A8
+T2T-ViT-7 is scored with the project's Imagenette-trained subject (tag t2t_vit_7.imagenette) on Imagenette val, its W8A8
 calibration drawn from Imagenette train. Prints a table and writes results/bench_coreml.json. `make bench-coreml`.
 """
 

@@ -9,7 +9,7 @@ seeded subset of imagenet-sample), evaluated on imagenet-val1300: top-1, delta v
 with fp32, logits SQNR, and ORT batch-1 latency p50 (one session at a time). The peers calibrate through ORT's
 own `CalibStridedMinMax` windows (any method): in one pass ORT keeps every intermediate output of all 256
 images, which exhausts 24 GiB on T2T-ViT-7. No official T2T-ViT weights reach this machine: T2T-ViT-7 is the project's own
-Imagenette-trained subject (tests/assets), calibrated on 256 Imagenette train images and evaluated on Imagenette val
+Imagenette-trained subject (tag t2t_vit_7.imagenette), calibrated on 256 Imagenette train images and evaluated on Imagenette val
 (10 classes); `--trained-like` (or a model without such a subject) uses seeded trained-like random weights instead,
 scored by agreement and SQNR on imagenet-val1300 only. Prints a table; writes results/bench_ptq.json. `make bench-ptq`.
 

@@ -61,7 +61,8 @@ def _comma_list(text: str) -> list[str]:
 def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PATH|random",
                         help="weights: an official T2T-ViT release file or a state dict; 'random' for untrained "
-                             "weights. Default: the model's real weights in ../shared/weights if any, else random.")
+                             "weights. Default: the weights of MODEL.TAG (t2t_vit_7.imagenette; `t2tedge list`); for a "
+                             "plain MODEL its real weights in ../shared/weights if any, else seeded random weights.")
 
 
 def _num_classes_arg(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +104,26 @@ def _resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
     return resolved
 
 
+def _apply_pretrained_tag(args: argparse.Namespace) -> None:
+    """MODEL.TAG on the command line (t2t_vit_7.imagenette): the model is MODEL, and the tag's weights and class
+    count become the defaults of --checkpoint and --num-classes."""
+    from t2tedge.models import list_models
+    from t2tedge.models.pretrained import get_pretrained, split_tag
+
+    for attribute in ("model", "source"):
+        name = getattr(args, attribute, None)
+        if not isinstance(name, str) or split_tag(name)[1] is None or split_tag(name)[0] not in list_models():
+            continue
+        tag = get_pretrained(name)
+        setattr(args, attribute, tag.model)
+        if hasattr(args, "num_classes"):
+            if args.num_classes not in (1000, tag.num_classes):
+                raise UsageError(f"{tag.name} has {tag.num_classes} classes; drop --num-classes {args.num_classes}")
+            args.num_classes = tag.num_classes
+        if getattr(args, "checkpoint", "absent") is None:
+            args.checkpoint = str(tag.checkpoint())
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from t2tedge.models import get_spec, list_models
 
@@ -113,6 +134,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         prep = f"resize {pre.resize} {pre.interpolation}, crop {pre.crop}, {spec.padding}"
         paper = f"{spec.paper.top1:.1f}%" if spec.paper else "-"
         print(f"{name:<18}{spec.family:<14}{prep:<44}{paper:>12}")
+    from t2tedge.models.pretrained import get_pretrained, list_pretrained
+
+    print("\npretrained tags (use MODEL.TAG wherever a model name goes; weights and classes come with it):")
+    for name in list_pretrained():
+        tag = get_pretrained(name)
+        print(f"  {name:<28}{tag.num_classes:>5} classes  {tag.note}")
     return 0
 
 
@@ -214,12 +241,7 @@ def cmd_export_coreml(args: argparse.Namespace) -> int:
         raise DataError(f"calibration folder not found: {args.calib}")
     ensure_writable_dir(args.out)
     require_coremltools()
-    if args.checkpoint is None and spec.release_url:
-        from t2tedge.models.release import fetch_official
-
-        checkpoint = fetch_official(args.model)
-    else:
-        checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
     start = time.perf_counter()
     path = export_coreml(args.model, checkpoint, out_dir=args.out, options=options, **_class_override(args))
     report = inspect_package(path)
@@ -266,6 +288,29 @@ def cmd_export_openvino(args: argparse.Namespace) -> int:
     path = export_openvino(args.source, checkpoint, out_dir=args.out, weights=args.weights, **_class_override(args))
     size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
     print(f"wrote {path} and {path.with_suffix('.bin').name} ({size / 1e6:.1f} MB, {args.weights} weights)")
+    return 0
+
+
+def cmd_export_litert(args: argparse.Namespace) -> int:
+    from t2tedge.errors import require_installed
+    from t2tedge.models import get_spec
+    from t2tedge.quantize.litert_ptq import export_litert_model
+
+    get_spec(args.model)
+    if args.calib is not None and args.precision != "int8":
+        raise UsageError(f"--calib goes with --precision int8; {args.precision} needs no calibration")
+    ensure_writable_dir(args.out)
+    for module in ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"):
+        require_installed(module, "'t2t-edge[litert]'")
+    checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
+    path, metadata = export_litert_model(args.model, checkpoint, out_dir=args.out, precision=args.precision,
+                                         layout=args.layout, calib=args.calib, num_calib=args.num_calib,
+                                         **_class_override(args))
+    report = metadata.get("t2tedge.quantization", {})
+    counts = {kind: sum(report.get(f"{kind}_ops", {}).values()) for kind in ("int8", "int8_dynamic", "float")}
+    summary = ", ".join(f"{n} {kind.replace('_', ' ')} ops" for kind, n in counts.items() if n)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.precision}, {args.layout.upper()} input) and "
+          f"{path.name}.json" + (f" ({summary}; which: see the JSON)" if args.precision in ("int8", "w8") else ""))
     return 0
 
 
@@ -595,10 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and whose output is a classifier (labels + probabilities) or raw logits. Compression uses "
                     "coremltools.optimize: w8 = int8 per-channel weights; palettize6/4 = k-means weight LUTs; "
                     "w8a8 = int8 weights and activations, calibrated on real images in torch (needs iOS17+).")
-    p.add_argument("model")
-    p.add_argument("--checkpoint", metavar="PATH|random",
-                   help="weights file, or 'random' for untrained weights. Default: T2T-ViT downloads the official "
-                        "release file (cached, sha256-checked); MobileNets use ../shared/weights.")
+    p.add_argument("model", help="a model name, or MODEL.TAG: t2t_vit_7.official downloads the release file once")
+    _checkpoint_arg(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/coreml"), help="output folder (default: %(default)s)")
     p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
                    help="compute precision (default: %(default)s, Core ML's own default)")
@@ -645,6 +688,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("artifacts/openvino"), help="output folder (default: %(default)s)")
     _num_classes_arg(p)
     p.set_defaults(func=cmd_export_openvino)
+
+    p = export_sub.add_parser(
+        "litert", help="LiteRT (TensorFlow Lite) .tflite for Android, fp32 or quantized, with a metadata sidecar",
+        description="Convert with litert-torch to MODEL[_PRECISION].tflite, NHWC float32 input by default (what an app "
+                    "fills from a bitmap), and write MODEL[_PRECISION].tflite.json beside it (preprocessing, class "
+                    "order, weights; for int8 which ops stayed float). Quantized files come from ai-edge-quantizer: "
+                    "fp16 = fp16 weights; w8 = int8 weights, activations quantized on the fly; int8 = full-integer "
+                    "PTQ calibrated on --calib (T2T-ViT keeps LayerNorm, softmax, GELU and attention matmuls float). "
+                    "Same default weights as `export onnx`. Details: docs/litert.md.")
+    p.add_argument("model")
+    _checkpoint_arg(p)
+    p.add_argument("--precision", choices=("fp32", "fp16", "w8", "int8"), default="fp32",
+                   help="fp32 | fp16 (weights) | w8 (dynamic-range int8) | int8 (static, calibrated) (default: %(default)s)")
+    p.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc", help="input layout (default: %(default)s)")
+    p.add_argument("--calib", type=Path, help="int8 calibration images (default: ../shared/data/imagenet-sample)")
+    p.add_argument("--num-calib", type=_at_least(1), default=256, help="int8 calibration images used (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("artifacts/litert"), help="output folder (default: %(default)s)")
+    _num_classes_arg(p)
+    p.set_defaults(func=cmd_export_litert)
 
     p = export_sub.add_parser(
         "ort", help="ORT format (.ort) for ONNX Runtime Mobile, via onnxruntime's own converter",
@@ -838,6 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
+        _apply_pretrained_tag(args)
         return args.func(args)
     except T2TEdgeError as exc:
         if args.debug:

@@ -1,6 +1,7 @@
 """Errors the command line reports as one line and a non-zero exit code."""
 
 import importlib
+import importlib.util
 
 
 class T2TEdgeError(Exception):
@@ -37,6 +38,13 @@ def missing_package(module: str, install: str) -> str | None:
     except ImportError:
         return f"{module} is not installed (pip install {install})"
     return None
+
+
+def require_installed(module: str, install: str) -> None:
+    """Like `require_package`, without importing `module`: for packages whose import is slow or prints (litert-torch
+    loads torchao and writes absl logs), checked before the work starts and imported later, quietly."""
+    if importlib.util.find_spec(module) is None:
+        raise RuntimeUnavailable(f"{module} is not installed (pip install {install})")
 
 
 def require_package(module: str, install: str) -> None:

@@ -29,4 +29,8 @@ def build_artifact(consumes: str, model_name: str, checkpoint: str | os.PathLike
         # Raw logits, so parity against other runtimes compares the same quantity.
         return export_coreml(model_name, checkpoint, out_dir=workdir, options=CoreMLExportOptions(output="logits"),
                              progress=False, **overrides)
+    if consumes == "tflite":
+        from t2tedge.quantize.litert_ptq import export_litert_model
+
+        return export_litert_model(model_name, checkpoint, out_dir=workdir, **overrides)[0]
     raise T2TEdgeError(f"no artifact builder for {consumes!r} yet")

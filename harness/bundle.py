@@ -1,7 +1,7 @@
 """`t2tedge export bundle`: artifacts + the profiler + a runner script, one .tar.gz to copy onto a device.
 
 The device needs Python 3.10+, numpy, pillow, tqdm and the runtime library of its artifacts (onnxruntime,
-coremltools on macOS, tensorrt on an NVIDIA box, openvino on an Intel box); not torch and not this
+coremltools on macOS, tensorrt on an NVIDIA box, openvino on an Intel box, ai-edge-litert); not torch and not this
 package's install. The runner profiles every artifact the way `t2tedge profile` does here and leaves one
 JSON per run in results/, ready for `t2tedge table4 --merge`.
 """
@@ -20,12 +20,14 @@ from t2tedge import __version__
 from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.fileio import atomic_path, sha256_file
 from t2tedge.harness.profile import RUNTIME_BY_SUFFIX
+from t2tedge.sidecar import sidecar_path
 
 PACKAGES = ("t2tedge", "t2tedge.models", "t2tedge.export", "t2tedge.quantize", "t2tedge.runtimes", "t2tedge.harness")
 
 RUNNER = """#!/bin/sh
 # Profile every artifact of this bundle on this device (t2t-edge {version}).
-# Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino.
+# Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino
+# | ai-edge-litert.
 # Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N.
 set -e
 cd "$(dirname "$0")"
@@ -91,6 +93,8 @@ def check_artifact(path: Path) -> None:
         problem = None if b"<net" in head else "OpenVINO IR (an XML <net>)"
         if problem is None and not path.with_suffix(".bin").is_file():
             raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
+    elif path.suffix == ".tflite":
+        problem = None if path.read_bytes()[4:8] == b"TFL3" else "a LiteRT model (a 'TFL3' flatbuffer)"
     if problem:
         raise T2TEdgeError(f"{path} is not {problem}; bundle the files t2tedge export wrote")
 
@@ -114,6 +118,8 @@ def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLi
                 tar.add(path, arcname=f"artifacts/{path.name}")
                 if path.suffix == ".xml":
                     tar.add(path.with_suffix(".bin"), arcname=f"artifacts/{path.with_suffix('.bin').name}")
+                if sidecar_path(path).is_file():
+                    tar.add(sidecar_path(path), arcname=f"artifacts/{sidecar_path(path).name}")
             for package in PACKAGES:
                 folder = Path(importlib.import_module(package).__path__[0])
                 for source in sorted(folder.glob("*.py")):

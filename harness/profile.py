@@ -2,7 +2,7 @@
 
 Writes a Table 4 result with one cell (same schema), so a file measured on a Mac, a phone host or a GPU
 box merges into the grid with `t2tedge table4 --merge`. Needs no torch: it runs where only the runtime
-library (onnxruntime, coremltools, tensorrt, openvino) and numpy/pillow are installed.
+library (onnxruntime, coremltools, tensorrt, openvino, ai-edge-litert) and numpy/pillow are installed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from t2tedge.harness.table4_grid import SCHEMA
 from t2tedge.runtimes import get_runtime
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
-                     ".plan": "tensorrt", ".xml": "openvino"}
+                     ".plan": "tensorrt", ".xml": "openvino", ".tflite": "litert"}
 
 
 def detect_runtime(path: Path) -> str:
@@ -62,6 +62,12 @@ def artifact_metadata(path: Path) -> dict[str, str]:
             return read_openvino_metadata(ov.Core().read_model(str(path)))
         except RuntimeError as exc:
             raise T2TEdgeError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+    if path.suffix == ".tflite":
+        from t2tedge.sidecar import read_sidecar
+
+        # The sidecar keeps JSON values; the other formats' metadata are strings, JSON-encoded where structured.
+        return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                for key, value in read_sidecar(path).items()}
     return {}
 
 

@@ -89,6 +89,8 @@ class Grid:
             model = create_model(model_name, checkpoint=checkpoint, **overrides)
             digest, size = _state_hash(model)
             return model, digest, size
+        if runtime == "litert":
+            return self._litert_artifact(model_name, precision, checkpoint)
         from t2tedge.export import OnnxExportOptions, export_onnx
 
         # Artifact names carry what they were made from, so a new checkpoint, toolkit version or quantization
@@ -111,6 +113,19 @@ class Grid:
             quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
                                                              progress=f"calibrate {model_name}"), config)
         return int8, sha256_file(int8), int8.stat().st_size
+
+    def _litert_artifact(self, model_name: str, precision: str, checkpoint: Path | None) -> tuple[Path, str, int]:
+        from t2tedge.quantize.litert_ptq import export_litert_model
+
+        weights = sha256_file(checkpoint) if checkpoint else "untrained"
+        recipe = json.dumps({"precision": precision, "num_calib": self.settings.num_calib, "version": __version__,
+                             "calibration": str(self.suite.calibration_folder()), "weights": weights}, sort_keys=True)
+        path = self.artifacts / "litert" / f"{model_name}_{precision}_{_hash_bytes(recipe.encode())[:12]}.tflite"
+        if not path.is_file():
+            export_litert_model(model_name, checkpoint, precision=precision, calib=self.suite.calibration_folder(),
+                                num_calib=self.settings.num_calib, exclude=self.samples, destination=path,
+                                **self._overrides())
+        return path, sha256_file(path), path.stat().st_size
 
     def _overrides(self) -> dict[str, int]:
         return {"num_classes": self.suite.num_classes} if self.suite.num_classes != 1000 else {}

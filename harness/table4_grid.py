@@ -8,7 +8,7 @@ from pathlib import Path
 
 SCHEMA = "t2tedge.table4/1"
 TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "coreml", "tensorrt")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "litert", "coreml", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 # What each runtime adapter can run here, and why not otherwise.
 SUPPORTED = {
@@ -21,6 +21,10 @@ SUPPORTED = {
     ("openvino", "fp32"): None,
     ("openvino", "int8"): None,
     ("openvino", "fp16"): "OpenVINO's CPU plugin computes in f32 or bf16; fp16 is measured on Core ML / TensorRT",
+    ("litert", "fp32"): None,
+    ("litert", "int8"): None,
+    ("litert", "fp16"): "XNNPACK computes fp16-weight files in fp32 on x86; fp16 arithmetic is measured on an Arm phone "
+                        "(t2tedge export bundle)",
 }
 
 
@@ -57,7 +61,7 @@ class Suite:
         """Why `model_name` has no cell in this suite, or None."""
         if self.name == "imagenette" and self.checkpoint(model_name) is None:
             return (f"no Imagenette-trained {model_name} yet: train it from scratch with the T2T-ViT-7 recipe "
-                    f"(`t2tedge train`, on a GPU; tests/assets/README.md)")
+                    f"(`t2tedge train`, on a GPU; models/weights/README.md)")
         return None
 
 

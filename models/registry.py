@@ -110,6 +110,11 @@ def list_models() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The spec of `name`, a model name or a pretrained tag (`t2t_vit_7.imagenette`)."""
+    if "." in name:
+        from t2tedge.models.pretrained import get_pretrained
+
+        name = get_pretrained(name).model
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -149,34 +154,42 @@ class TrainedSubject:
     note: str
 
 
-_TRAINED_SUBJECTS = {
-    # tests/assets/README.md says how each was made.
-    "t2t_vit_7": ("t2t_vit_7_imagenette.pth", 10, "imagenette2",
-                  "trained from scratch on Imagenette (10 classes), 130 epochs; 85.10% top-1 on its val"),
-}
+# Model -> (pretrained tag, dataset under ../shared/data) of the checkpoints this project trained itself.
+_TRAINED_SUBJECTS = {"t2t_vit_7": ("t2t_vit_7.imagenette", "imagenette2")}
 
 
 def trained_subject(name: str) -> TrainedSubject | None:
     """`name`'s self-trained subject when its checkpoint and data are both present, else None."""
     if name not in _TRAINED_SUBJECTS:
         return None
-    from t2tedge.paths import PROJECT_ROOT, shared_path
+    from t2tedge.models.pretrained import WEIGHTS_DIR, get_pretrained
+    from t2tedge.paths import shared_path
 
-    file, num_classes, dataset, note = _TRAINED_SUBJECTS[name]
-    checkpoint = Path(os.environ.get("T2TEDGE_ASSETS", PROJECT_ROOT / "tests" / "assets")) / file
+    tag_name, dataset = _TRAINED_SUBJECTS[name]
+    tag = get_pretrained(tag_name)
+    checkpoint = WEIGHTS_DIR / str(tag.file)
     data = shared_path("data", dataset)
     if not checkpoint.is_file() or not data.is_dir():
         return None
-    return TrainedSubject(name, checkpoint, num_classes, data / "train", data / "val", note)
+    return TrainedSubject(name, checkpoint, tag.num_classes, data / "train", data / "val", tag.note)
 
 
 def create_model(name: str, checkpoint: str | os.PathLike | None = None, export_form: bool = False,
                  seed: int = RANDOM_INIT_SEED, **overrides: Any) -> nn.Module:
     """Build `name` in eval mode, optionally loading `checkpoint` strictly.
 
-    `export_form=True` switches T2T-ViT to the Conv soft split / MatMul FP16-safe Performer form.
-    MobileNets take `tf_same=False` for PyTorch symmetric padding.
+    `name` may carry a pretrained tag (`t2t_vit_7.imagenette`, `t2tedge.models.pretrained`): its weights and class
+    count are then the defaults. `export_form=True` switches T2T-ViT to the Conv soft split / MatMul FP16-safe
+    Performer form. MobileNets take `tf_same=False` for PyTorch symmetric padding.
     """
+    if "." in name:
+        from t2tedge.models.pretrained import get_pretrained
+
+        tag = get_pretrained(name)
+        name = tag.model
+        checkpoint = tag.checkpoint() if checkpoint is None else checkpoint
+        if tag.num_classes != 1000:
+            overrides.setdefault("num_classes", tag.num_classes)
     spec = get_spec(name)
     # Untrained weights are seeded so every runtime and every export of them sees the same network.
     with torch.random.fork_rng(devices=[]):

@@ -34,6 +34,8 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["t2t"] = export_onnx("t2t_vit_7", None, out_dir=root / "t2t")
     (root / "fake.onnx").write_text("not a model\n")
     files["fake"] = root / "fake.onnx"
+    (root / "fake.tflite").write_text("not a model\n")
+    files["fake_tflite"] = root / "fake.tflite"
     (root / "a_file").write_text("I am a file\n")
     files["file"] = root / "a_file"
     (root / "empty").mkdir()
@@ -61,7 +63,9 @@ def _out_with_good_artifacts(root: Path, name: str) -> Path:
     out = root / "outs" / name
     out.mkdir(parents=True)
     for artifact in ("mobilenet_v2_100.onnx", "mobilenet_v2_100_int8.onnx", "mobilenet_v2_100_int8.json",
-                     "mobilenet_v2_100_int8.trt.cache", "t2t_vit_7.onnx", "table4.json", "cell.json", "x.pth"):
+                     "mobilenet_v2_100_int8.trt.cache", "t2t_vit_7.onnx", "table4.json", "cell.json", "x.pth",
+                     "mobilenet_v2_100.tflite", "mobilenet_v2_100.tflite.json", "mobilenet_v2_100_int8.tflite",
+                     "mobilenet_v2_100_int8.tflite.json"):
         (out / artifact).write_bytes(GOOD)
     return out
 
@@ -163,6 +167,23 @@ CASES = [
      "--max-batch: must be at least 1"),
     ("export ort of a text file named .onnx", ["export", "ort", "{fake}", "--out", "{out}"], 1, "{fake}"),
     ("check-trt of a text file named .onnx", ["check-trt", "{fake}"], 1, "cannot read ONNX file"),
+    # LiteRT: everything is checked before the conversion starts
+    ("export litert --out is a file", ["export", "litert", M, "--out", "{file}"], 2, "is a file, not a folder"),
+    ("export litert --precision int4", ["export", "litert", M, "--precision", "int4", "--out", "{out}"], 2,
+     "invalid choice: 'int4'"),
+    ("export litert --layout nchw4", ["export", "litert", M, "--layout", "nchw4", "--out", "{out}"], 2,
+     "invalid choice: 'nchw4'"),
+    ("export litert --num-calib 0", ["export", "litert", M, "--precision", "int8", "--num-calib", "0",
+                                     "--out", "{out}"], 2, "--num-calib: must be at least 1"),
+    ("export litert calibration folder empty", ["export", "litert", M, "--precision", "int8", "--calib", "{empty}",
+                                                "--out", "{out}"], 1, "no images"),
+    ("export litert --calib without int8", ["export", "litert", M, "--precision", "w8", "--calib", "{val}",
+                                            "--out", "{out}"], 2, "--calib goes with --precision int8"),
+    ("export litert of an unknown model", ["export", "litert", "resnet50", "--out", "{out}"], 1, "unknown model"),
+    ("profile of a text file named .tflite", ["profile", "{fake_tflite}", "--model", M, "--runs", "1",
+                                              "--out", "{out}"], 1, "LiteRT cannot load"),
+    ("bundle of a text file named .tflite", ["export", "bundle", "{fake_tflite}", "--out", "{out}/b.tar.gz"], 1,
+     "is not a LiteRT model"),
 ]
 
 
@@ -185,7 +206,8 @@ def test_bad_input(argv, code, message, world, capsys, request):
 def test_the_battery_covers_every_command():
     commands = {c[1][0] if c[1][0] != "export" else f"export {c[1][1]}" for c in CASES}
     assert {"quantize", "eval", "profile", "parity", "train", "table4", "info", "check-trt", "export onnx",
-            "export coreml", "export tensorrt", "export ort", "export openvino", "export bundle"} <= commands
+            "export coreml", "export tensorrt", "export ort", "export openvino", "export litert",
+            "export bundle"} <= commands
     assert len(CASES) >= 40
 
 

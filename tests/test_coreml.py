@@ -162,7 +162,7 @@ def test_t2t_vit_w8a8_keeps_the_performer_attention_float_and_the_predictions(tm
 
     subject = trained_subject("t2t_vit_7")
     if subject is None:
-        pytest.skip("no trained T2T-ViT-7 subject (tests/assets or ../shared imagenette2 missing)")
+        pytest.skip("no trained T2T-ViT-7 subject (models/weights or ../shared imagenette2 missing)")
     options = CoreMLExportOptions(compress="w8a8", target="iOS17", calib=str(subject.train), num_calib=64)
     package = export_coreml("t2t_vit_7", subject.checkpoint, out_dir=tmp_path, options=options, progress=False,
                             num_classes=subject.num_classes)

@@ -32,7 +32,9 @@ def test_adapter_and_builder_import_without_tensorrt():
     from t2tedge.runtimes.tensorrt import TensorRT
 
     reason = available_runtimes()["tensorrt"]
-    if not HAS_TENSORRT:
+    if HAS_TENSORRT:  # installed: usable, or unusable for another reason (no GPU), never "not installed"
+        assert reason != INSTALL_HINT and TensorRT.unavailable_reason() == reason
+    else:
         assert reason == INSTALL_HINT == TensorRT.unavailable_reason()
 
 

@@ -1,4 +1,4 @@
-"""The project's own Imagenette-trained T2T-ViT-7 (tests/assets): it is trained, and INT8 keeps its predictions."""
+"""The project's own Imagenette-trained T2T-ViT-7 (tag t2t_vit_7.imagenette): it is trained, and INT8 keeps its predictions."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ HELD_OUT = 400
 def subject():
     found = trained_subject("t2t_vit_7")
     if found is None:
-        pytest.skip("no trained T2T-ViT-7 subject: tests/assets/t2t_vit_7_imagenette.pth or ../shared imagenette2 missing")
+        pytest.skip("no trained T2T-ViT-7 subject: models/weights/t2t_vit_7_imagenette.pth or ../shared imagenette2 missing")
     return found
 
 
@@ -60,7 +60,7 @@ def test_subject_is_a_release_format_trained_checkpoint(subject, held_out):
     images, labels = held_out
     with torch.no_grad():
         logits = torch.cat([model(torch.from_numpy(images[i:i + 50])) for i in range(0, len(images), 50)])
-    # 85.10% on all 3925 val images (tests/assets/README.md); random weights score 10%.
+    # 85.10% on all 3925 val images (models/weights/README.md); random weights score 10%.
     assert float((logits.argmax(1).numpy() == labels).mean()) >= 0.80
 
 

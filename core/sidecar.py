@@ -1,0 +1,31 @@
+"""Metadata sidecars: for formats with no place for our metadata (LiteRT .tflite, ExecuTorch .pte), a JSON file
+beside the artifact, `NAME.EXT.json`, written and moved into place together with it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from t2tedge.errors import T2TEdgeError
+
+SIDECAR_SUFFIX = ".json"
+
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    return Path(f"{artifact}{SIDECAR_SUFFIX}")
+
+
+def read_sidecar(artifact: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar metadata of one of our artifacts; {} for a file without one (made elsewhere)."""
+    path = sidecar_path(artifact)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise T2TEdgeError(f"cannot read {path.name} (metadata of {Path(artifact).name}): {exc}") from None
+    if not isinstance(data, dict):
+        raise T2TEdgeError(f"{path.name} (metadata of {Path(artifact).name}) is not a JSON object")
+    return data

@@ -1,0 +1,114 @@
+"""LiteRT (TensorFlow Lite) `.tflite` files from our models, with litert-torch, and their sidecar metadata.
+
+The input layout defaults to NHWC float32, what an Android app fills from a bitmap. LiteRT's flatbuffer has no
+field for our preprocessing and class order, so they travel in a sidecar JSON beside the file
+(`MODEL.tflite.json`, see `t2tedge.sidecar`), written and moved into place together with it. Quantized variants
+are made from the fp32 file by `t2tedge.quantize.litert_ptq`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2tedge import __version__
+from t2tedge.errors import T2TEdgeError, require_installed
+from t2tedge.export.common import build_model, class_labels
+from t2tedge.fileio import publish_together
+from t2tedge.native_output import native_output_captured
+from t2tedge.sidecar import SIDECAR_SUFFIX, sidecar_path
+from t2tedge.models import get_spec
+
+LAYOUTS = ("nhwc", "nchw")
+INSTALL = "'t2t-edge[litert]'"
+
+
+class ChannelsLast(torch.nn.Module):
+    """Takes NHWC images, as an app hands them over; the converter folds the transpose into the NHWC convolutions."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.permute(0, 3, 1, 2))
+
+
+def _failure_line(exc: Exception, log: Path) -> str:
+    """One line naming what the converter refused (an op, when its messages name one)."""
+    text = f"{exc}\n{log.read_text(errors='replace') if log.is_file() else ''}"
+    for pattern in (r"failed to legalize operation '([\w.]+)'", r"'([\w.]+)' op [^\n]*not supported",
+                    r"(aten\.[\w.]+)[^\n]*(?:not supported|no lowering|unsupported)"):
+        match = re.search(pattern, text)
+        if match:
+            return f"op {match.group(1)} cannot be converted ({str(exc).strip().splitlines()[0][:160]})"
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def convert_module(module: torch.nn.Module, sample: torch.Tensor, destination: Path) -> None:
+    """litert-torch conversion of `module` on `sample`, written to `destination` (a staging path)."""
+    require_installed("litert_torch", INSTALL)
+    print("converting with litert-torch ...", file=sys.stderr, flush=True)
+    with native_output_captured() as log:
+        try:
+            import litert_torch
+
+            converted = litert_torch.convert(module, (sample,))
+            converted.export(str(destination))
+        except Exception as exc:  # the converter raises many types, with pages of MLIR
+            raise T2TEdgeError(f"LiteRT conversion failed: {_failure_line(exc, log)}") from None
+
+
+def input_metadata(layout: str, precision: str) -> dict[str, str]:
+    """What the file's input takes, in words: the part of the metadata that depends on the precision."""
+    kind = ("int8 (round(x / scale) + zero_point with the input tensor's quantization) of RGB"
+            if precision == "int8" else "float32 RGB")
+    return {"t2tedge.precision": precision,
+            "t2tedge.input": f"{layout.upper()} {kind}, normalised as in t2tedge.preprocess"}
+
+
+def litert_metadata(model_name: str, weights: str, layout: str, precision: str, num_classes: int) -> dict[str, Any]:
+    spec = get_spec(model_name)
+    crop = spec.preprocess.crop
+    shape = [1, crop, crop, 3] if layout == "nhwc" else [1, 3, crop, crop]
+    return {
+        "t2tedge.model": model_name, "t2tedge.family": spec.family, **input_metadata(layout, precision),
+        "t2tedge.preprocess": spec.preprocess.to_dict(), "t2tedge.padding": spec.padding,
+        "t2tedge.input_layout": layout.upper(), "t2tedge.input_shape": shape,
+        "t2tedge.class_order": class_labels(num_classes), "t2tedge.weights": weights, "t2tedge.version": __version__,
+    }
+
+
+def publish_tflite(staged: Path, destination: Path, metadata: dict[str, Any]) -> Path:
+    """Move a staged .tflite and its sidecar into place together (a failure leaves an earlier pair as it was)."""
+    sidecar = staged.with_name(staged.name + SIDECAR_SUFFIX)
+    sidecar.write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+    publish_together({staged: destination, sidecar: sidecar_path(destination)})
+    return destination
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise T2TEdgeError(f"unknown input layout {layout!r}; choose {', '.join(LAYOUTS)}")
+
+
+def convert_fp32(model_name: str, checkpoint: str | os.PathLike | None, staging: Path, layout: str = "nhwc",
+                 **overrides: Any) -> tuple[Path, dict[str, Any]]:
+    """The fp32 .tflite of `model_name` in `staging`, and its metadata (not yet published)."""
+    check_layout(layout)
+    spec = get_spec(model_name)
+    model, weights = build_model(model_name, checkpoint, **overrides)
+    crop = spec.preprocess.crop
+    module = ChannelsLast(model).eval() if layout == "nhwc" else model
+    sample = torch.zeros(1, crop, crop, 3) if layout == "nhwc" else torch.zeros(1, 3, crop, crop)
+    staged = staging / f"{model_name}.tflite"
+    convert_module(module, sample, staged)
+    num_classes = overrides.get("num_classes", 1000)
+    return staged, litert_metadata(model_name, weights, layout, "fp32", num_classes)

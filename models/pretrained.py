@@ -1,0 +1,96 @@
+"""Pretrained tags, like timm's `model.tag`: each names a weights file, its sha256, its class count and label set,
+so known weights need no `--checkpoint` path and no `--num-classes`.
+
+    create_model("t2t_vit_7.imagenette")       # our Imagenette-trained T2T-ViT-7, shipped in the package
+    create_model("mobilenet_v2_100.tf_in1k")   # the TensorFlow-trained ImageNet weights in ../shared/weights
+    create_model("t2t_vit_7.official")         # the official release file, downloaded once and sha256-recorded
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from t2tedge.errors import CheckpointError, T2TEdgeError
+from t2tedge.fileio import sha256_file
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+IMAGENET_1K = "ImageNet-1k (wnid order)"
+
+
+@dataclass(frozen=True)
+class PretrainedTag:
+    """Where a tag's weights live: `package` (a file in t2tedge/models/weights), `shared` (a file in
+    ../shared/weights) or `official` (the model's release URL, fetched into the user cache)."""
+
+    model: str
+    tag: str
+    source: str
+    file: str | None
+    sha256: str | None
+    num_classes: int
+    labels: str
+    note: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+    def checkpoint(self) -> Path:
+        """The weights file, checked against the recorded sha256."""
+        if self.source == "official":
+            from t2tedge.models.release import fetch_official
+
+            return fetch_official(self.model)
+        if self.source == "package":
+            path = WEIGHTS_DIR / str(self.file)
+        else:
+            from t2tedge.paths import shared_path
+
+            path = shared_path("weights", str(self.file))
+        if not path.is_file():
+            raise CheckpointError(f"the weights of {self.name} are not here: {path}")
+        if self.sha256 and sha256_file(path) != self.sha256:
+            raise CheckpointError(f"{path} does not have the sha256 recorded for {self.name}; it is damaged or "
+                                  f"another file")
+        return path
+
+
+_TAGS: dict[str, PretrainedTag] = {}
+
+
+def _register(tag: PretrainedTag) -> None:
+    _TAGS[tag.name] = tag
+
+
+_register(PretrainedTag(
+    "t2t_vit_7", "imagenette", "package", "t2t_vit_7_imagenette.pth",
+    "89a62642ef39f086c22142b7efba7d8c76689b4c217fa35f9484e9e0498610a4", 10,
+    "Imagenette (its 10 wnid folders in sorted order)",
+    "trained from scratch here on Imagenette, 130 epochs; 85.10% top-1 on its val (docs/models.md)"))
+for _model, _file in (("mobilenet_v1_100", "mobilenet_v1_1.0_imagenet_tfsame.pth"),
+                      ("mobilenet_v2_100", "mobilenet_v2_1.0_imagenet_tfsame.pth")):
+    _register(PretrainedTag(_model, "tf_in1k", "shared", _file, None, 1000, IMAGENET_1K,
+                            "TensorFlow-trained ImageNet weights with TF SAME padding (../shared/weights)"))
+for _model in ("t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_t_14"):
+    _register(PretrainedTag(_model, "official", "official", None, None, 1000, IMAGENET_1K,
+                            "the official ImageNet release (downloaded once; its sha256 is recorded then)"))
+
+
+def list_pretrained(model: str | None = None) -> list[str]:
+    return sorted(name for name, tag in _TAGS.items() if model is None or tag.model == model)
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """"t2t_vit_7.imagenette" -> ("t2t_vit_7", "imagenette"); a plain model name -> (name, None)."""
+    model, _, tag = name.partition(".")
+    return model, tag or None
+
+
+def get_pretrained(name: str) -> PretrainedTag:
+    try:
+        return _TAGS[name]
+    except KeyError:
+        model = split_tag(name)[0]
+        known = list_pretrained(model) or list_pretrained()
+        raise T2TEdgeError(f"unknown pretrained tag {name!r}; known: {', '.join(known)}") from None

@@ -1,0 +1,142 @@
+"""LiteRT (TensorFlow Lite) on the CPU through ai-edge-litert's interpreter, with XNNPACK, the kernel library
+Android phones run, applied as LiteRT applies it by default. Runs a `.tflite` as it is on disk.
+
+Takes NCHW float32 batches like every adapter and hands the file what it declares: NHWC or NCHW, float or
+int8 (quantized with the input tensor's own scale and zero point). `describe()` reports how many ops ran
+outside the XNNPACK delegate, and which.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2tedge.batching import run_in_chunks
+from t2tedge.errors import T2TEdgeError, missing_package
+from t2tedge.native_output import native_output_captured
+from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.sidecar import read_sidecar
+
+INSTALL = "'t2t-edge[litert]'"
+
+
+def ops_outside_delegate(interpreter) -> collections.Counter[str]:
+    """Op type -> count of the ops the interpreter runs itself, not inside a delegate.
+
+    The Python interpreter does not expose its execution plan, so it is rebuilt: walking back from the outputs, a
+    tensor a DELEGATE node produces is computed by that node (whose inputs are walked next); any other tensor by
+    the original op that produces it, which therefore runs outside every delegate."""
+    ops = interpreter._get_ops_details()  # the public API lists no ops
+    by_delegate, by_op = {}, {}
+    for op in ops:
+        target = by_delegate if op["op_name"] == "DELEGATE" else by_op
+        for tensor in op["outputs"]:
+            target[tensor] = op
+    pending = [d["index"] for d in interpreter.get_output_details()]
+    seen: set[int] = set()
+    outside: dict[int, str] = {}
+    while pending:
+        tensor = pending.pop()
+        if tensor < 0 or tensor in seen:
+            continue
+        seen.add(tensor)
+        op = by_delegate.get(tensor) or by_op.get(tensor)
+        if op is None:  # a graph input or a constant
+            continue
+        if op["op_name"] != "DELEGATE":
+            outside[op["index"]] = op["op_name"]
+        pending.extend(op["inputs"])
+    return collections.Counter(outside.values())
+
+
+class LiteRT(Runtime):
+    name = "litert"
+    consumes = "tflite"
+
+    def __init__(self, interpreter, path: str, threads: int | None, xnnpack: bool, metadata: dict[str, Any]) -> None:
+        self.interpreter = interpreter
+        self.path = path
+        self.threads = threads
+        self.xnnpack = xnnpack
+        self.metadata = metadata
+        self.input = interpreter.get_input_details()[0]
+        self.output = interpreter.get_output_details()[0]
+        shape = [int(d) for d in self.input["shape"]]
+        self.channels_last = len(shape) == 4 and shape[3] == 3 and shape[1] != 3
+        self.fixed_batch = shape[0] if shape and shape[0] > 0 else None
+        self.outside = ops_outside_delegate(interpreter)
+        self.delegate_partitions = sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return missing_package("ai_edge_litert", INSTALL)
+
+    @classmethod
+    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, xnnpack: bool = True,
+             **options: Any) -> "LiteRT":
+        """`threads`: the interpreter's and XNNPACK's thread count (None: all cores). `xnnpack=False` runs LiteRT's
+        reference kernels, for comparison."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        path = Path(artifact)
+        if path.suffix != ".tflite":
+            raise T2TEdgeError(f"LiteRT runs .tflite files, not {path.name}")
+        if not path.is_file():
+            raise T2TEdgeError(f"model file not found: {path}")
+        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+                interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count(),
+                                          experimental_op_resolver_type=resolver)
+                interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise T2TEdgeError(f"LiteRT cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+        return cls(interpreter, str(path), threads, xnnpack, read_sidecar(path))
+
+    def _to_input(self, batch: np.ndarray) -> np.ndarray:
+        if self.channels_last:
+            batch = batch.transpose(0, 2, 3, 1)
+        dtype = np.dtype(self.input["dtype"])
+        if dtype != np.float32:
+            scale, zero_point = self.input["quantization"]
+            info = np.iinfo(dtype)
+            batch = np.clip(np.round(batch / scale) + zero_point, info.min, info.max)
+        return np.ascontiguousarray(batch, dtype=dtype)
+
+    def _from_output(self, logits: np.ndarray) -> np.ndarray:
+        if np.dtype(self.output["dtype"]) != np.float32:
+            scale, zero_point = self.output["quantization"]
+            return ((logits.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return np.array(logits, dtype=np.float32, copy=True)
+
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self.fixed_batch is None or batch.shape[0] != self.input["shape"][0]:
+            self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+        self.interpreter.set_tensor(self.input["index"], batch)
+        self.interpreter.invoke()
+        return [self._from_output(self.interpreter.get_tensor(self.output["index"]))]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return run_in_chunks(self._infer, self.fixed_batch, self._to_input(np.asarray(batch, dtype=np.float32)))[0]
+
+    def describe(self) -> RuntimeDescription:
+        from ai_edge_litert import __version__ as version  # type: ignore[attr-defined]
+
+        precision = self.metadata.get("t2tedge.precision") or (
+            "int8" if np.dtype(self.input["dtype"]) != np.float32 else "fp32")
+        return RuntimeDescription(
+            runtime=self.name, version=version, precision=precision,
+            device="CPU, XNNPACK" if self.xnnpack else "CPU, reference kernels",
+            threads=self.threads or os.cpu_count(),
+            details={"input_layout": "NHWC" if self.channels_last else "NCHW",
+                     "input_dtype": np.dtype(self.input["dtype"]).name,
+                     "delegate_partitions": self.delegate_partitions,
+                     "ops_outside_delegate": sum(self.outside.values()),
+                     "ops_outside_delegate_by_type": ",".join(f"{k} x{n}" for k, n in sorted(self.outside.items())),
+                     "artifact": self.path})
