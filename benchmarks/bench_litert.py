@@ -31,7 +31,7 @@ import torch
 
 from t2tedge.data import Sample, discover, evenly_spread, load_batch
 from t2tedge.export import export_onnx
-from t2tedge.export.litert_export import ChannelsLast, convert_module
+from t2tedge.export.litert_export import ChannelsLast
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.parity import compare, parity_images

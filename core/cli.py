@@ -100,19 +100,29 @@ def _resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
 
     resolved = default_checkpoint(model, checkpoint)
     if resolved is None:
-        print(f"note: {model} uses untrained (random) weights; pass --checkpoint for real ones", file=sys.stderr)
+        from t2tedge.models.pretrained import list_pretrained
+
+        tags = list_pretrained(model)
+        print(f"note: {model} uses untrained (random) weights; for real ones pass --checkpoint PATH"
+              + (f" or name a pretrained tag: {', '.join(tags)}" if tags else ""), file=sys.stderr)
     return resolved
+
+
+ARTIFACT_SUFFIXES = (".onnx", ".ort", ".xml", ".tflite", ".mlpackage", ".engine", ".plan", ".pth", ".tar")
 
 
 def _apply_pretrained_tag(args: argparse.Namespace) -> None:
     """MODEL.TAG on the command line (t2t_vit_7.imagenette): the model is MODEL, and the tag's weights and class
     count become the defaults of --checkpoint and --num-classes."""
-    from t2tedge.models import list_models
-    from t2tedge.models.pretrained import get_pretrained, split_tag
-
     for attribute in ("model", "source"):
         name = getattr(args, attribute, None)
-        if not isinstance(name, str) or split_tag(name)[1] is None or split_tag(name)[0] not in list_models():
+        # Plain names and files never import the model registry: profile runs on devices without torch.
+        if not isinstance(name, str) or "." not in name or "/" in name or Path(name).suffix in ARTIFACT_SUFFIXES:
+            continue
+        from t2tedge.models import list_models
+        from t2tedge.models.pretrained import get_pretrained, split_tag
+
+        if split_tag(name)[0] not in list_models():
             continue
         tag = get_pretrained(name)
         setattr(args, attribute, tag.model)
@@ -233,7 +243,7 @@ def cmd_export_coreml(args: argparse.Namespace) -> int:
     from t2tedge.export.coreml_export import CoreMLExportOptions, export_coreml, require_coremltools
     from t2tedge.models import get_spec
 
-    spec = get_spec(args.model)
+    get_spec(args.model)
     options = CoreMLExportOptions(precision=args.precision, target=args.target, compress=args.compress,
                                   output=args.output, calib=str(args.calib) if args.calib else None,
                                   num_calib=args.num_calib)
@@ -385,18 +395,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from t2tedge.export import OnnxExportOptions, export_onnx
     from t2tedge.export.onnx_export import check_onnx_fits
-    from t2tedge.fileio import publish_together
-    from t2tedge.models import get_spec
-    from t2tedge.quantize import ImageCalibrationReader, QuantConfig, calibration_samples, preset, quantize_onnx
-    from t2tedge.quantize.tensorrt_checks import write_calibration_cache
+    from t2tedge.quantize import QuantConfig, preset
+    from t2tedge.quantize.pipeline import SearchSettings, quantize_model
 
-    import onnx
-
-    spec = get_spec(args.model)
     if args.config:
         config = QuantConfig.load(args.config)
     else:
@@ -404,112 +406,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
     ensure_writable_dir(args.out)
-    samples = calibration_samples(args.calib, args.num_calib, seed=args.seed)
-    if len(samples) < args.num_calib:
-        print(f"note: calibrating on all {len(samples)} images under {args.calib} (--num-calib {args.num_calib} asked "
-              f"for more)", file=sys.stderr)
-    suffix = "" if args.target == "onnxruntime" else f"_{args.target}"
-    out = args.out / f"{args.model}_int8{suffix}.onnx"
-    cache = out.with_suffix(".trt.cache")
-    # Everything is made in a staging folder beside the destination and moved into place together once the
-    # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".t2tedge-quantize-", dir=args.out) as tmp:
-        staged = Path(tmp) / out.name
-        fp32 = args.onnx
-        if fp32 is None:
-            checkpoint = _resolve_checkpoint(args.model, args.checkpoint)
-            # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
-            fp32 = export_onnx(args.model, checkpoint, out_dir=tmp, options=OnnxExportOptions(dynamic_batch=True),
-                               **_class_override(args))
-        graph = onnx.load(str(fp32), load_external_data=False).graph
-        if args.exclude:
-            config = config.with_float(_comma_list(args.exclude), graph, strict=True)
-        batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
-        reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {args.model}")
-        searching = bool(args.sensitivity or args.target_agreement)
-        held_out = _held_out_images(args, samples, spec, args.num_heldout if searching else LAYER_SQNR_IMAGES,
-                                    searching)
-        if args.sensitivity or args.target_agreement:
-            report, config = _search_mixed_precision(args, fp32, staged, reader, config, held_out, Path(tmp))
-        else:
-            report = quantize_onnx(fp32, staged, reader, config)
-        _report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], args.sqnr_threshold, held_out[2])
-        report.update({"model": args.model, "destination": str(out), "target": args.target,
-                       "calibration": {"folder": str(args.calib), "images": len(samples), "seed": args.seed},
-                       "config": config.to_dict(),
-                       "trt_calibration_cache": {"path": str(cache), "tensors": write_calibration_cache(
-                           staged, staged.with_suffix(".trt.cache"))}})
-        staged.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        publish_together({staged: out, staged.with_suffix(".trt.cache"): cache,
-                          staged.with_suffix(".json"): out.with_suffix(".json")})
+    checkpoint = None if args.onnx is not None else _resolve_checkpoint(args.model, args.checkpoint)
+    search = SearchSettings(sensitivity=args.sensitivity or bool(args.target_agreement),
+                            target_agreement=args.target_agreement, max_float=args.max_float,
+                            num_heldout=args.num_heldout)
+    out, report = quantize_model(args.model, config, args.out, calib=args.calib, num_calib=args.num_calib,
+                                 seed=args.seed, target=args.target, onnx_path=args.onnx, checkpoint=checkpoint,
+                                 exclude=_comma_list(args.exclude) if args.exclude else (), search=search,
+                                 sqnr_threshold=args.sqnr_threshold, **_class_override(args))
     print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
-          f"{out.with_suffix('.json')} and {cache}")
+          f"{out.with_suffix('.json')} and {out.with_suffix('.trt.cache')}")
     return 0
-
-
-LAYER_SQNR_IMAGES = 8
-
-
-def _held_out_images(args, calibration, spec, count: int, searching: bool = False):
-    """(images, count, scored on held-out images): images from the calibration folder, disjoint from the calibration
-    subset; for the layer report alone, the calibration images when the folder has no others."""
-    from t2tedge.data import discover_images, load_batch, split
-
-    used = {s.path for s in calibration}
-    rest = [s for s in discover_images(args.calib) if s.path not in used]
-    if not rest and searching:
-        raise DataError(f"{args.calib}: no images left for held-out scoring after {len(calibration)} calibration "
-                        f"images; lower --num-calib or add images")
-    pool = rest or list(calibration)
-    held_out, _ = split(pool, min(count, len(pool)), seed=args.seed + 1)
-    images, _ = load_batch(held_out, spec.preprocess)
-    return images, len(held_out), bool(rest)
-
-
-def _report_layer_sqnr(report, fp32, out, images, threshold_db, held_out: bool) -> None:
-    from t2tedge.quantize.layer_sqnr import layer_sqnr
-
-    rows = layer_sqnr(fp32, out, report["quantized_nodes"], images, threshold_db)
-    flagged = [r["node"] for r in rows if r["flagged"]]
-    report["layer_sqnr"] = {"threshold_db": threshold_db, "images": len(images), "layers": rows, "flagged": flagged,
-                            "scored_on": "held-out images" if held_out else
-                            "calibration images (--calib has no others)"}
-    if flagged:
-        print(f"warning: {len(flagged)} layer(s) below {threshold_db:g} dB SQNR vs fp32 (first: {flagged[0]}); "
-              f"see layer_sqnr in the report", file=sys.stderr)
-
-
-def _search_mixed_precision(args, fp32, out, reader, config, held_out, workdir):
-    """Sensitivity per node on held-out images (disjoint from calibration), then the float fallback search."""
-    from t2tedge.quantize import quantize_onnx
-    from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
-
-    images, count, _ = held_out
-    session = PTQSession(fp32, reader, config, images, workdir=workdir / "search")
-    ranking = analyse(session)
-    result = {"held_out_images": count, "all_int8": session.full.to_dict(), "sensitivity": ranking}
-    print(f"all INT8: {session.full.describe()} on held-out images; most sensitive nodes:")
-    for row in ranking[:10]:
-        print(f"  {row['node']:<60} float -> agreement {100 * row['float_top1_agreement']:.1f}%, "
-              f"SQNR +{row['sqnr_gain_db']:.2f} dB")
-    if args.target_agreement:
-        budget = args.max_float if args.max_float is not None else max(1, len(ranking) // 10)
-        config, kept, achieved = mixed_precision(session, ranking, args.target_agreement, max_float=budget)
-        reached, resolved = achieved.top1_agreement >= args.target_agreement, achieved.resolves(args.target_agreement)
-        result["mixed_precision"] = {"target_agreement": args.target_agreement, "kept_float": kept, "max_float": budget,
-                                     **achieved.to_dict(), "reached": reached, "resolved_by_held_out": resolved}
-        outcome = "reached" if reached else f"NOT reached within {budget} float nodes"
-        print(f"mixed precision: {len(kept)} node(s) kept float -> {achieved.describe()} "
-              f"(target {100 * args.target_agreement:.1f}%: {outcome})")
-        if not resolved:
-            print(f"note: the target lies within one standard error of what {count} held-out images measure, so "
-                  f"on other images the model may fall on either side of it; --num-heldout sets how many "
-                  f"(at most those of --calib not used for calibration)")
-    report = quantize_onnx(fp32, out, None, config, ranges_cache=session.ranges)
-    session.close()
-    report.update(result)
-    return report, config
 
 
 def cmd_check_trt(args: argparse.Namespace) -> int:
@@ -595,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    for add_parsers in (_models_parser, _eval_parser, _export_parser, _profile_parser, _parity_parser,
+                        _quantize_parser, _check_trt_parser, _train_parser, _table4_parser, _runtimes_parser):
+        add_parsers(sub)
+    return parser
+
+
+def _models_parser(sub) -> None:
     p = sub.add_parser("list", help="list the registered models")
     p.set_defaults(func=cmd_list)
 
@@ -603,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)
 
+
+def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 accuracy on a labelled image folder")
     p.add_argument("model")
     _checkpoint_arg(p)
@@ -620,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+
+def _export_parser(sub) -> None:
     export = sub.add_parser("export", help="export a model to a runtime format")
     export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
     p = export_sub.add_parser("onnx", help="simplified, checked ONNX from the export-ready model form")
@@ -728,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("artifacts/bundle.tar.gz"), help="default: %(default)s")
     p.set_defaults(func=cmd_export_bundle)
 
+
+def _profile_parser(sub) -> None:
     p = sub.add_parser(
         "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
         description="Measure an exported artifact with its runtime, chosen from the suffix (.onnx/.ort: "
@@ -750,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .json file, or a folder for <artifact>_<runtime>.json (default: %(default)s)")
     p.set_defaults(func=cmd_profile)
 
+
+def _parity_parser(sub) -> None:
     p = sub.add_parser("parity", help="compare runtimes on the same real images (exit 1 past tolerance)")
     p.add_argument("model")
     p.add_argument("--runtimes", default="torch,onnxruntime",
@@ -766,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     _num_classes_arg(p)
     p.set_defaults(func=cmd_parity)
 
+
+def _quantize_parser(sub) -> None:
     p = sub.add_parser("quantize", help="post-training INT8 (QDQ ONNX) calibrated on real images")
     p.add_argument("model")
     source = p.add_mutually_exclusive_group()
@@ -816,10 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_quantize)
 
+
+def _check_trt_parser(sub) -> None:
     p = sub.add_parser("check-trt", help="list what TensorRT's ONNX parser and INT8 Q/DQ fusion would reject")
     p.add_argument("onnx", type=Path)
     p.set_defaults(func=cmd_check_trt)
 
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from scratch on an ImageFolder (checkpoint in release format)")
     p.add_argument("model")
     p.add_argument("--data", type=Path, required=True, help="training folder <class>/<image>; classes in sorted order")
@@ -856,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="also write a compact fp16 release file beside --out")
     p.set_defaults(func=cmd_train)
 
+
+def _table4_parser(sub) -> None:
     from t2tedge.harness.table4_grid import PRECISIONS, RUNTIMES, SUITES, TABLE4_MODELS
 
     p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x runtimes x precisions")
@@ -878,9 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")
     p.set_defaults(func=cmd_table4)
 
+
+def _runtimes_parser(sub) -> None:
     p = sub.add_parser("runtimes", help="list runtime adapters and whether they can run here")
     p.set_defaults(func=cmd_runtimes)
-    return parser
 
 
 class Terminated(BaseException):

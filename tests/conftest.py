@@ -83,3 +83,14 @@ class ArrayCalibration:
 
     def rewind(self) -> None:
         self._position = 0
+
+
+@pytest.fixture(scope="session")
+def subject():
+    """The project's Imagenette-trained T2T-ViT-7 with its data (`t2t_vit_7.imagenette`), or a skip."""
+    from t2tedge.models import trained_subject
+
+    found = trained_subject("t2t_vit_7")
+    if found is None:
+        pytest.skip("no trained T2T-ViT-7 subject: models/weights/t2t_vit_7_imagenette.pth or ../shared imagenette2 missing")
+    return found

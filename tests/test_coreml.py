@@ -247,7 +247,8 @@ def test_cli_empty_calibration_folder(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_cli_default_t2t_weights_offline_names_the_url_and_checkpoint(tmp_path, monkeypatch, capsys):
+def test_official_tag_offline_names_the_url_and_checkpoint(tmp_path, monkeypatch, capsys):
+    """`make export-coreml` exports T2T-ViT-7.official: offline, the one line says where and what else to pass."""
     import urllib.error
     import urllib.request
 
@@ -257,7 +258,7 @@ def test_cli_default_t2t_weights_offline_names_the_url_and_checkpoint(tmp_path, 
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    assert main(["export", "coreml", "t2t_vit_7", "--out", str(tmp_path / "out")]) == 1
+    assert main(["export", "coreml", "t2t_vit_7.official", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "71.7_T2T_ViT_7.pth.tar" in err and "CHECKPOINT=" in err and "WEIGHTS=random" in err
     assert not (tmp_path / "out").exists()

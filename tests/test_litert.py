@@ -19,21 +19,13 @@ from t2tedge.harness.parity import compare, parity_images
 pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed (make setup installs it)")
 pytest.importorskip("litert_torch", reason="the litert extra is not installed (make setup installs it)")
 
-from t2tedge.models import create_model, trained_subject  # noqa: E402
+from t2tedge.models import create_model  # noqa: E402
 from t2tedge.quantize.calibration import calibration_samples  # noqa: E402
 from t2tedge.quantize.litert_ptq import calibration_images, export_litert_model, quantize_tflite  # noqa: E402
 from t2tedge.runtimes.litert import LiteRT  # noqa: E402
 from t2tedge.sidecar import read_sidecar, sidecar_path  # noqa: E402
 
 M = "mobilenet_v2_100"
-
-
-@pytest.fixture(scope="module")
-def subject():
-    found = trained_subject("t2t_vit_7")
-    if found is None:
-        pytest.skip("the trained T2T-ViT-7 subject or Imagenette is missing")
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,9 @@ import torch
 
 from t2tedge.cli import main
 from t2tedge.data import discover, evenly_spread, load_batch
-from t2tedge.models import get_spec, trained_subject
+from t2tedge.models import get_spec
 
 HELD_OUT = 400
-
-
-@pytest.fixture(scope="module")
-def subject():
-    found = trained_subject("t2t_vit_7")
-    if found is None:
-        pytest.skip("no trained T2T-ViT-7 subject: models/weights/t2t_vit_7_imagenette.pth or ../shared imagenette2 missing")
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,165 @@
+"""`quantize_model`: the whole INT8 pipeline behind `t2tedge quantize`, as a library function.
+
+Export (or take) the fp32 ONNX file, calibrate on real images, optionally search which nodes stay float for a
+target agreement, quantize, score each quantized layer's SQNR on held-out images, write the TensorRT calibration
+cache, and publish model, report and cache together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import onnx
+
+from t2tedge.data import Sample, discover_images, load_batch, split
+from t2tedge.errors import DataError
+from t2tedge.fileio import publish_together
+from t2tedge.models import get_spec
+from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
+from t2tedge.quantize.config import QuantConfig
+from t2tedge.quantize.ptq import quantize_onnx
+
+LAYER_SQNR_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Mixed precision: `sensitivity` scores every node on `num_heldout` held-out images; `target_agreement` keeps
+    the most sensitive nodes float (at most `max_float`, default 10% of them) until agreement reaches it."""
+
+    sensitivity: bool = False
+    target_agreement: float | None = None
+    max_float: int | None = None
+    num_heldout: int = 200
+
+    @property
+    def searching(self) -> bool:
+        return self.sensitivity or self.target_agreement is not None
+
+
+def output_name(model_name: str, target: str) -> str:
+    return f"{model_name}_int8{'' if target == 'onnxruntime' else '_' + target}.onnx"
+
+
+def held_out_images(calib: Path, calibration: Sequence[Sample], preprocess, count: int, seed: int,
+                    searching: bool = False):
+    """(images, count, scored on held-out images): images from the calibration folder, disjoint from the calibration
+    subset; for the layer report alone, the calibration images when the folder has no others."""
+    used = {s.path for s in calibration}
+    rest = [s for s in discover_images(calib) if s.path not in used]
+    if not rest and searching:
+        raise DataError(f"{calib}: no images left for held-out scoring after {len(calibration)} calibration "
+                        f"images; lower --num-calib or add images")
+    pool = rest or list(calibration)
+    held_out, _ = split(pool, min(count, len(pool)), seed=seed + 1)
+    images, _ = load_batch(held_out, preprocess)
+    return images, len(held_out), bool(rest)
+
+
+def report_layer_sqnr(report: dict[str, Any], fp32: Path, out: Path, images, threshold_db: float,
+                      held_out: bool, log: Callable[[str], None]) -> None:
+    from t2tedge.quantize.layer_sqnr import layer_sqnr
+
+    rows = layer_sqnr(fp32, out, report["quantized_nodes"], images, threshold_db)
+    flagged = [r["node"] for r in rows if r["flagged"]]
+    report["layer_sqnr"] = {"threshold_db": threshold_db, "images": len(images), "layers": rows, "flagged": flagged,
+                            "scored_on": "held-out images" if held_out else
+                            "calibration images (--calib has no others)"}
+    if flagged:
+        log(f"warning: {len(flagged)} layer(s) below {threshold_db:g} dB SQNR vs fp32 (first: {flagged[0]}); "
+            f"see layer_sqnr in the report")
+
+
+def search_mixed_precision(fp32: Path, out: Path, reader, config: QuantConfig, held_out, workdir: Path,
+                           search: SearchSettings, say: Callable[[str], None]) -> tuple[dict[str, Any], QuantConfig]:
+    """Sensitivity per node on held-out images (disjoint from calibration), then the float fallback search."""
+    from t2tedge.quantize.sensitivity import PTQSession, analyse, mixed_precision
+
+    images, count, _ = held_out
+    session = PTQSession(fp32, reader, config, images, workdir=workdir / "search")
+    ranking = analyse(session)
+    result: dict[str, Any] = {"held_out_images": count, "all_int8": session.full.to_dict(), "sensitivity": ranking}
+    say(f"all INT8: {session.full.describe()} on held-out images; most sensitive nodes:")
+    for row in ranking[:10]:
+        say(f"  {row['node']:<60} float -> agreement {100 * row['float_top1_agreement']:.1f}%, "
+            f"SQNR +{row['sqnr_gain_db']:.2f} dB")
+    if search.target_agreement:
+        budget = search.max_float if search.max_float is not None else max(1, len(ranking) // 10)
+        config, kept, achieved = mixed_precision(session, ranking, search.target_agreement, max_float=budget)
+        reached = achieved.top1_agreement >= search.target_agreement
+        resolved = achieved.resolves(search.target_agreement)
+        result["mixed_precision"] = {"target_agreement": search.target_agreement, "kept_float": kept,
+                                     "max_float": budget, **achieved.to_dict(), "reached": reached,
+                                     "resolved_by_held_out": resolved}
+        outcome = "reached" if reached else f"NOT reached within {budget} float nodes"
+        say(f"mixed precision: {len(kept)} node(s) kept float -> {achieved.describe()} "
+            f"(target {100 * search.target_agreement:.1f}%: {outcome})")
+        if not resolved:
+            say(f"note: the target lies within one standard error of what {count} held-out images measure, so "
+                f"on other images the model may fall on either side of it; --num-heldout sets how many "
+                f"(at most those of --calib not used for calibration)")
+    report = quantize_onnx(fp32, out, None, config, ranges_cache=session.ranges)
+    session.close()
+    report.update(result)
+    return report, config
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathLike, *,
+                   calib: str | os.PathLike, num_calib: int = 256, seed: int = 0, target: str = "onnxruntime",
+                   onnx_path: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
+                   exclude: Sequence[str] = (), search: SearchSettings = SearchSettings(),
+                   sqnr_threshold: float = 10.0, say: Callable[[str], None] = print,
+                   warn: Callable[[str], None] = _warn, **overrides: Any) -> tuple[Path, dict[str, Any]]:
+    """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and TensorRT calibration cache, moved into place
+    together. `onnx_path`: an fp32 export of ours (else `model_name` is exported with `checkpoint`). `exclude`: op
+    types or node names kept float. Returns (model path, report)."""
+    from t2tedge.export import OnnxExportOptions, export_onnx
+    from t2tedge.quantize.tensorrt_checks import write_calibration_cache
+
+    spec = get_spec(model_name)
+    calib, out_dir = Path(calib), Path(out_dir)
+    samples = calibration_samples(calib, num_calib, seed=seed)
+    if len(samples) < num_calib:
+        warn(f"note: calibrating on all {len(samples)} images under {calib} (--num-calib {num_calib} asked for more)")
+    out = out_dir / output_name(model_name, target)
+    cache = out.with_suffix(".trt.cache")
+    # Everything is made in a staging folder beside the destination and moved into place together once the
+    # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".t2tedge-quantize-", dir=out_dir) as tmp:
+        staged = Path(tmp) / out.name
+        fp32 = Path(onnx_path) if onnx_path is not None else export_onnx(
+            # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
+            model_name, checkpoint, out_dir=tmp, options=OnnxExportOptions(dynamic_batch=True), **overrides)
+        graph = onnx.load(str(fp32), load_external_data=False).graph
+        if exclude:
+            config = config.with_float(list(exclude), graph, strict=True)
+        batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
+        reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {model_name}")
+        held_out = held_out_images(calib, samples, spec.preprocess,
+                                   search.num_heldout if search.searching else LAYER_SQNR_IMAGES, seed,
+                                   search.searching)
+        if search.searching:
+            report, config = search_mixed_precision(fp32, staged, reader, config, held_out, Path(tmp), search, say)
+        else:
+            report = quantize_onnx(fp32, staged, reader, config)
+        report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], sqnr_threshold, held_out[2], warn)
+        report.update({"model": model_name, "destination": str(out), "target": target,
+                       "calibration": {"folder": str(calib), "images": len(samples), "seed": seed},
+                       "config": config.to_dict(),
+                       "trt_calibration_cache": {"path": str(cache), "tensors": write_calibration_cache(
+                           staged, staged.with_suffix(".trt.cache"))}})
+        staged.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        publish_together({staged: out, staged.with_suffix(".trt.cache"): cache,
+                          staged.with_suffix(".json"): out.with_suffix(".json")})
+    return out, report
