@@ -16,10 +16,17 @@ from t2tedge.quantize import OpQuantConfig, QuantConfig, plan
 
 @pytest.fixture(scope="module")
 def mobilenet_int8(tmp_path_factory, weights_dir, sample_dir):
+    """The library pipeline behind `t2tedge quantize`, called as a user's script would."""
+    from t2tedge.quantize import preset
+    from t2tedge.quantize.pipeline import quantize_model
+
     out = tmp_path_factory.mktemp("int8")
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "64", "--out", str(out)]) == 0
-    return out / "mobilenet_v2_100_int8.onnx"
+    path, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), out, calib=sample_dir, num_calib=64,
+                                  checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    assert path == out / "mobilenet_v2_100_int8.onnx"
+    assert json.loads(path.with_suffix(".json").read_text()) == json.loads(json.dumps(report))
+    assert path.with_suffix(".trt.cache").is_file()
+    return path
 
 
 def test_int8_graph_and_report(mobilenet_int8):
