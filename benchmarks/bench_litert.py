@@ -34,7 +34,7 @@ from t2tedge.export import export_onnx
 from t2tedge.export.litert_export import ChannelsLast
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.latency import machine_info
-from t2tedge.harness.parity import compare, parity_images
+from t2tedge.harness.parity import run_parity
 from t2tedge.metrics import sqnr_db
 from t2tedge.models import create_model, default_checkpoint, get_spec, trained_subject
 from t2tedge.native_output import native_output_captured
@@ -115,13 +115,10 @@ def parity_rows(names, workdir: Path, threads: int) -> list[dict]:
         checkpoint, overrides, label = weights_for(name)
         subject = trained_subject(name)
         data = subject.val if subject else shared_path("data", "imagenet-val1300")
-        images, _ = parity_images(name, data, 64, num_classes=overrides.get("num_classes", 1000))
-        path, _ = export_litert_model(name, checkpoint, out_dir=workdir, **overrides)
-        runtime = LiteRT.load(path, threads=threads)
-        with torch.no_grad():
-            reference = create_model(name, checkpoint=checkpoint, **overrides)(torch.from_numpy(images)).numpy()
-        result = compare(reference, logits_of(runtime, images), "fp32")
-        details = runtime.describe().details
+        report = run_parity(name, ["torch", "litert"], data, n=64, batch=32, checkpoint=checkpoint, threads=threads,
+                            workdir=workdir, **overrides)
+        result, details = report["pairs"][0], report["runtimes"]["litert"]["details"]
+        path = Path(details["artifact"])
         rows.append({"model": name, "weights": label, "max_abs": result["max_abs"],
                      "top1_agreement": result["top1_agreement"], "passed": result["passed"],
                      "ops_outside_delegate": details["ops_outside_delegate"],
@@ -140,8 +137,7 @@ def quantized_rows(name: str, workdir: Path, args) -> list[dict]:
     for precision in ("fp32", "int8", "w8"):
         print(f"{name}: {precision} ...", flush=True)
         files[f"LiteRT {precision}" + ("" if precision == "fp32" else " (ours)")] = export_litert_model(
-            name, checkpoint, out_dir=workdir, precision=precision, calib=calibration[0].path.parent,
-            calibration=calibration, **overrides)[0]
+            name, checkpoint, out_dir=workdir, precision=precision, calibration=calibration, **overrides)[0]
     if not args.skip_peer:
         print(f"{name}: litert-torch PT2E peer ...", flush=True)
         peer = workdir / f"{name}_pt2e.tflite"

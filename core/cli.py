@@ -108,16 +108,13 @@ def _resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
     return resolved
 
 
-ARTIFACT_SUFFIXES = (".onnx", ".ort", ".xml", ".tflite", ".mlpackage", ".engine", ".plan", ".pth", ".tar")
-
-
 def _apply_pretrained_tag(args: argparse.Namespace) -> None:
     """MODEL.TAG on the command line (t2t_vit_7.imagenette): the model is MODEL, and the tag's weights and class
     count become the defaults of --checkpoint and --num-classes."""
     for attribute in ("model", "source"):
         name = getattr(args, attribute, None)
         # Plain names and files never import the model registry: profile runs on devices without torch.
-        if not isinstance(name, str) or "." not in name or "/" in name or Path(name).suffix in ARTIFACT_SUFFIXES:
+        if not isinstance(name, str) or "." not in name or Path(name).exists():
             continue
         from t2tedge.models import list_models
         from t2tedge.models.pretrained import get_pretrained, split_tag

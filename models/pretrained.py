@@ -13,6 +13,7 @@ from pathlib import Path
 
 from t2tedge.errors import CheckpointError, T2TEdgeError
 from t2tedge.fileio import sha256_file
+from t2tedge.models.registry import get_spec, list_models
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 IMAGENET_1K = "ImageNet-1k (wnid order)"
@@ -36,18 +37,23 @@ class PretrainedTag:
     def name(self) -> str:
         return f"{self.model}.{self.tag}"
 
+    def local_path(self) -> Path | None:
+        """Where a `package` or `shared` tag's file should be (present or not); None for a download."""
+        if self.source == "package":
+            return WEIGHTS_DIR / str(self.file)
+        if self.source == "shared":
+            from t2tedge.paths import shared_path
+
+            return shared_path("weights", str(self.file))
+        return None
+
     def checkpoint(self) -> Path:
         """The weights file, checked against the recorded sha256."""
-        if self.source == "official":
+        path = self.local_path()
+        if path is None:
             from t2tedge.models.release import fetch_official
 
             return fetch_official(self.model)
-        if self.source == "package":
-            path = WEIGHTS_DIR / str(self.file)
-        else:
-            from t2tedge.paths import shared_path
-
-            path = shared_path("weights", str(self.file))
         if not path.is_file():
             raise CheckpointError(f"the weights of {self.name} are not here: {path}")
         if self.sha256 and sha256_file(path) != self.sha256:
@@ -68,13 +74,15 @@ _register(PretrainedTag(
     "89a62642ef39f086c22142b7efba7d8c76689b4c217fa35f9484e9e0498610a4", 10,
     "Imagenette (its 10 wnid folders in sorted order)",
     "trained from scratch here on Imagenette, 130 epochs; 85.10% top-1 on its val (docs/models.md)"))
-for _model, _file in (("mobilenet_v1_100", "mobilenet_v1_1.0_imagenet_tfsame.pth"),
-                      ("mobilenet_v2_100", "mobilenet_v2_1.0_imagenet_tfsame.pth")):
-    _register(PretrainedTag(_model, "tf_in1k", "shared", _file, None, 1000, IMAGENET_1K,
-                            "TensorFlow-trained ImageNet weights with TF SAME padding (../shared/weights)"))
-for _model in ("t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_t_14"):
-    _register(PretrainedTag(_model, "official", "official", None, None, 1000, IMAGENET_1K,
-                            "the official ImageNet release (downloaded once; its sha256 is recorded then)"))
+# The registry already names each model's shared ImageNet weights and release file; the tags follow from it.
+for _model in list_models():
+    _spec = get_spec(_model)
+    if _spec.shared_weights:
+        _register(PretrainedTag(_model, "tf_in1k", "shared", _spec.shared_weights, None, 1000, IMAGENET_1K,
+                                "TensorFlow-trained ImageNet weights with TF SAME padding (../shared/weights)"))
+    if _spec.release_url:
+        _register(PretrainedTag(_model, "official", "official", None, _spec.release_sha256, 1000, IMAGENET_1K,
+                                "the official ImageNet release (downloaded once; its sha256 is recorded then)"))
 
 
 def list_pretrained(model: str | None = None) -> list[str]:

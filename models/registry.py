@@ -162,14 +162,14 @@ def trained_subject(name: str) -> TrainedSubject | None:
     """`name`'s self-trained subject when its checkpoint and data are both present, else None."""
     if name not in _TRAINED_SUBJECTS:
         return None
-    from t2tedge.models.pretrained import WEIGHTS_DIR, get_pretrained
+    from t2tedge.models.pretrained import get_pretrained
     from t2tedge.paths import shared_path
 
     tag_name, dataset = _TRAINED_SUBJECTS[name]
     tag = get_pretrained(tag_name)
-    checkpoint = WEIGHTS_DIR / str(tag.file)
+    checkpoint = tag.local_path()
     data = shared_path("data", dataset)
-    if not checkpoint.is_file() or not data.is_dir():
+    if checkpoint is None or not checkpoint.is_file() or not data.is_dir():
         return None
     return TrainedSubject(name, checkpoint, tag.num_classes, data / "train", data / "val", tag.note)
 

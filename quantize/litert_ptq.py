@@ -26,8 +26,8 @@ import collections
 import os
 import shutil
 import sys
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,7 +54,7 @@ def file_suffix(precision: str) -> str:
     return "" if precision == "fp32" else f"_{precision}"
 
 
-def _weight_config(bits: int, dtype: str, granularity: str = "CHANNELWISE", symmetric: bool = True) -> dict[str, Any]:
+def _tensor_config(bits: int, dtype: str, granularity: str = "CHANNELWISE", symmetric: bool = True) -> dict[str, Any]:
     return {"num_bits": bits, "symmetric": symmetric, "granularity": granularity, "dtype": dtype}
 
 
@@ -62,16 +62,16 @@ def recipe_for(precision: str, family: str) -> list[dict[str, Any]]:
     """The ai-edge-quantizer recipe (a list of {regex, operation, algorithm_key, op_config}) for `precision`."""
     if precision == "fp16":
         return [{"regex": ".*", "operation": "*", "algorithm_key": "float_casting",
-                 "op_config": {"weight_tensor_config": _weight_config(16, "FLOAT", "TENSORWISE"),
+                 "op_config": {"weight_tensor_config": _tensor_config(16, "FLOAT", "TENSORWISE"),
                                "compute_precision": "FLOAT", "explicit_dequantize": True}}]
     if precision == "w8":
         return [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize",
-                 "op_config": {"weight_tensor_config": _weight_config(8, "INT"),
+                 "op_config": {"weight_tensor_config": _tensor_config(8, "INT"),
                                "compute_precision": "INTEGER", "explicit_dequantize": False}}
                 for op in DYNAMIC_RANGE_OPS]
     if precision == "int8":
-        static = {"activation_tensor_config": _weight_config(8, "INT", "TENSORWISE", symmetric=False),
-                  "weight_tensor_config": _weight_config(8, "INT"),
+        static = {"activation_tensor_config": _tensor_config(8, "INT", "TENSORWISE", symmetric=False),
+                  "weight_tensor_config": _tensor_config(8, "INT"),
                   "compute_precision": "INTEGER", "explicit_dequantize": False}
         operations = TRANSFORMER_INT8_OPS if family in TRANSFORMER_FAMILIES else ("*",)
         return [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": static}

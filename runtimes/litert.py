@@ -24,19 +24,19 @@ from t2tedge.sidecar import read_sidecar
 INSTALL = "'t2t-edge[litert]'"
 
 
-def ops_outside_delegate(interpreter) -> collections.Counter[str]:
-    """Op type -> count of the ops the interpreter runs itself, not inside a delegate.
+def ops_outside_delegate(ops: list[dict[str, Any]], outputs: list[int]) -> collections.Counter[str]:
+    """Op type -> count of the ops (`interpreter._get_ops_details()`) the interpreter runs itself, not inside a
+    delegate, to compute the tensors `outputs`.
 
     The Python interpreter does not expose its execution plan, so it is rebuilt: walking back from the outputs, a
     tensor a DELEGATE node produces is computed by that node (whose inputs are walked next); any other tensor by
     the original op that produces it, which therefore runs outside every delegate."""
-    ops = interpreter._get_ops_details()  # the public API lists no ops
     by_delegate, by_op = {}, {}
     for op in ops:
         target = by_delegate if op["op_name"] == "DELEGATE" else by_op
         for tensor in op["outputs"]:
             target[tensor] = op
-    pending = [d["index"] for d in interpreter.get_output_details()]
+    pending = list(outputs)
     seen: set[int] = set()
     outside: dict[int, str] = {}
     while pending:
@@ -67,9 +67,11 @@ class LiteRT(Runtime):
         self.output = interpreter.get_output_details()[0]
         shape = [int(d) for d in self.input["shape"]]
         self.channels_last = len(shape) == 4 and shape[3] == 3 and shape[1] != 3
-        self.fixed_batch = shape[0] if shape and shape[0] > 0 else None
-        self.outside = ops_outside_delegate(interpreter)
-        self.delegate_partitions = sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+        # A .tflite input has a fixed shape; other batch sizes run in chunks of it.
+        self.fixed_batch = shape[0]
+        ops = interpreter._get_ops_details()  # the public API lists no ops
+        self.outside = ops_outside_delegate(ops, [d["index"] for d in interpreter.get_output_details()])
+        self.delegate_partitions = sum(op["op_name"] == "DELEGATE" for op in ops)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -114,10 +116,6 @@ class LiteRT(Runtime):
         return np.array(logits, dtype=np.float32, copy=True)
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        if self.fixed_batch is None or batch.shape[0] != self.input["shape"][0]:
-            self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape))
-            self.interpreter.allocate_tensors()
-            self.input = self.interpreter.get_input_details()[0]
         self.interpreter.set_tensor(self.input["index"], batch)
         self.interpreter.invoke()
         return [self._from_output(self.interpreter.get_tensor(self.output["index"]))]
