@@ -7,7 +7,7 @@ OUT ?= artifacts
 MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
 PYTEST_ARGS ?=
 
-.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -16,14 +16,17 @@ help:
 	@echo "                    CHECKPOINT=path or WEIGHTS=random, COMPRESS=w8|palettize6|palettize4|w8a8, TARGET=iOS17)"
 	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=int8: INT8 for OpenVINO)"
 	@echo "make export-litert  LiteRT .tflite of the five models to $(OUT)/litert (PRECISION=fp16|w8|int8)"
+	@echo "make export-executorch  ExecuTorch .pte of the five models to $(OUT)/executorch (PRECISION=w8|int8,"
+	@echo "                    DELEGATE=coreml for iOS)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
-	@echo "make parity       torch vs onnxruntime, openvino and litert parity for the five models"
+	@echo "make parity       torch vs onnxruntime, openvino, litert and executorch parity for the five models"
 	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/"
 	@echo "make table4-imagenette  the grid on Imagenette-trained models (val, calibrated on train) to results/imagenette"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
 	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
 	@echo "make bench-litert LiteRT parity/delegation for the five models; fp32/int8/w8/PT2E peer vs ONNX Runtime"
+	@echo "make bench-executorch ExecuTorch delegation/parity for the five models; fp32/w8/int8/plain peer vs ORT, LiteRT"
 	@echo "make bench-openvino OpenVINO fp32/INT8 vs NNCF's INT8 and ONNX Runtime: top-1, agreement, SQNR, latency"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
@@ -33,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# The CPU wheel first, so no dependency can pull a CUDA build of torch.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino,litert]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino,litert,executorch]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -72,11 +75,16 @@ export-openvino: setup
 export-litert: setup
 	@for m in $(MODELS); do $(T2TEDGE) export litert $$m --out $(OUT)/litert $(if $(PRECISION),--precision $(PRECISION)) || exit 1; done
 
+# ExecuTorch: XNNPACK fp32 by default; PRECISION=w8 (int8 weights, no calibration) or int8 (calibrated on
+# ../shared imagenet-sample); DELEGATE=coreml writes iOS programs (fp32 only).
+export-executorch: setup
+	@for m in $(MODELS); do $(T2TEDGE) export executorch $$m --out $(OUT)/executorch $(if $(PRECISION),--precision $(PRECISION)) $(if $(DELEGATE),--delegate $(DELEGATE)) || exit 1; done
+
 quantize: setup
 	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
 parity: setup
-	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino,litert || exit 1; done
+	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino,litert,executorch || exit 1; done
 
 table4: setup
 	$(T2TEDGE) table4 --out results
@@ -99,6 +107,9 @@ bench-openvino: setup
 
 bench-litert: setup
 	$(PY) benchmarks/bench_litert.py --out results/bench_litert.json
+
+bench-executorch: setup
+	$(PY) benchmarks/bench_executorch.py --out results/bench_executorch.json
 
 clean:
 	rm -rf $(OUT) results .pytest_cache

@@ -7,7 +7,6 @@ Prints a table and writes results/bench_onnx.json. Run with `make bench-onnx`.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from t2tedge.errors import T2TEdgeError
+from t2tedge.fileio import publish_together
 
 SIDECAR_SUFFIX = ".json"
 
@@ -29,3 +30,12 @@ def read_sidecar(artifact: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise T2TEdgeError(f"{path.name} (metadata of {Path(artifact).name}) is not a JSON object")
     return data
+
+
+def publish_with_sidecar(staged: Path, destination: Path, metadata: dict[str, Any]) -> Path:
+    """Move a staged artifact and its sidecar (written here from `metadata`) into place together: a failure leaves
+    an earlier pair as it was."""
+    sidecar = staged.with_name(staged.name + SIDECAR_SUFFIX)
+    sidecar.write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+    publish_together({staged: destination, sidecar: sidecar_path(destination)})
+    return destination

@@ -1,14 +1,17 @@
-"""What every exporter needs: the export-form model with the provenance of its weights, and class labels."""
+"""What every exporter needs: the export-form model with the provenance of its weights, class labels, and the
+metadata our sidecar-carrying artifacts (LiteRT, ExecuTorch) describe themselves with."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
+from t2tedge import __version__
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import sha256_file
-from t2tedge.models import create_model
+from t2tedge.models import create_model, get_spec
 from t2tedge.models.registry import RANDOM_INIT_SEED
 
 
@@ -30,3 +33,17 @@ def class_labels(num_classes: int, readable: bool = False) -> list[str]:
         return imagenet_class_names() if readable else imagenet_wnids()
     except T2TEdgeError:
         return [str(i) for i in range(num_classes)]
+
+
+def artifact_metadata(model_name: str, weights: str, layout: str, precision: str, num_classes: int,
+                      input_description: str) -> dict[str, Any]:
+    """The `t2tedge.*` keys of a sidecar: model, preprocessing, input layout and shape, class order, weights, version."""
+    spec = get_spec(model_name)
+    crop = spec.preprocess.crop
+    shape = [1, crop, crop, 3] if layout == "nhwc" else [1, 3, crop, crop]
+    return {
+        "t2tedge.model": model_name, "t2tedge.family": spec.family, "t2tedge.precision": precision,
+        "t2tedge.input": input_description, "t2tedge.preprocess": spec.preprocess.to_dict(),
+        "t2tedge.padding": spec.padding, "t2tedge.input_layout": layout.upper(), "t2tedge.input_shape": shape,
+        "t2tedge.class_order": class_labels(num_classes), "t2tedge.weights": weights, "t2tedge.version": __version__,
+    }

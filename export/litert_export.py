@@ -8,7 +8,6 @@ are made from the fp32 file by `t2tedge.quantize.litert_ptq`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -17,12 +16,9 @@ from typing import Any
 
 import torch
 
-from t2tedge import __version__
 from t2tedge.errors import T2TEdgeError, require_installed
-from t2tedge.export.common import build_model, class_labels
-from t2tedge.fileio import publish_together
+from t2tedge.export.common import artifact_metadata, build_model
 from t2tedge.native_output import native_output_captured
-from t2tedge.sidecar import SIDECAR_SUFFIX, sidecar_path
 from t2tedge.models import get_spec
 
 LAYOUTS = ("nhwc", "nchw")
@@ -74,23 +70,8 @@ def input_metadata(layout: str, precision: str) -> dict[str, str]:
 
 
 def litert_metadata(model_name: str, weights: str, layout: str, precision: str, num_classes: int) -> dict[str, Any]:
-    spec = get_spec(model_name)
-    crop = spec.preprocess.crop
-    shape = [1, crop, crop, 3] if layout == "nhwc" else [1, 3, crop, crop]
-    return {
-        "t2tedge.model": model_name, "t2tedge.family": spec.family, **input_metadata(layout, precision),
-        "t2tedge.preprocess": spec.preprocess.to_dict(), "t2tedge.padding": spec.padding,
-        "t2tedge.input_layout": layout.upper(), "t2tedge.input_shape": shape,
-        "t2tedge.class_order": class_labels(num_classes), "t2tedge.weights": weights, "t2tedge.version": __version__,
-    }
-
-
-def publish_tflite(staged: Path, destination: Path, metadata: dict[str, Any]) -> Path:
-    """Move a staged .tflite and its sidecar into place together (a failure leaves an earlier pair as it was)."""
-    sidecar = staged.with_name(staged.name + SIDECAR_SUFFIX)
-    sidecar.write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
-    publish_together({staged: destination, sidecar: sidecar_path(destination)})
-    return destination
+    description = input_metadata(layout, precision)["t2tedge.input"]
+    return artifact_metadata(model_name, weights, layout, precision, num_classes, description)
 
 
 def check_layout(layout: str) -> None:

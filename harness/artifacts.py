@@ -33,4 +33,8 @@ def build_artifact(consumes: str, model_name: str, checkpoint: str | os.PathLike
         from t2tedge.quantize.litert_ptq import export_litert_model
 
         return export_litert_model(model_name, checkpoint, out_dir=workdir, **overrides)[0]
+    if consumes == "pte":
+        from t2tedge.quantize.executorch_ptq import export_executorch_model
+
+        return export_executorch_model(model_name, checkpoint, out_dir=workdir, progress=False, **overrides)[0]
     raise T2TEdgeError(f"no artifact builder for {consumes!r} yet")

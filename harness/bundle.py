@@ -2,7 +2,7 @@
 
 The device needs Python 3.10+, numpy, pillow, tqdm and the runtime library of its artifacts (onnxruntime,
 coremltools on macOS, tensorrt on an NVIDIA box, openvino on an Intel box, ai-edge-litert); not torch and not this
-package's install. The runner profiles every artifact the way `t2tedge profile` does here and leaves one
+package's install (ExecuTorch's Python runtime is the exception: the executorch package needs torch). The runner profiles every artifact the way `t2tedge profile` does here and leaves one
 JSON per run in results/, ready for `t2tedge table4 --merge`.
 """
 
@@ -22,12 +22,12 @@ from t2tedge.fileio import atomic_path, sha256_file
 from t2tedge.harness.profile import RUNTIME_BY_SUFFIX
 from t2tedge.sidecar import sidecar_path
 
-PACKAGES = ("t2tedge", "t2tedge.models", "t2tedge.export", "t2tedge.quantize", "t2tedge.runtimes", "t2tedge.harness")
+PACKAGES = ("t2tedge", "t2tedge.cli", "t2tedge.models", "t2tedge.export", "t2tedge.quantize", "t2tedge.runtimes", "t2tedge.harness")
 
 RUNNER = """#!/bin/sh
 # Profile every artifact of this bundle on this device (t2t-edge {version}).
 # Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino
-# | ai-edge-litert.
+# | ai-edge-litert | executorch (with torch).
 # Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N.
 set -e
 cd "$(dirname "$0")"
@@ -95,6 +95,8 @@ def check_artifact(path: Path) -> None:
             raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
     elif path.suffix == ".tflite":
         problem = None if path.read_bytes()[4:8] == b"TFL3" else "a LiteRT model (a 'TFL3' flatbuffer)"
+    elif path.suffix == ".pte":
+        problem = None if path.read_bytes()[4:6] == b"ET" else "an ExecuTorch program (an 'ET' flatbuffer)"
     if problem:
         raise T2TEdgeError(f"{path} is not {problem}; bundle the files t2tedge export wrote")
 

@@ -23,7 +23,8 @@ from t2tedge.harness.table4_grid import SCHEMA
 from t2tedge.runtimes import get_runtime
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
-                     ".plan": "tensorrt", ".xml": "openvino", ".tflite": "litert"}
+                     ".plan": "tensorrt", ".xml": "openvino", ".tflite": "litert",
+                     ".pte": "executorch"}
 
 
 def detect_runtime(path: Path) -> str:
@@ -62,7 +63,7 @@ def artifact_metadata(path: Path) -> dict[str, str]:
             return read_openvino_metadata(ov.Core().read_model(str(path)))
         except RuntimeError as exc:
             raise T2TEdgeError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[0][:200]}") from None
-    if path.suffix == ".tflite":
+    if path.suffix in (".tflite", ".pte"):
         from t2tedge.sidecar import read_sidecar
 
         # The sidecar keeps JSON values; the other formats' metadata are strings, JSON-encoded where structured.

@@ -89,8 +89,8 @@ class Grid:
             model = create_model(model_name, checkpoint=checkpoint, **overrides)
             digest, size = _state_hash(model)
             return model, digest, size
-        if runtime == "litert":
-            return self._litert_artifact(model_name, precision, checkpoint)
+        if runtime in ("litert", "executorch"):
+            return self._sidecar_artifact(runtime, model_name, precision, checkpoint)
         from t2tedge.export import OnnxExportOptions, export_onnx
 
         # Artifact names carry what they were made from, so a new checkpoint, toolkit version or quantization
@@ -114,17 +114,27 @@ class Grid:
                                                              progress=f"calibrate {model_name}"), config)
         return int8, sha256_file(int8), int8.stat().st_size
 
-    def _litert_artifact(self, model_name: str, precision: str, checkpoint: Path | None) -> tuple[Path, str, int]:
-        from t2tedge.quantize.litert_ptq import export_litert_model
+    def _sidecar_artifact(self, runtime: str, model_name: str, precision: str,
+                          checkpoint: Path | None) -> tuple[Path, str, int]:
+        """A LiteRT `.tflite` or ExecuTorch `.pte` (with its sidecar), named after what it was made from."""
+        if runtime == "litert":
+            from t2tedge.quantize.litert_ptq import export_litert_model as export
+            suffix, variant, options = ".tflite", precision, {}
+        else:
+            from t2tedge.quantize.executorch_ptq import export_executorch_model as export
+            from t2tedge.quantize.executorch_ptq import int8_variant
 
+            # ExecuTorch's int8 cell is the int8 program we recommend for the family (T2T-ViT: w8).
+            suffix, options = ".pte", {"progress": False}
+            variant = int8_variant(get_spec(model_name).family) if precision == "int8" else precision
         weights = sha256_file(checkpoint) if checkpoint else "untrained"
-        recipe = json.dumps({"precision": precision, "num_calib": self.settings.num_calib, "version": __version__,
+        recipe = json.dumps({"precision": variant, "num_calib": self.settings.num_calib, "version": __version__,
                              "calibration": str(self.suite.calibration_folder()), "weights": weights}, sort_keys=True)
-        path = self.artifacts / "litert" / f"{model_name}_{precision}_{_hash_bytes(recipe.encode())[:12]}.tflite"
+        path = self.artifacts / runtime / f"{model_name}_{variant}_{_hash_bytes(recipe.encode())[:12]}{suffix}"
         if not path.is_file():
-            export_litert_model(model_name, checkpoint, precision=precision, calib=self.suite.calibration_folder(),
-                                num_calib=self.settings.num_calib, exclude=self.samples, destination=path,
-                                **self._overrides())
+            export(model_name, checkpoint, precision=variant, calib=self.suite.calibration_folder(),
+                   num_calib=self.settings.num_calib, exclude=self.samples, destination=path, **options,
+                   **self._overrides())
         return path, sha256_file(path), path.stat().st_size
 
     def _overrides(self) -> dict[str, int]:

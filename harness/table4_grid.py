@@ -8,7 +8,7 @@ from pathlib import Path
 
 SCHEMA = "t2tedge.table4/1"
 TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "litert", "coreml", "tensorrt")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "litert", "executorch", "coreml", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 # What each runtime adapter can run here, and why not otherwise.
 SUPPORTED = {
@@ -25,6 +25,10 @@ SUPPORTED = {
     ("litert", "int8"): None,
     ("litert", "fp16"): "XNNPACK computes fp16-weight files in fp32 on x86; fp16 arithmetic is measured on an Arm phone "
                         "(t2tedge export bundle)",
+    ("executorch", "fp32"): None,
+    ("executorch", "int8"): None,
+    ("executorch", "fp16"): "ExecuTorch's fp16 XNNPACK kernels need an Arm CPU with fp16 arithmetic; measured on a phone "
+                            "(t2tedge export bundle)",
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +27,29 @@ def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0,
         raise DataError(f"no calibration images left in {folder}")
     chosen, _ = split(samples, min(count, len(samples)), seed=seed)
     return chosen
+
+
+def calibration_set(calib: str | os.PathLike | None, count: int, seed: int = 0, exclude: Sequence[Sample] = (),
+                    given: Sequence[Sample] | None = None) -> tuple[list[Sample], dict[str, object]]:
+    """The calibration images of an exporter, and how they were chosen (for its report): `given` as they are, else
+    `count` drawn from `calib` (default ../shared/data/imagenet-sample), saying so when the folder has fewer."""
+    if given:
+        samples = list(given)
+        return samples, {"folder": str(samples[0].path.parent), "images": len(samples), "seed": seed}
+    if calib is None:
+        from t2tedge.paths import shared_path
+
+        calib = shared_path("data", "imagenet-sample")
+    samples = calibration_samples(calib, count, seed=seed, exclude=exclude)
+    if len(samples) < count:
+        print(f"note: calibrating on all {len(samples)} images under {calib} ({count} asked for)", file=sys.stderr)
+    return samples, {"folder": str(Path(calib)), "images": len(samples), "seed": seed}
+
+
+def images_of(samples: Sequence[Sample], preprocess, layout: str = "nchw") -> np.ndarray:
+    """The samples through `preprocess`, as one contiguous float32 array in `layout`."""
+    images, _ = load_batch(samples, preprocess)
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1) if layout == "nhwc" else images)
 
 
 class ImageCalibrationReader:

@@ -33,12 +33,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from t2tedge.data import Sample, load_batch
+from t2tedge.data import Sample
 from t2tedge.errors import DataError, T2TEdgeError, require_installed
-from t2tedge.export.litert_export import INSTALL, check_layout, convert_fp32, input_metadata, publish_tflite
+from t2tedge.export.litert_export import INSTALL, check_layout, convert_fp32, input_metadata
 from t2tedge.models import get_spec
 from t2tedge.native_output import native_output_captured
-from t2tedge.quantize.calibration import calibration_samples
+from t2tedge.quantize.calibration import calibration_set, images_of
+from t2tedge.sidecar import publish_with_sidecar
 
 LITERT_PRECISIONS = ("fp32", "fp16", "w8", "int8")
 # Ops a transformer's int8 file computes in int8; everything else stays float (see the module docstring).
@@ -146,8 +147,7 @@ def quantize_tflite(fp32: Path, destination: Path, precision: str, family: str,
 
 
 def calibration_images(samples: Sequence[Sample], model_name: str, layout: str) -> np.ndarray:
-    images, _ = load_batch(samples, get_spec(model_name).preprocess)
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1) if layout == "nhwc" else images)
+    return images_of(samples, get_spec(model_name).preprocess, layout)
 
 
 def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = None,
@@ -162,16 +162,7 @@ def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = 
     if precision not in LITERT_PRECISIONS:
         raise T2TEdgeError(f"unknown LiteRT precision {precision!r}; choose {', '.join(LITERT_PRECISIONS)}")
     spec = get_spec(model_name)
-    samples: list[Sample] = list(calibration or [])
-    if precision == "int8" and not samples:
-        if calib is None:
-            from t2tedge.paths import shared_path
-
-            calib = shared_path("data", "imagenet-sample")
-        samples = calibration_samples(calib, num_calib, seed=seed, exclude=exclude)
-        if len(samples) < num_calib:
-            print(f"note: calibrating on all {len(samples)} images under {calib} ({num_calib} asked for)",
-                  file=sys.stderr)
+    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if precision == "int8" else ([], {})
     destination = Path(destination) if destination else Path(out_dir) / f"{model_name}{file_suffix(precision)}.tflite"
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
@@ -181,11 +172,10 @@ def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = 
             images = calibration_images(samples, model_name, layout) if precision == "int8" else None
             final = staging / f"{destination.stem}.quantized.tflite"
             report = quantize_tflite(staged, final, precision, spec.family, images)
-            if samples and precision == "int8":
-                report["calibration"] = {"folder": str(calib or samples[0].path.parent), "images": len(samples),
-                                         "seed": seed}
+            if chosen:
+                report["calibration"] = chosen
             metadata.update({**input_metadata(layout, precision), "t2tedge.quantization": report})
             staged = final
-        return publish_tflite(staged, destination, metadata), metadata
+        return publish_with_sidecar(staged, destination, metadata), metadata
     finally:
         shutil.rmtree(staging, ignore_errors=True)

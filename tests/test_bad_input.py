@@ -36,6 +36,8 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["fake"] = root / "fake.onnx"
     (root / "fake.tflite").write_text("not a model\n")
     files["fake_tflite"] = root / "fake.tflite"
+    (root / "fake.pte").write_text("not a program\n")
+    files["fake_pte"] = root / "fake.pte"
     (root / "a_file").write_text("I am a file\n")
     files["file"] = root / "a_file"
     (root / "empty").mkdir()
@@ -184,6 +186,26 @@ CASES = [
                                               "--out", "{out}"], 1, "LiteRT cannot load"),
     ("bundle of a text file named .tflite", ["export", "bundle", "{fake_tflite}", "--out", "{out}/b.tar.gz"], 1,
      "is not a LiteRT model"),
+    # ExecuTorch: everything is checked before torch.export starts
+    ("export executorch --out is a file", ["export", "executorch", M, "--out", "{file}"], 2, "is a file, not a folder"),
+    ("export executorch --delegate vulkan", ["export", "executorch", M, "--delegate", "vulkan", "--out", "{out}"], 2,
+     "invalid choice: 'vulkan'"),
+    ("export executorch --precision int4", ["export", "executorch", M, "--precision", "int4", "--out", "{out}"], 2,
+     "invalid choice: 'int4'"),
+    ("export executorch coreml int8", ["export", "executorch", M, "--delegate", "coreml", "--precision", "int8",
+                                      "--out", "{out}"], 2, "--delegate coreml takes --precision fp32"),
+    ("export executorch --num-calib 0", ["export", "executorch", M, "--precision", "int8", "--num-calib", "0",
+                                         "--out", "{out}"], 2, "--num-calib: must be at least 1"),
+    ("export executorch calibration folder empty", ["export", "executorch", M, "--precision", "int8", "--calib",
+                                                    "{empty}", "--out", "{out}"], 1, "no images"),
+    ("export executorch --calib without int8", ["export", "executorch", M, "--precision", "w8", "--calib", "{val}",
+                                                "--out", "{out}"], 2, "--calib goes with --precision int8"),
+    ("export executorch of an unknown model", ["export", "executorch", "resnet50", "--out", "{out}"], 1,
+     "unknown model"),
+    ("profile of a text file named .pte", ["profile", "{fake_pte}", "--model", M, "--runs", "1", "--out", "{out}"], 1,
+     "ExecuTorch cannot read"),
+    ("bundle of a text file named .pte", ["export", "bundle", "{fake_pte}", "--out", "{out}/b.tar.gz"], 1,
+     "is not an ExecuTorch program"),
 ]
 
 
@@ -206,7 +228,7 @@ def test_bad_input(argv, code, message, world, capsys, request):
 def test_the_battery_covers_every_command():
     commands = {c[1][0] if c[1][0] != "export" else f"export {c[1][1]}" for c in CASES}
     assert {"quantize", "eval", "profile", "parity", "train", "table4", "info", "check-trt", "export onnx",
-            "export coreml", "export tensorrt", "export ort", "export openvino", "export litert",
+            "export coreml", "export tensorrt", "export ort", "export openvino", "export litert", "export executorch",
             "export bundle"} <= commands
     assert len(CASES) >= 40
 
@@ -270,7 +292,7 @@ def test_artifact_set_is_published_together_or_not_at_all(tmp_path, monkeypatch)
 
 
 def test_unforeseen_errors_are_one_line_unless_debug(world, monkeypatch, capsys):
-    import t2tedge.cli as cli
+    import t2tedge.cli.model_commands as cli
 
     def broken(args):
         raise OSError(28, "No space left on device", "/data/out/model.onnx")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {"core": "t2tedge", "models": "t2tedge.models", "export": "t2tedge.export", "quantize": "t2tedge.quantize",
+FOLDERS = {"core": "t2tedge", "core/cli": "t2tedge.cli", "models": "t2tedge.models", "export": "t2tedge.export", "quantize": "t2tedge.quantize",
            "runtimes": "t2tedge.runtimes", "harness": "t2tedge.harness"}
 ORDER = ["base", "models", "export", "quantize", "runtimes", "harness", "cli"]
 
@@ -63,7 +63,7 @@ def test_the_check_sees_an_edge_that_points_up(tmp_path, monkeypatch):
     assert upward_edges() == ["core/helper.py:2 (base) imports t2tedge.runtimes.base (runtimes)"]
 
 
-@pytest.mark.parametrize("module,layer", [("t2tedge.errors", "base"), ("t2tedge.cli", "cli"),
+@pytest.mark.parametrize("module,layer", [("t2tedge.errors", "base"), ("t2tedge.cli", "cli"), ("t2tedge.cli.app", "cli"),
                                           ("t2tedge.models.train", "models"), ("t2tedge.harness.table4", "harness")])
 def test_layer_names(module, layer):
     assert layer_of(module) == layer

@@ -1,0 +1,90 @@
+"""The parser that gathers every command, and `main`: one line per error, exit codes, SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from t2tedge import __version__
+from t2tedge.cli.export_commands import export_parser
+from t2tedge.cli.measure_commands import (
+    check_trt_parser,
+    parity_parser,
+    profile_parser,
+    quantize_parser,
+    table4_parser,
+)
+from t2tedge.cli.model_commands import (
+    eval_parser,
+    models_parser,
+    runtimes_parser,
+    train_parser,
+)
+from t2tedge.cli.options import apply_pretrained_tag
+from t2tedge.errors import T2TEdgeError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one error style of every other error: one line, exit 2."""
+
+    def error(self, message: str):
+        print(f"t2tedge: error: {message} ({self.prog}); see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="t2tedge", description="Export, quantize and compare lite T2T-ViT and MobileNet models on "
+                     "edge runtimes. Errors print one line (exit 2 for usage, 1 for data); --debug adds the "
+                     "traceback.")
+    parser.add_argument("--version", action="version", version=f"t2t-edge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add_parsers in (models_parser, eval_parser, export_parser, profile_parser, parity_parser,
+                        quantize_parser, check_trt_parser, train_parser, table4_parser, runtimes_parser):
+        add_parsers(sub)
+    return parser
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every `with` block (temporary folders, staged artifacts) unwinds."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (usage errors raise SystemExit(2) from the parser, as argparse does)."""
+    import signal
+    import threading
+
+    args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        apply_pretrained_tag(args)
+        return args.func(args)
+    except T2TEdgeError as exc:
+        if args.debug:
+            raise
+        print(f"t2tedge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("t2tedge: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("t2tedge: terminated", file=sys.stderr)
+        return 143
+    except Exception as exc:  # anything unforeseen still ends in one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"t2tedge: error: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else text}"
+              f"{where}; rerun with `t2tedge --debug ...` for the traceback", file=sys.stderr)
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

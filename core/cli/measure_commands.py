@@ -1,0 +1,269 @@
+"""`t2tedge profile | parity | quantize | check-trt | table4`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from t2tedge.cli.options import (
+    DEFAULT_EVAL_DATA,
+    at_least,
+    checkpoint_arg,
+    class_override,
+    comma_list,
+    force_arg,
+    fraction,
+    num_classes_arg,
+    openvino_options,
+    precision_hint_arg,
+    resolve_checkpoint,
+)
+from t2tedge.errors import T2TEdgeError
+from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
+from t2tedge.paths import shared_path
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.harness.measure import LatencySettings
+    from t2tedge.harness.profile import detect_runtime, profile_artifact
+
+    out = args.out
+    if out.suffix == ".json":
+        ensure_writable_file(out)
+    else:
+        ensure_writable_dir(out)
+    runtime = args.runtime or detect_runtime(args.artifact)
+    options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
+                                             ("precision", args.precision)) if value}
+    options.update(openvino_options(args, [runtime]).get(runtime, {}))
+    table = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
+                             settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
+                             force=args.force, **options)
+    cell = table["cells"][0]
+    if out.suffix != ".json":
+        out = out / f"{args.artifact.name}_{runtime}{'_' + '_'.join(map(str, options.values())) if options else ''}.json"
+    atomic_write_text(out, json.dumps(table, indent=1, sort_keys=True) + "\n")
+    latency = cell["latency_b1"]
+    accuracy = f", top-1 {100 * cell['top1']:.2f}% on {cell['images']} images" if "top1" in cell else ""
+    print(f"{cell['model']} {runtime} {cell['precision']} ({cell['runtime_info']['device']}): batch-1 p50 "
+          f"{latency['p50_ms']:.2f} ms (min {latency['min_ms']:.2f}, p90 {latency['p90_ms']:.2f}, p99 "
+          f"{latency['p99_ms']:.2f}), batch-8 {cell['throughput_b8_ips']:.1f} img/s{accuracy}; wrote {out}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from t2tedge.harness.parity import format_report, run_parity, write_report
+
+    runtimes = comma_list(args.runtimes)
+    load_options = openvino_options(args, runtimes)
+    if args.json:
+        ensure_writable_file(args.json, "--json", suffix=".json")
+    if args.onnx:
+        from t2tedge.export.onnx_export import check_onnx_fits
+
+        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+    checkpoint = resolve_checkpoint(args.model, args.checkpoint)
+    report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
+                        onnx_path=args.onnx, threads=args.threads, load_options=load_options,
+                        **class_override(args))
+    print(format_report(report))
+    if args.json:
+        write_report(report, args.json)
+    return 0 if report["passed"] else 1
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from t2tedge.export.onnx_export import check_onnx_fits
+    from t2tedge.quantize import QuantConfig, preset
+    from t2tedge.quantize.pipeline import SearchSettings, quantize_model
+
+    if args.config:
+        config = QuantConfig.load(args.config)
+    else:
+        config = preset(args.target, args.method, args.per_channel, args.weight_rounding, args.bias_correction)
+    if args.onnx is not None:
+        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+    ensure_writable_dir(args.out)
+    checkpoint = None if args.onnx is not None else resolve_checkpoint(args.model, args.checkpoint)
+    search = SearchSettings(sensitivity=args.sensitivity or bool(args.target_agreement),
+                            target_agreement=args.target_agreement, max_float=args.max_float,
+                            num_heldout=args.num_heldout)
+    out, report = quantize_model(args.model, config, args.out, calib=args.calib, num_calib=args.num_calib,
+                                 seed=args.seed, target=args.target, onnx_path=args.onnx, checkpoint=checkpoint,
+                                 exclude=comma_list(args.exclude) if args.exclude else (), search=search,
+                                 sqnr_threshold=args.sqnr_threshold, **class_override(args))
+    print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
+          f"{out.with_suffix('.json')} and {out.with_suffix('.trt.cache')}")
+    return 0
+
+
+def cmd_check_trt(args: argparse.Namespace) -> int:
+    import onnx
+    from t2tedge.quantize.tensorrt_checks import check_tensorrt
+
+    if not args.onnx.is_file():
+        raise T2TEdgeError(f"ONNX file not found: {args.onnx}")
+    try:
+        proto = onnx.load(str(args.onnx))
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise T2TEdgeError(f"cannot read ONNX file {args.onnx}: {exc}") from None
+    report = check_tensorrt(proto)
+    for line in report.errors:
+        print(f"error: {line}")
+    for line in report.warnings:
+        print(f"warning: {line}")
+    print(f"{args.onnx}: {'OK' if report.ok else 'NOT READY'} for TensorRT ({len(report.errors)} errors, "
+          f"{len(report.warnings)} warnings, {report.qdq_pairs} quantized tensors)")
+    return 0 if report.ok else 1
+
+
+def cmd_table4(args: argparse.Namespace) -> int:
+    from t2tedge.harness.table4 import (
+        Grid,
+        GridSettings,
+        load_table,
+        merge,
+        write_outputs,
+    )
+    from t2tedge.harness.table4_grid import SUITES
+
+    ensure_writable_dir(args.out)
+    if args.merge:
+        table = merge([load_table(p) for p in args.merge])
+    else:
+        settings = GridSettings(data=args.data or SUITES[args.suite].data(), limit=args.limit, threads=args.threads,
+                                runs=args.runs, num_calib=args.num_calib, suite=args.suite)
+        table = Grid(comma_list(args.models), comma_list(args.runtimes), comma_list(args.precisions), settings,
+                     args.out).run()
+    paths = write_outputs(table, args.out)
+    measured = sum(c.get("status") == "measured" for c in table["cells"])
+    print(f"{measured} cells measured, {len(table['cells']) - measured} skipped; wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def profile_parser(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
+        description="Measure an exported artifact with its runtime, chosen from the suffix (.onnx/.ort: "
+                    "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt, .xml: openvino, .tflite: litert, .pte: "
+                    "executorch): warm-up, then --runs "
+                    "timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 throughput. Writes a Table 4 JSON with one cell.")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. tensorrt for an .onnx)")
+    p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
+    p.add_argument("--data", type=Path, help="labelled images: also measure top-1/top-5")
+    p.add_argument("--limit", type=at_least(1), help="first N images of --data")
+    p.add_argument("--runs", type=at_least(1), default=50, help="timed batch-1 runs (default: %(default)s)")
+    p.add_argument("--warmup", type=at_least(0), default=10, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--threads", type=at_least(1))
+    p.add_argument("--compute-units", choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"), help="Core ML only")
+    p.add_argument("--provider", choices=("cpu", "xnnpack"), help="onnxruntime execution provider (default: cpu)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT: engine precision for an .onnx")
+    precision_hint_arg(p)
+    force_arg(p)
+    p.add_argument("--out", type=Path, default=Path("results/profile"),
+                   help="a .json file, or a folder for <artifact>_<runtime>.json (default: %(default)s)")
+    p.set_defaults(func=cmd_profile)
+
+
+def parity_parser(sub) -> None:
+    p = sub.add_parser("parity", help="compare runtimes on the same real images (exit 1 past tolerance)")
+    p.add_argument("model")
+    p.add_argument("--runtimes", default="torch,onnxruntime",
+                   help="comma list; the first is the reference (default: %(default)s)")
+    checkpoint_arg(p)
+    p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder (default: %(default)s)")
+    p.add_argument("--n", type=at_least(1), default=64, help="number of images (default: %(default)s)")
+    p.add_argument("--batch", type=at_least(1), default=1, help="batch size fed to each runtime (default: %(default)s)")
+    p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
+    p.add_argument("--threads", type=at_least(1))
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    precision_hint_arg(p)
+    force_arg(p)
+    num_classes_arg(p)
+    p.set_defaults(func=cmd_parity)
+
+
+def quantize_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="post-training INT8 (QDQ ONNX) calibrated on real images")
+    p.add_argument("model")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--onnx", type=Path, help="quantize this fp32 ONNX export")
+    source.add_argument("--checkpoint", metavar="PATH|random", help="export these weights first (see `export onnx`)")
+    p.add_argument("--calib", type=Path, default=shared_path("data", "imagenet-sample"),
+                   help="calibration images, disjoint from evaluation data (default: %(default)s)")
+    p.add_argument("--num-calib", type=at_least(1), default=256, help="calibration images drawn with --seed (default: %(default)s)")
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--method", choices=["mse", "minmax", "percentile", "entropy"], default="mse",
+                   help="activation range calibration; mse picks, per tensor, the clipping range with the least "
+                        "int8 error (measured best on MobileNetV1/V2 and T2T-ViT-7, see docs/quantization.md) (default: %(default)s)")
+    granularity = p.add_mutually_exclusive_group()
+    granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                             help="per-channel symmetric int8 weights (default)")
+    granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weights")
+    p.add_argument("--weight-rounding", choices=["gptq", "nearest"], default="gptq",
+                   help="gptq rounds each layer's int8 weights against its real calibration inputs so rounding "
+                        "errors cancel in the layer's output (MobileNetV1 agreement 95.9%% -> 97.8%%, see docs/quantization.md); "
+                        "nearest rounds every weight on its own (default: %(default)s)")
+    p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
+                   help="move each quantized layer's bias by the mean shift that quantizing its inputs causes, "
+                        "layer by layer on the calibration images (MobileNetV1 SQNR +3.2 dB, see docs/quantization.md); auto "
+                        "keeps it only where it raises logits SQNR on those images by 0.5 dB (default: %(default)s)")
+    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); openvino: the "
+                        "same choices, measured best for OpenVINO's int8 kernels too (attention MatMuls stay float; "
+                        "docs/openvino.md), written as MODEL_int8_openvino.onnx; tensorrt: symmetric int8 activations, "
+                        "float biases, as TensorRT's explicit quantization requires (default: %(default)s)")
+    p.add_argument("--exclude", metavar="OP_TYPES|NODE_NAMES",
+                   help="comma list kept in float: ONNX op types (MatMul) or node names / fnmatch patterns")
+    p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="score every quantizable node (left in float alone) on held-out images; report sorted")
+    p.add_argument("--target-agreement", type=fraction(open_low=True), metavar="FRACTION",
+                   help="keep the most sensitive nodes in float until top-1 agreement with fp32 reaches this "
+                        "(e.g. 0.99); implies --sensitivity")
+    p.add_argument("--max-float", type=at_least(0), metavar="N",
+                   help="at most N nodes kept float by --target-agreement (default: 10%% of quantizable nodes)")
+    p.add_argument("--num-heldout", type=at_least(1), default=200,
+                   help="held-out images from --calib (disjoint from calibration) for scoring; near 99%% agreement "
+                        "200 images give a standard error of about 0.9%%, 500 about 0.5%% (default: %(default)s)")
+    p.add_argument("--sqnr-threshold", type=float, default=10.0, metavar="DB",
+                   help="flag layers whose output SQNR vs fp32 (cumulative, on held-out images) is below this "
+                        "(default: %(default)s)")
+    num_classes_arg(p)
+    force_arg(p)
+    p.add_argument("--out", type=Path, default=Path("artifacts/int8"), help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_quantize)
+
+
+def check_trt_parser(sub) -> None:
+    p = sub.add_parser("check-trt", help="list what TensorRT's ONNX parser and INT8 Q/DQ fusion would reject")
+    p.add_argument("onnx", type=Path)
+    p.set_defaults(func=cmd_check_trt)
+
+
+def table4_parser(sub) -> None:
+    from t2tedge.harness.table4_grid import PRECISIONS, RUNTIMES, SUITES, TABLE4_MODELS
+
+    p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x runtimes x precisions")
+    p.add_argument("--models", default=",".join(TABLE4_MODELS), help="comma list (default: %(default)s)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma list (default: %(default)s)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list (default: %(default)s)")
+    p.add_argument("--suite", choices=sorted(SUITES), default="imagenet",
+                   help="imagenet: ImageNet weights where they exist (untrained T2T-ViT otherwise), val1300, "
+                        "imagenet-sample calibration; imagenette: every model trained from scratch on Imagenette, "
+                        "its val, calibrated on its train; models without such weights are skipped "
+                        "(default: %(default)s)")
+    p.add_argument("--data", type=Path, help="evaluation images (default: the suite's)")
+    p.add_argument("--limit", type=at_least(1), help="N images evenly spread over the classes, for quick runs")
+    p.add_argument("--runs", type=at_least(1), default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
+    p.add_argument("--num-calib", type=at_least(1), default=256,
+                   help="calibration images for the int8 cells, from the suite's calibration folder "
+                        "(default: %(default)s)")
+    p.add_argument("--threads", type=at_least(1))
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")
+    p.set_defaults(func=cmd_table4)

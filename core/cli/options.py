@@ -1,0 +1,139 @@
+"""What the commands share: argument types and options, and the one weights rule (checkpoint or pretrained tag)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from t2tedge.errors import UsageError
+from t2tedge.paths import shared_path
+
+DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
+
+
+def at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer in [minimum, maximum]; a count of 0 or -5 is a usage error, not a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_where(check, wanted: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value == value and check(value)):  # value == value: NaN is refused too
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_float = float_where(lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = float_where(lambda v: 0 <= v < float("inf"), "zero or more")
+
+
+def fraction(open_low: bool = False, open_high: bool = False):
+    low, high = ("(0" if open_low else "[0"), ("1)" if open_high else "1]")
+    return float_where(lambda v: (v > 0 if open_low else v >= 0) and (v < 1 if open_high else v <= 1),
+                        f"in {low}, {high}")
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", metavar="PATH|random",
+                        help="weights: an official T2T-ViT release file or a state dict; 'random' for untrained "
+                             "weights. Default: the weights of MODEL.TAG (t2t_vit_7.imagenette; `t2tedge list`); for a "
+                             "plain MODEL its real weights in ../shared/weights if any, else seeded random weights.")
+
+
+def int8_calibration_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calib", type=Path, help="int8 calibration images (default: ../shared/data/imagenet-sample)")
+    parser.add_argument("--num-calib", type=at_least(1), default=256,
+                        help="int8 calibration images used (default: %(default)s)")
+
+
+def check_calibration_wanted(args: argparse.Namespace) -> None:
+    if args.calib is not None and args.precision != "int8":
+        raise UsageError(f"--calib goes with --precision int8; {args.precision} needs no calibration")
+
+
+def num_classes_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=at_least(1), default=1000,
+                        help="classifier size of the checkpoint, for fine-tunes on other label sets (default: %(default)s)")
+
+
+def precision_hint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision-hint", choices=("f32", "bf16", "f16"),
+                        help="openvino runtime: the precision it may run float ops in (default: f32; OpenVINO's own "
+                             "default is bf16 on CPUs that have it, which moves MobileNetV2's logits to about 20 dB "
+                             "SQNR)")
+
+
+def openvino_options(args: argparse.Namespace, runtimes: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Per-runtime load options from the command line: --precision-hint belongs to the openvino runtime."""
+    if not args.precision_hint:
+        return {}
+    if "openvino" not in runtimes:
+        raise UsageError("--precision-hint is an option of the openvino runtime; add it with --runtime(s)")
+    return {"openvino": {"precision_hint": args.precision_hint}}
+
+
+def force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="use an artifact whose stamped model, class count or input size differs from the command")
+
+
+def class_override(args: argparse.Namespace) -> dict[str, int]:
+    return {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
+
+
+def resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
+    from t2tedge.models import default_checkpoint
+
+    resolved = default_checkpoint(model, checkpoint)
+    if resolved is None:
+        from t2tedge.models.pretrained import list_pretrained
+
+        tags = list_pretrained(model)
+        print(f"note: {model} uses untrained (random) weights; for real ones pass --checkpoint PATH"
+              + (f" or name a pretrained tag: {', '.join(tags)}" if tags else ""), file=sys.stderr)
+    return resolved
+
+
+def apply_pretrained_tag(args: argparse.Namespace) -> None:
+    """MODEL.TAG on the command line (t2t_vit_7.imagenette): the model is MODEL, and the tag's weights and class
+    count become the defaults of --checkpoint and --num-classes."""
+    for attribute in ("model", "source"):
+        name = getattr(args, attribute, None)
+        # Plain names and files never import the model registry: profile runs on devices without torch.
+        if not isinstance(name, str) or "." not in name or Path(name).exists():
+            continue
+        from t2tedge.models import list_models
+        from t2tedge.models.pretrained import get_pretrained, split_tag
+
+        if split_tag(name)[0] not in list_models():
+            continue
+        tag = get_pretrained(name)
+        setattr(args, attribute, tag.model)
+        if hasattr(args, "num_classes"):
+            if args.num_classes not in (1000, tag.num_classes):
+                raise UsageError(f"{tag.name} has {tag.num_classes} classes; drop --num-classes {args.num_classes}")
+            args.num_classes = tag.num_classes
+        if getattr(args, "checkpoint", "absent") is None:
+            args.checkpoint = str(tag.checkpoint())
