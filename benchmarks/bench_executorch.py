@@ -39,7 +39,7 @@ from t2tedge.models import get_spec, trained_subject
 from t2tedge.native_output import native_output_captured
 from t2tedge.paths import shared_path
 from t2tedge.quantize.calibration import images_of
-from t2tedge.quantize.executorch_ptq import export_executorch_model
+from t2tedge.quantize.executorch_ptq import export_executorch_model, quantize_static
 
 from bench_common import bench_arguments, data_for, print_rows, score_files, timed_alone, weights_for
 
@@ -54,25 +54,19 @@ def naive_program(name: str, checkpoint, overrides: dict, destination: Path) -> 
 
 
 def plain_peer(name: str, checkpoint, overrides: dict, calibration: np.ndarray, destination: Path) -> None:
-    """XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)) on the model we lower."""
+    """XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)) on the model we lower,
+    calibrated the same way as ours."""
     from t2tedge.export.executorch_form import delegable_form
 
     with native_output_captured():
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                                get_symmetric_quantization_config)
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     model, _ = build_model(name, checkpoint, **overrides)
-    sample = torch.from_numpy(calibration[:1])
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    with native_output_captured():
-        prepared = prepare_pt2e(export_program(delegable_form(model), sample).module(), quantizer)
-    with torch.no_grad():
-        for i in range(len(calibration)):
-            prepared(torch.from_numpy(calibration[i:i + 1]))
-    with native_output_captured():
-        converted = convert_pt2e(prepared)
-    buffer, _ = lower_program(export_program(converted, sample), "xnnpack", allow_outside=True)
+    program = export_program(delegable_form(model), torch.from_numpy(calibration[:1]))
+    quantized = quantize_static(program, get_spec(name).family, calibration, progress=False, quantizer=quantizer)
+    buffer, _ = lower_program(quantized, "xnnpack", allow_outside=True)
     destination.write_bytes(buffer)
 
 

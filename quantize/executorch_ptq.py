@@ -95,14 +95,16 @@ def _clamp_fused_quantizer(config: Any, family: str) -> Any:
 
 
 def quantize_static(program: torch.export.ExportedProgram, family: str, images: np.ndarray,
-                    progress: bool = True) -> torch.export.ExportedProgram:
-    """PT2E static int8 of `program`, calibrated on `images` (N, 3, H, W), re-exported for lowering."""
+                    progress: bool = True, quantizer: Any = None) -> torch.export.ExportedProgram:
+    """PT2E static int8 of `program`, calibrated on `images` (N, 3, H, W), re-exported for lowering. `quantizer`:
+    another PT2E quantizer instead of ours (the benchmark's plain-default peer)."""
     with native_output_captured():  # torchao reports its missing CUDA extensions on import
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        config = get_symmetric_quantization_config(is_per_channel=True)
-        prepared = prepare_pt2e(program.module(), _clamp_fused_quantizer(config, family))
+        if quantizer is None:
+            quantizer = _clamp_fused_quantizer(get_symmetric_quantization_config(is_per_channel=True), family)
+        prepared = prepare_pt2e(program.module(), quantizer)
     with torch.no_grad():
         for i in tqdm(range(len(images)), desc="calibrate", unit="img", disable=not progress, file=sys.stderr):
             prepared(torch.from_numpy(np.ascontiguousarray(images[i:i + 1])))
@@ -153,8 +155,10 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
 
 def build_program(model_name: str, checkpoint: str | os.PathLike | None, precision: str, delegate: str,
                   images: np.ndarray | None = None, allow_outside: bool = False, progress: bool = True,
-                  **overrides: Any) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-    """(the .pte bytes, their metadata, the quantization report or {}) of `model_name` at `precision`."""
+                  calibration_record: dict[str, Any] | None = None,
+                  **overrides: Any) -> tuple[bytes, dict[str, Any]]:
+    """(the .pte bytes, their metadata) of `model_name` at `precision`; a quantized program's metadata holds its
+    report, with `calibration_record` (how the images were chosen) when given."""
     spec = get_spec(model_name)
     model, weights = build_model(model_name, checkpoint, **overrides)
     module = delegable_form(model)
@@ -170,13 +174,14 @@ def build_program(model_name: str, checkpoint: str | os.PathLike | None, precisi
         ops = op_precisions(program)
         report = {"precision": precision, "quantizer": "torchao Int8DynamicActivationIntxWeightConfig (8da8w)"
                   if precision == "w8" else "XNNPACKQuantizer (PT2E, per-channel, ReLU6 outputs on their own range)",
-                  "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"]}
+                  "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
+                  **({"calibration": calibration_record} if calibration_record else {})}
     buffer, delegation = lower_program(program, delegate, allow_outside=allow_outside)
     metadata = program_metadata(model_name, weights, precision, overrides.get("num_classes", 1000), delegate)
     metadata["t2tedge.delegation"] = delegation
     if report:
         metadata["t2tedge.quantization"] = report
-    return buffer, metadata, report
+    return buffer, metadata
 
 
 def export_executorch_model(model_name: str, checkpoint: str | os.PathLike | None = None,
@@ -201,10 +206,8 @@ def export_executorch_model(model_name: str, checkpoint: str | os.PathLike | Non
                    else Path(out_dir) / f"{model_name}{file_suffix(precision, delegate)}.pte")
     destination.parent.mkdir(parents=True, exist_ok=True)
     images = images_of(samples, spec.preprocess) if samples else None
-    buffer, metadata, report = build_program(model_name, checkpoint, precision, delegate, images,
-                                             allow_outside=allow_outside, progress=progress, **overrides)
-    if chosen:
-        report["calibration"] = chosen
+    buffer, metadata = build_program(model_name, checkpoint, precision, delegate, images, allow_outside=allow_outside,
+                                     progress=progress, calibration_record=chosen, **overrides)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
     try:
         staged = staging / destination.name

@@ -53,14 +53,14 @@ class ExecuTorch(Runtime):
     name = "executorch"
     consumes = "pte"
 
-    def __init__(self, method, path: str, threads: int | None, metadata: dict[str, Any]) -> None:
+    def __init__(self, method, path: str, threads: int | None, metadata: dict[str, Any],
+                 instructions: dict[str, Any]) -> None:
         self.method = method
         self.path = path
         self.threads = threads
         self.metadata = metadata
-        meta = method.metadata
-        self.input_shape = tuple(int(d) for d in meta.input_tensor_meta(0).sizes())
-        self.instructions = program_instructions(path)
+        self.input_shape = tuple(int(d) for d in method.metadata.input_tensor_meta(0).sizes())
+        self.instructions = instructions
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -79,8 +79,8 @@ class ExecuTorch(Runtime):
             from executorch.runtime import Runtime as EtRuntime
 
             runtime = EtRuntime.get()
-            needed = set(program_instructions(path)["delegate_calls"])
-            missing = sorted(needed - set(runtime.backend_registry.registered_backend_names))
+            instructions = program_instructions(path)
+            missing = sorted(set(instructions["delegate_calls"]) - set(runtime.backend_registry.registered_backend_names))
             if missing:
                 where = " (Core ML runs on macOS and iOS)" if "CoreMLBackend" in missing else ""
                 raise T2TEdgeError(f"{path.name} calls {', '.join(missing)}, which this ExecuTorch runtime does not "
@@ -92,7 +92,7 @@ class ExecuTorch(Runtime):
                 raise T2TEdgeError(f"ExecuTorch cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
         if method is None:
             raise T2TEdgeError(f"{path.name} has no forward method")
-        return cls(method, str(path), threads, read_sidecar(path))
+        return cls(method, str(path), threads, read_sidecar(path), instructions)
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch
