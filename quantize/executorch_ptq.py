@@ -48,10 +48,11 @@ from t2tedge.sidecar import publish_with_sidecar
 EXECUTORCH_PRECISIONS = ("fp32", "w8", "int8")
 TRANSFORMER_FAMILIES = ("T2T-ViT",)
 DEFAULT_NUM_CALIB = 256
-# Nodes that move or reinterpret data; the report counts arithmetic.
-_LAYOUT_OPS = ("view", "reshape", "permute", "transpose", "slice", "clone", "expand", "unsqueeze", "squeeze",
-               "flatten", "_to_copy", "getitem", "detach", "alias", "contiguous", "t.default", "select",
-               "access_subclass_inner_tensor")
+# Nodes that move or reinterpret data, or do nothing in eval (dropout), by op name without namespace, overload or
+# `_copy`; the report counts arithmetic. Matched whole: a substring test like "t.default" also caught rsqrt and cat.
+_LAYOUT_OPS = frozenset({"view", "reshape", "permute", "transpose", "slice", "clone", "expand", "unsqueeze", "squeeze",
+                         "flatten", "_to", "getitem", "detach", "alias", "contiguous", "t", "select", "dropout",
+                         "access_subclass_inner_tensor"})
 _QUANT_OPS = ("quantize", "dequantize", "choose_qparams")
 
 
@@ -146,10 +147,11 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
 
     for node in program.graph.nodes:
         name = op_name(node) if node.op == "call_function" else ""
-        if not name or any(k in name for k in _QUANT_OPS) or any(k in name for k in _LAYOUT_OPS):
+        base = name.removeprefix("aten.").split(".")[0]
+        if not name or any(k in name for k in _QUANT_OPS) or base.removesuffix("_copy") in _LAYOUT_OPS:
             continue
         kind = quantized_input(node) or ("int8" if quantized_output(node) else "float")
-        counts[kind][name.removeprefix("aten.").split(".")[0]] += 1
+        counts[kind][base] += 1
     return {kind: dict(sorted(c.items())) for kind, c in counts.items()}
 
 
