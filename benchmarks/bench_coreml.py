@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from t2tedge.data import discover, evenly_spread
+from t2tedge.errors import first_line
 from t2tedge.export.common import build_model
 from t2tedge.export.coreml_checks import activation_scales, package_size, roundtrip_network
 from t2tedge.export.coreml_export import CoreMLExportOptions, calibrate_w8a8, export_coreml
@@ -69,7 +70,7 @@ def main() -> int:
                     package = export_coreml(name, checkpoint, out_dir=tmp, progress=False,
                                             options=CoreMLExportOptions(compress=compress, target=target), **overrides)
                 except Exception as exc:  # report the cell and go on with the others
-                    row["error"] = str(exc).splitlines()[0][:160]
+                    row["error"] = first_line(exc, 160)
                     rows.append(row)
                     print(f"{name:18} {compress:11} failed: {row['error']}", flush=True)
                     continue

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from t2tedge.data import load_batch
+from t2tedge.errors import first_line
 from t2tedge.export import export_onnx
 from t2tedge.export.litert_export import ChannelsLast
 from t2tedge.fileio import atomic_write_text
@@ -99,7 +100,7 @@ def quantized_rows(name: str, workdir: Path, args) -> list[dict]:
             pt2e_peer(name, checkpoint, overrides, calibration_images(calibration, name, "nhwc"), peer)
             files["LiteRT int8, litert-torch PT2E (peer)"] = peer
         except Exception as exc:  # the peer is what it is; a failure is a result too
-            print(f"  peer failed: {str(exc).splitlines()[0][:160]}", flush=True)
+            print(f"  peer failed: {first_line(exc, 160)}", flush=True)
     files["ONNX Runtime fp32"] = export_onnx(name, checkpoint, out_dir=workdir, **overrides)
     print(f"{name}: timing each file alone ...", flush=True)
     latency = timed_alone(files, name, args.threads, args.runs)

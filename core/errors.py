@@ -30,6 +30,14 @@ class RuntimeUnavailable(T2TEdgeError):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int = 200, text: str | None = None) -> str:
+    """The first non-empty line of `exc`'s message (or of `text`, a cleaned copy of it), at most `limit`
+    characters; the exception's type name when there is none. Third-party libraries raise with pages of context
+    (MLIR, C++ traces), and our errors are one line."""
+    lines = [line.strip() for line in (str(exc) if text is None else text).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def missing_package(module: str, install: str) -> str | None:
     """None when `module` imports; otherwise the one line that says how to install it (`install`: the pip
     argument, e.g. "'t2t-edge[openvino]'")."""

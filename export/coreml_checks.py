@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import T2TEdgeError, first_line
 from t2tedge.export.coreml_export import require_coremltools
 
 # Ops that store compressed weights, decompressed when the model loads.
@@ -54,7 +54,7 @@ def _load_spec(path: str | os.PathLike):
     try:
         mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
     except Exception as exc:  # protobuf and coremltools raise assorted types on a damaged package
-        raise T2TEdgeError(f"cannot read Core ML package {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise T2TEdgeError(f"cannot read Core ML package {path}: {first_line(exc)}") from None
     return mlmodel, mlmodel.get_spec()
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from t2tedge import __version__
-from t2tedge.errors import DataError, RuntimeUnavailable, T2TEdgeError
+from t2tedge.errors import DataError, RuntimeUnavailable, T2TEdgeError, first_line
 from t2tedge.export.common import build_model, class_labels
 from t2tedge.fileio import atomic_dir
 from t2tedge.models import get_spec
@@ -187,7 +187,7 @@ def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: st
     try:
         prepared = quantizer.prepare(example_inputs=(example,), inplace=False)
     except Exception as exc:  # torch.fx raises many types on untraceable code
-        raise T2TEdgeError(f"w8a8 calibration cannot trace this model with torch.fx: {str(exc).splitlines()[0]}") from None
+        raise T2TEdgeError(f"w8a8 calibration cannot trace this model with torch.fx: {first_line(exc)}") from None
     prepared.eval()
     from tqdm import tqdm
 
@@ -271,7 +271,7 @@ def convert(model_name: str, network: nn.Module, weights: str, options: CoreMLEx
         raise
     except Exception as exc:  # the converter raises bare ValueError/TypeError/RuntimeError
         raise T2TEdgeError(f"Core ML conversion of {model_name} failed: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                           f"{first_line(exc)}") from None
     finally:
         restore()
     stamp_metadata(mlmodel, model_name, weights, options, num_classes)

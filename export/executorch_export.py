@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from t2tedge.errors import T2TEdgeError, require_installed
+from t2tedge.errors import T2TEdgeError, first_line, require_installed
 from t2tedge.export.common import artifact_metadata
 from t2tedge.native_output import native_output_captured
 
@@ -78,18 +78,13 @@ def format_delegation(report: dict[str, Any]) -> str:
     return text + (": " + ", ".join(f"{op} x{n}" for op, n in outside.items()) if outside else "")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def export_program(module: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
     """`torch.export` of `module` on `sample`, failures as one line."""
     try:
         with torch.no_grad():
             return torch.export.export(module, (sample,))
     except Exception as exc:  # torch.export raises many types (Unsupported, UserError, ...)
-        raise T2TEdgeError(f"torch.export failed: {_first_line(exc)}") from None
+        raise T2TEdgeError(f"torch.export failed: {first_line(exc)}") from None
 
 
 def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_outside: bool = False,
@@ -107,7 +102,7 @@ def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_ou
         except T2TEdgeError:
             raise
         except Exception as exc:  # partitioners and backends raise plain assertions and RuntimeErrors
-            raise T2TEdgeError(f"ExecuTorch lowering to {delegate} failed: {_first_line(exc)}") from None
+            raise T2TEdgeError(f"ExecuTorch lowering to {delegate} failed: {first_line(exc)}") from None
         report = delegation_report(edge)
         if report["ops_outside_delegate"] and not allow_outside:
             raise T2TEdgeError(f"{delegate} did not take every op ({format_delegation(report)}); nothing written "
@@ -115,7 +110,7 @@ def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_ou
         try:
             buffer = edge.to_executorch().buffer
         except Exception as exc:
-            raise T2TEdgeError(f"ExecuTorch program serialization failed: {_first_line(exc)}") from None
+            raise T2TEdgeError(f"ExecuTorch program serialization failed: {first_line(exc)}") from None
     return buffer, {"delegate": delegate, **report}
 
 

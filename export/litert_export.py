@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from t2tedge.errors import T2TEdgeError, require_installed
+from t2tedge.errors import T2TEdgeError, first_line, require_installed
 from t2tedge.export.common import artifact_metadata, build_model
 from t2tedge.native_output import native_output_captured
 from t2tedge.models import get_spec
@@ -43,8 +43,8 @@ def _failure_line(exc: Exception, log: Path) -> str:
                     r"(aten\.[\w.]+)[^\n]*(?:not supported|no lowering|unsupported)"):
         match = re.search(pattern, text)
         if match:
-            return f"op {match.group(1)} cannot be converted ({str(exc).strip().splitlines()[0][:160]})"
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            return f"op {match.group(1)} cannot be converted ({first_line(exc, 160)})"
+    return first_line(exc)
 
 
 def convert_module(module: torch.nn.Module, sample: torch.Tensor, destination: Path) -> None:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from t2tedge.errors import T2TEdgeError, require_package
+from t2tedge.errors import T2TEdgeError, first_line, require_package
 from t2tedge.fileio import publish_together
 from t2tedge.export.onnx_export import read_metadata
 
@@ -35,7 +35,7 @@ def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathL
         # against OpenVINO running the same .onnx, and the IR should compute what the .onnx computes there.
         model = ov.Core().read_model(str(source))
     except Exception as exc:  # OpenVINO's converter raises its own types with multi-line texts
-        raise T2TEdgeError(f"OpenVINO cannot convert {source}: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise T2TEdgeError(f"OpenVINO cannot convert {source}: {first_line(exc)}") from None
     for key, value in {**metadata, "t2tedge.ir_weights": weights, "t2tedge.source_onnx": source.name}.items():
         model.set_rt_info(value, ["t2tedge", key.removeprefix("t2tedge.")])
     destination.parent.mkdir(parents=True, exist_ok=True)

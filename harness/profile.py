@@ -15,7 +15,7 @@ from typing import Any
 
 from t2tedge import __version__
 from t2tedge.data import discover
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import T2TEdgeError, first_line
 from t2tedge.fileio import sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
@@ -45,7 +45,7 @@ def artifact_metadata(path: Path) -> dict[str, str]:
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT's own exception types
-            raise T2TEdgeError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+            raise T2TEdgeError(f"onnxruntime cannot load {path}: {first_line(exc)}") from None
         return dict(session.get_modelmeta().custom_metadata_map)
     if path.suffix == ".mlpackage":
         manifest = path / "Manifest.json"
@@ -62,7 +62,7 @@ def artifact_metadata(path: Path) -> dict[str, str]:
         try:
             return read_openvino_metadata(ov.Core().read_model(str(path)))
         except RuntimeError as exc:
-            raise T2TEdgeError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise T2TEdgeError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
     if path.suffix in (".tflite", ".pte"):
         from t2tedge.sidecar import read_sidecar
 

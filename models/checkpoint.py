@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from t2tedge.errors import CheckpointError
+from t2tedge.errors import CheckpointError, first_line
 
 # Wrapper keys of the official release (`state_dict_ema` from timm's EMA), training scripts and others.
 WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model_ema", "model")
@@ -38,8 +38,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"checkpoint {path} holds Python objects{what} besides tensors, which t2tedge does "
                                   f"not unpickle (running them could run code); re-save only its state dict, e.g. "
                                   f"torch.save(model.state_dict(), 'weights.pth')") from None
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(exc, text=text)}") from None
     return unwrap_state_dict(obj, source=str(path))
 
 

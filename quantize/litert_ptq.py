@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from t2tedge.data import Sample
-from t2tedge.errors import DataError, T2TEdgeError, require_installed
+from t2tedge.errors import DataError, T2TEdgeError, first_line, require_installed
 from t2tedge.export.litert_export import INSTALL, check_layout, convert_fp32, input_metadata
 from t2tedge.models import get_spec
 from t2tedge.native_output import native_output_captured
@@ -139,7 +139,7 @@ def quantize_tflite(fp32: Path, destination: Path, precision: str, family: str,
         with native_output_captured():
             engine.quantize(result, enable_progress_report=False).export_model(str(destination), overwrite=True)
     except Exception as exc:  # the quantizer raises plain Exceptions and RuntimeErrors
-        raise T2TEdgeError(f"LiteRT {precision} quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise T2TEdgeError(f"LiteRT {precision} quantization failed: {first_line(exc)}") from None
     ops = op_precisions(destination)
     return {"precision": precision, "quantizer": "ai-edge-quantizer", "recipe": recipe,
             "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from t2tedge.errors import T2TEdgeError, missing_package
+from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -58,7 +58,7 @@ class CoreML(Runtime):
         try:
             mlmodel = ct.models.MLModel(str(artifact), compute_units=getattr(ct.ComputeUnit, compute_units))
         except Exception as exc:  # Core ML raises assorted types for unreadable packages
-            raise T2TEdgeError(f"Core ML cannot load {artifact}: {str(exc).splitlines()[0][:200]}") from None
+            raise T2TEdgeError(f"Core ML cannot load {artifact}: {first_line(exc)}") from None
         return cls(mlmodel, str(artifact), compute_units, time.perf_counter() - start)
 
     def _to_pixels(self, image: np.ndarray):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from t2tedge.batching import run_in_chunks
-from t2tedge.errors import T2TEdgeError, missing_package
+from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 from t2tedge.sidecar import read_sidecar
@@ -89,7 +89,7 @@ class ExecuTorch(Runtime):
             try:
                 method = runtime.load_program(path).load_method("forward")
             except (RuntimeError, ValueError) as exc:
-                raise T2TEdgeError(f"ExecuTorch cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+                raise T2TEdgeError(f"ExecuTorch cannot load {path}: {first_line(exc)}") from None
         if method is None:
             raise T2TEdgeError(f"{path.name} has no forward method")
         return cls(method, str(path), threads, read_sidecar(path), instructions)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from t2tedge.batching import run_in_chunks
-from t2tedge.errors import T2TEdgeError, missing_package
+from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 from t2tedge.sidecar import read_sidecar
@@ -96,7 +96,7 @@ class LiteRT(Runtime):
                                           experimental_op_resolver_type=resolver)
                 interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
-            raise T2TEdgeError(f"LiteRT cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise T2TEdgeError(f"LiteRT cannot load {path}: {first_line(exc)}") from None
         return cls(interpreter, str(path), threads, xnnpack, read_sidecar(path))
 
     def _to_input(self, batch: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, missing_package
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS, run_in_fixed_batches
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
@@ -136,7 +136,7 @@ class OnnxRuntimeCPU(Runtime):
         try:
             session = ort.InferenceSession(model, opts, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
-            raise T2TEdgeError(f"onnxruntime cannot load {artifact}: {str(exc).splitlines()[0][:200]}") from None
+            raise T2TEdgeError(f"onnxruntime cannot load {artifact}: {first_line(exc)}") from None
         return cls(session, str(artifact), threads, optimization, provider, disabled, fusions, moved)
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -153,6 +153,34 @@ def test_ops_left_outside_the_delegate_are_named_unless_allowed():
     assert buffer[4:6] == b"ET" and report["ops_outside_delegate"] == {"aten.native_layer_norm.default": 1}
 
 
+def test_static_int8_runs_tf_same_pads_inside_the_int8_convolutions(tmp_path):
+    """XNNPACK's own profile of a TF-padded int8 program: no pad in fp32 and no conversions but the program's input
+    and output (quantized on their own, executorch 1.5 runs each pad in fp32 between two conversions)."""
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+    from t2tedge.export.executorch_export import export_program, lower_program
+    from t2tedge.models.mobilenet import Conv2dSame
+    from t2tedge.quantize.executorch_ptq import quantize_static
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU6(), Conv2dSame(8, 8, 3, 2, groups=8),
+                              torch.nn.ReLU6(), Conv2dSame(8, 8, 3, 1, groups=8), torch.nn.ReLU6(),
+                              torch.nn.Conv2d(8, 4, 1)).eval()
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32)
+    program = quantize_static(export_program(net, torch.from_numpy(images[:1])), "MobileNet", images, progress=False)
+    pads = [n for n in program.graph.nodes if n.op == "call_function" and "pad" in str(n.target)]
+    assert len(pads) == 2 and all(str(next(iter(p.users)).target).startswith("aten.conv2d") for p in pads)
+    path = tmp_path / "padded.pte"
+    path.write_bytes(lower_program(program, "xnnpack")[0])
+    module = _load_for_executorch(str(path), enable_etdump=True)
+    module.forward([torch.from_numpy(images[:1])])
+    module.write_etdump_result_to_file(str(tmp_path / "run.etdp"))
+    events = Inspector(etdump_path=str(tmp_path / "run.etdp")).to_dataframe().event_name.tolist()
+    assert sum("QC8" in e for e in events) == 4  # int8 convolutions (1x1 ones as Fully Connected)
+    assert not [e for e in events if "Constant Pad" in e and "X32" in e]
+    assert sum(e.startswith("Convert") for e in events) == 2
+
+
 def test_missing_extra_is_one_line_before_any_work(monkeypatch, tmp_path, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))

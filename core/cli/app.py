@@ -22,7 +22,7 @@ from t2tedge.cli.model_commands import (
     train_parser,
 )
 from t2tedge.cli.options import apply_pretrained_tag
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import T2TEdgeError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen still ends in one line unless --debug asks for the traceback
         if args.debug:
             raise
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        text = first_line(exc, 300) if str(exc).strip() else ""
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         print(f"t2tedge: error: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else text}"
               f"{where}; rerun with `t2tedge --debug ...` for the traceback", file=sys.stderr)
