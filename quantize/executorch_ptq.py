@@ -168,6 +168,8 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
 
     def quantized_input(node: torch.fx.Node) -> str | None:
         source = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        if source is not None and _is_zero_pad(source):
+            source = source.args[0]  # a pad the convolution takes in (_fuse_pads)
         if source is None or "dequantize" not in op_name(source):
             return None
         origin = source.args[0] if isinstance(source.args[0], torch.fx.Node) else None

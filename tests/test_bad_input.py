@@ -305,6 +305,24 @@ def test_unforeseen_errors_are_one_line_unless_debug(world, monkeypatch, capsys)
         main(["--debug", "list"])
 
 
+@pytest.mark.parametrize("interruption, code, word", [("Terminated", 143, "terminated"),
+                                                       ("KeyboardInterrupt", 130, "interrupted")])
+def test_an_interruption_inside_a_c_extensions_import_is_still_one(monkeypatch, capsys, interruption, code, word):
+    """SIGTERM or Ctrl-C while a C extension initialises comes back as its ImportError("initialization failed")."""
+    import t2tedge.cli.app as app
+    import t2tedge.cli.model_commands as cli
+
+    def importing(args):
+        try:
+            raise app.Terminated() if interruption == "Terminated" else KeyboardInterrupt()
+        except BaseException as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(cli, "cmd_list", importing)
+    assert main(["list"]) == code
+    assert capsys.readouterr().err.strip() == f"t2tedge: {word}"
+
+
 def test_sigterm_during_quantize_cleans_up(world, tmp_path, sample_dir):
     temp, out = tmp_path / "tmp", tmp_path / "out"
     temp.mkdir()

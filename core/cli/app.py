@@ -55,6 +55,18 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM behind `exc`, if any: one that lands while a C extension initialises comes back as
+    that extension's ImportError ("initialization failed"), with the interruption as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (usage errors raise SystemExit(2) from the parser, as argparse does)."""
     import signal
@@ -80,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen still ends in one line unless --debug asks for the traceback
         if args.debug:
             raise
+        interruption = _interruption(exc)
+        if interruption is not None:
+            terminated = isinstance(interruption, Terminated)
+            print(f"t2tedge: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            return 143 if terminated else 130
         text = first_line(exc, 300) if str(exc).strip() else ""
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         print(f"t2tedge: error: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else text}"
