@@ -30,6 +30,7 @@ import torch
 from t2tedge.data import load_batch
 from t2tedge.errors import missing_package
 from t2tedge.export import export_onnx
+from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 from t2tedge.export.common import build_model
 from t2tedge.export.executorch_export import export_program, lower_program
 from t2tedge.fileio import atomic_write_text
@@ -110,7 +111,9 @@ def quantized_rows(name: str, workdir: Path, args) -> tuple[list[dict], dict | N
         print(f"{name}: the export form lowered as it is ...", flush=True)
         files["ExecuTorch fp32, export form as is (before)"] = workdir / f"{name}_before.pte"
         before = naive_program(name, checkpoint, overrides, files["ExecuTorch fp32, export form as is (before)"])
-    files["ONNX Runtime fp32"] = export_onnx(name, checkpoint, out_dir=workdir, **overrides)
+    # ONNX Runtime times the file `t2tedge optimize` writes for it (contrib-op attention).
+    fp32_onnx = export_onnx(name, checkpoint, out_dir=workdir, **overrides)
+    files["ONNX Runtime fp32"] = optimize_for_onnxruntime(fp32_onnx)[0]
     if missing_package("ai_edge_litert", "") is None and missing_package("litert_torch", "") is None:
         from t2tedge.quantize.litert_ptq import export_litert_model
 

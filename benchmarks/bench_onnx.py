@@ -24,14 +24,16 @@ import torch
 from onnx import TensorProto, helper
 
 from t2tedge.export import export_onnx
+from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 from t2tedge.models import create_model
 from t2tedge.models.complexity import count_macs
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
-    """The session `t2tedge`'s onnxruntime runtime makes: what users of the toolkit get."""
-    return OnnxRuntimeCPU.load(path, threads=threads).session
+    """The session `t2tedge`'s onnxruntime runtime makes for the file `t2tedge optimize` writes from `path`: what
+    users of the toolkit ship to ONNX Runtime."""
+    return OnnxRuntimeCPU.load(optimize_for_onnxruntime(path)[0], threads=threads).session
 
 
 def latency_ms(sess: ort.InferenceSession, feed: dict, warmup: int, runs: int) -> list[float]:

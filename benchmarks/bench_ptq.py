@@ -35,6 +35,7 @@ import torch
 
 from t2tedge.data import Sample, discover, evenly_spread, load_batch
 from t2tedge.export import OnnxExportOptions, export_onnx
+from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.latency import machine_info, measure_latency
 from t2tedge.models import default_checkpoint, get_spec, trained_subject
@@ -110,6 +111,8 @@ def nncf_peer(name: str, fp32: Path, out: Path, calibration: np.ndarray) -> str:
 
 def score(path: Path, images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, threads: int,
           runs: int, runtime_name: str = "onnxruntime") -> dict:
+    if runtime_name == "onnxruntime":  # ONNX Runtime times the file `t2tedge optimize` writes for it
+        path = optimize_for_onnxruntime(path)[0]
     runtime = RUNTIMES[runtime_name].load(path, threads=threads)
     logits = np.concatenate([runtime.run(images[i:i + 64]) for i in range(0, len(images), 64)])
     row = {"top1": float(np.mean(logits.argmax(1) == labels)), "logits": logits,

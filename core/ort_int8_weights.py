@@ -25,7 +25,7 @@ _WEIGHT_INPUTS = {
     ("com.microsoft", "QAttention"): (1, 7),
     ("com.microsoft", "MatMulIntegerToFloat"): (1, 5),
 }
-# The activation zero-point input of the contrib kernels runtimes.ort_fusions writes (they read uint8 only).
+# The activation zero-point input of the contrib kernels export.ort_fusions writes (they read uint8 only).
 _FUSED_ACTIVATION_ZERO = {("com.microsoft", "QAttention"): 6, ("com.microsoft", "MatMulIntegerToFloat"): 4}
 # Any of these means MLAS has a VNNI kernel (vpdpbusd accumulates in int32, no int16 step).
 _VNNI_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni", "amx_int8")

@@ -101,7 +101,7 @@ class Grid:
             export_onnx(model_name, checkpoint, options=OnnxExportOptions(dynamic_batch=True), destination=fp32,
                         **overrides)
         if precision == "fp32":
-            return fp32, sha256_file(fp32), fp32.stat().st_size
+            return self._runtime_form(runtime, fp32)
         from t2tedge.quantize import ImageCalibrationReader, calibration_samples, preset, quantize_onnx
 
         config = preset("onnxruntime")
@@ -112,7 +112,20 @@ class Grid:
             calib = calibration_samples(self.suite.calibration_folder(), self.settings.num_calib, exclude=self.samples)
             quantize_onnx(fp32, int8, ImageCalibrationReader(calib, get_spec(model_name).preprocess, batch=16,
                                                              progress=f"calibrate {model_name}"), config)
-        return int8, sha256_file(int8), int8.stat().st_size
+        return self._runtime_form(runtime, int8)
+
+    @staticmethod
+    def _runtime_form(runtime: str, onnx_file: Path) -> tuple[Path, str, int]:
+        """The file a runtime's cell runs: ONNX Runtime's is the `t2tedge optimize` form of the ONNX file (its
+        contrib-op fusions are what an app shipping our ORT file gets), the others take the ONNX file itself."""
+        if runtime == "onnxruntime":
+            from t2tedge.export.ort_optimize import optimize_for_onnxruntime, optimized_path
+
+            optimized = optimized_path(onnx_file)
+            if not optimized.is_file():
+                optimize_for_onnxruntime(onnx_file, optimized)
+            onnx_file = optimized
+        return onnx_file, sha256_file(onnx_file), onnx_file.stat().st_size
 
     def _sidecar_artifact(self, runtime: str, model_name: str, precision: str,
                           checkpoint: Path | None) -> tuple[Path, str, int]:
@@ -173,6 +186,7 @@ class Grid:
             "status": "measured", "params": count_params(reference_model),
             "macs": count_macs(reference_model, spec.preprocess.crop),
             "artifact_bytes": size, "artifact_sha256": artifact_hash, "cache_key": key,
+            **({"artifact": Path(artifact).name} if isinstance(artifact, (str, Path)) else {}),
         })
         atomic_write_text(cached, json.dumps(cell, sort_keys=True))
         return {**cell, "cached": False}

@@ -36,18 +36,18 @@ def disabled_optimizers(threads: int | None, optimization: str = "all", provider
     return disabled
 
 
-def _session_graph(artifact: str | os.PathLike, fuse: bool, unsigned_weights: bool
-                   ) -> tuple[str | bytes, dict[str, int], bool, int]:
-    """What the session loads (the artifact's path, or its graph rewritten in memory), the fusion counts, whether
-    the graph may be quantized (QDQ), and how many int8 weight tensors were moved to uint8 (`unsigned_weights`,
-    see t2tedge.ort_int8_weights). An .ort file is taken as it is, and counted as possibly quantized: onnx
-    cannot read it, and the QDQ-only optimizers this turns off do nothing to a float graph."""
+def _session_graph(artifact: str | os.PathLike,
+                   unsigned_weights: bool) -> tuple[str | bytes, dict[str, int], bool, int]:
+    """What the session loads (the artifact's path, or, for an INT8 graph on a CPU whose int8 dot products saturate,
+    its graph with uint8 weights: exact, see t2tedge.ort_int8_weights), the contrib ops the file holds (what
+    `t2tedge optimize` fused), whether the graph may be quantized (QDQ), and how many int8 weight tensors were moved.
+    An .ort file is taken as it is, and counted as possibly quantized: onnx cannot read it, and the QDQ-only
+    optimizers this turns off do nothing to a float graph."""
     if not str(artifact).endswith(".onnx"):
         return str(artifact), {}, True, 0
     import onnx
 
     from t2tedge.onnx_graph import has_qdq
-    from t2tedge.runtimes.ort_fusions import fuse_int8_matmul_bias, fuse_self_attention
     from t2tedge.ort_int8_weights import make_int8_unsigned
 
     try:
@@ -55,15 +55,10 @@ def _session_graph(artifact: str | os.PathLike, fuse: bool, unsigned_weights: bo
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
         return str(artifact), {}, False, 0
     quantized = has_qdq(proto)
-    # In an INT8 graph only blocks whose qkv output is already float match (QAttention); a fused kernel never
-    # moves a requantization point, so the graph runs as it was calibrated and evaluated.
-    fused = fuse and bool(fuse_self_attention(proto) + (fuse_int8_matmul_bias(proto) if quantized else 0))
+    kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"]
+    contrib = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
     moved = make_int8_unsigned(proto) if quantized and unsigned_weights else 0
-    if not fused and not moved:
-        return str(artifact), {}, quantized, 0
-    kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"
-             and node.op_type in ("Attention", "QAttention", "MatMulIntegerToFloat")]
-    return proto.SerializeToString(), {kind: kinds.count(kind) for kind in sorted(set(kinds))}, quantized, moved
+    return (proto.SerializeToString() if moved else str(artifact)), contrib, quantized, moved
 
 
 class OnnxRuntimeCPU(Runtime):
@@ -93,13 +88,12 @@ class OnnxRuntimeCPU(Runtime):
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
-             provider: str = "cpu", fuse: bool = True, unsigned_weights: bool | None = None,
+             provider: str = "cpu", unsigned_weights: bool | None = None,
              **options: Any) -> "OnnxRuntimeCPU":
-        """`artifact` is a .onnx or an ORT-format .ort file; `provider` is cpu or xnnpack. `fuse`: rewrite
-        self-attention blocks into ORT's contrib Attention kernel (QAttention for an int8 qkv projection) in memory
-        (runtimes.ort_fusions); the file is not changed. `unsigned_weights`: give an INT8 graph's int8 weights to
-        the session as uint8 (exact; t2tedge.ort_int8_weights); None: only on an x86 CPU without VNNI, where ORT's
-        u8 x s8 kernels saturate. An .ort file cannot be rewritten and runs as it is."""
+        """`artifact` is a .onnx or an ORT-format .ort file, run as it is on disk (ORT-only fusions are a file of their
+        own: `t2tedge optimize`, export/ort_optimize.py); `provider` is cpu or xnnpack. `unsigned_weights`: give an
+        INT8 graph's int8 weights to the session as uint8 (exact; t2tedge.ort_int8_weights); None: only on an x86 CPU
+        without VNNI, where ORT's u8 x s8 kernels saturate (what the README tells users to do there too)."""
         import onnxruntime as ort
 
         from t2tedge.ort_int8_weights import int8_dot_may_saturate
@@ -130,8 +124,7 @@ class OnnxRuntimeCPU(Runtime):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if unsigned_weights is None:
             unsigned_weights = provider == "cpu" and optimization != "disable" and int8_dot_may_saturate()
-        model, fusions, quantized, moved = _session_graph(
-            artifact, fuse and provider == "cpu" and optimization in ("extended", "all"), unsigned_weights)
+        model, fusions, quantized, moved = _session_graph(artifact, unsigned_weights)
         disabled = disabled_optimizers(threads, optimization, provider, quantized)
         try:
             session = ort.InferenceSession(model, opts, providers=providers, disabled_optimizers=disabled)

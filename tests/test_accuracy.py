@@ -30,7 +30,7 @@ def test_symmetric_padding_loses_accuracy(weights_dir, sample_dir):
     from t2tedge.models import create_model, get_spec
     from t2tedge.runtimes.torch_eager import TorchRuntime
 
-    samples = discover(sample_dir)[::2]
+    samples = discover(sample_dir)[::4]
     ckpt = weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"
     spec = get_spec("mobilenet_v2_100")
     same = evaluate(TorchRuntime.load(create_model("mobilenet_v2_100", ckpt)), samples, spec.preprocess, progress=None)

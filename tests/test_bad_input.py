@@ -18,6 +18,7 @@ from PIL import Image
 
 from t2tedge.cli import main
 from t2tedge.export import export_onnx
+from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 
 GOOD = b"a good artifact from an earlier run"
 
@@ -32,6 +33,9 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files = {"root": root, "val": val_dir}
     files["mnv2"] = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=root)
     files["t2t"] = export_onnx("t2t_vit_7", None, out_dir=root / "t2t")
+    files["optimized"] = optimize_for_onnxruntime(files["t2t"])[0]
+    (root / "folder.onnx").mkdir()
+    files["folder_onnx"] = root / "folder.onnx"
     (root / "fake.onnx").write_text("not a model\n")
     files["fake"] = root / "fake.onnx"
     (root / "fake.tflite").write_text("not a model\n")
@@ -206,6 +210,17 @@ CASES = [
      "ExecuTorch cannot read"),
     ("bundle of a text file named .pte", ["export", "bundle", "{fake_pte}", "--out", "{out}/b.tar.gz"], 1,
      "is not an ExecuTorch program"),
+    # optimize: the source is read and --out checked before anything is written
+    ("optimize of a text file named .onnx", ["optimize", "{fake}", "--out", "{out}/x.onnx"], 1, "cannot read"),
+    ("optimize of a missing file", ["optimize", "{root}/missing.onnx", "--out", "{out}/x.onnx"], 1,
+     "ONNX file not found"),
+    ("optimize of a .tflite", ["optimize", "{fake_tflite}", "--out", "{out}/x.onnx"], 2, "is not an .onnx file"),
+    ("optimize --out is a folder", ["optimize", "{mnv2}", "--out", "{folder_onnx}"], 2, "is a folder; name a file"),
+    ("optimize --out not .onnx", ["optimize", "{mnv2}", "--out", "{out}/x.txt"], 2, "must end in .onnx"),
+    ("optimize --int8-weights int4", ["optimize", "{mnv2}", "--int8-weights", "int4", "--out", "{out}/x.onnx"], 2,
+     "invalid choice: 'int4'"),
+    ("optimize of an optimized file", ["optimize", "{optimized}", "--out", "{out}/x.onnx"], 2,
+     "is already optimized for ONNX Runtime"),
 ]
 
 
@@ -229,7 +244,7 @@ def test_the_battery_covers_every_command():
     commands = {c[1][0] if c[1][0] != "export" else f"export {c[1][1]}" for c in CASES}
     assert {"quantize", "eval", "profile", "parity", "train", "table4", "info", "check-trt", "export onnx",
             "export coreml", "export tensorrt", "export ort", "export openvino", "export litert", "export executorch",
-            "export bundle"} <= commands
+            "export bundle", "optimize"} <= commands
     assert len(CASES) >= 40
 
 

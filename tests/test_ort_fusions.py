@@ -1,4 +1,5 @@
-"""ORT-only in-memory fusions: T2T-ViT's self-attention becomes com.microsoft.Attention with the same outputs."""
+"""`t2tedge optimize`: T2T-ViT's self-attention becomes com.microsoft.Attention in a file of its own, with the same
+outputs; the onnxruntime runtime runs each file as it is."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from t2tedge.export import OnnxExportOptions, export_onnx
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
-from t2tedge.runtimes.ort_fusions import fuse_self_attention
+from t2tedge.export.ort_fusions import fuse_self_attention
+from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,10 @@ def t2t7(tmp_path_factory):
 @pytest.mark.parametrize("form, batch", [("static", 1), ("dynamic", 3)])
 def test_every_block_fuses_and_the_logits_stay(t2t7, form, batch):
     images = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-    fused = OnnxRuntimeCPU.load(t2t7[form], threads=2)
-    plain = OnnxRuntimeCPU.load(t2t7[form], threads=2, fuse=False)
+    optimized, report = optimize_for_onnxruntime(t2t7[form])
+    assert report["fusions"] == {"Attention": 7} and optimized.name.endswith(".ort-cpu.onnx")
+    fused = OnnxRuntimeCPU.load(optimized, threads=2)
+    plain = OnnxRuntimeCPU.load(t2t7[form], threads=2)
     assert fused.describe().details["fusions"] == "Attention x7"
     assert plain.describe().details["fusions"] == "none"
     assert np.abs(fused.run(images) - plain.run(images)).max() <= 1e-5
@@ -44,7 +48,8 @@ def test_graphs_without_the_pattern_are_untouched(tmp_path):
     proto = onnx.load(path)
     before = proto.SerializeToString()
     assert fuse_self_attention(proto) == 0 and proto.SerializeToString() == before
-    assert OnnxRuntimeCPU.load(path).describe().details["fusions"] == "none"
+    optimized, report = optimize_for_onnxruntime(path)
+    assert report["fusions"] == {} and OnnxRuntimeCPU.load(optimized).describe().details["fusions"] == "none"
 
 
 def _quantize_dequantize(proto, tensor, scale=0.05):
@@ -71,7 +76,8 @@ def test_qdq_graphs_fuse_only_where_no_requantization_moves(t2t7, tmp_path):
     _quantize_dequantize(proto, qkv, scale=0.5)
     path = tmp_path / "qdq.onnx"
     onnx.save(proto, path)
-    fused, plain = OnnxRuntimeCPU.load(path, threads=2), OnnxRuntimeCPU.load(path, threads=2, fuse=False)
+    fused = OnnxRuntimeCPU.load(optimize_for_onnxruntime(path)[0], threads=2)
+    plain = OnnxRuntimeCPU.load(path, threads=2)
     assert fused.describe().details["fusions"] == "Attention x6"  # float blocks fuse; blocks.2 keeps its rounding
     images = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     assert np.abs(fused.run(images) - plain.run(images)).max() <= 1e-5

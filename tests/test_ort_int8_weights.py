@@ -93,7 +93,7 @@ def test_the_rewrite_keeps_every_dequantized_value(tmp_path, activation_dtype):
 
 
 def test_a_fused_int8_matmul_sharing_the_activation_zero_point_gets_uint8_weights(tmp_path):
-    """runtimes.ort_fusions writes MatMulIntegerToFloat (and QAttention) reading the same activation scale and zero
+    """export.ort_fusions writes MatMulIntegerToFloat (and QAttention) reading the same activation scale and zero
     point as the Q before them; their weights must move too (T2T-ViT-7 INT8 on Zen 3: 24.7 dB fused, 33.2 dB)."""
     inits = [numpy_helper.from_array(np.array(X_SCALE, np.float32), "x_scale"),
              numpy_helper.from_array(np.array(0, np.uint8), "x_zero"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from t2tedge.cli import main
+from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 from t2tedge.quantize import OpQuantConfig, QuantConfig, plan
 
 
@@ -70,6 +71,46 @@ def test_int8_keeps_accuracy_on_real_images(mobilenet_int8, weights_dir, val_dir
     assert np.mean(int8.predictions == fp32.predictions) >= 0.96
 
 
+def logits_as_an_app_gets_them(path, images: np.ndarray) -> np.ndarray:
+    """`onnxruntime.InferenceSession(file)` configured only as the README's "Using our files in your app" says: the
+    two optimizers we measure without on 2 threads, WeightBiasQuantization too for an INT8 file, and uint8 weights
+    on an x86 CPU without VNNI."""
+    import onnxruntime as ort
+
+    from t2tedge.onnx_graph import has_qdq
+    from t2tedge.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
+
+    proto = onnx.load(str(path))
+    disabled = ["MatMulAddFusion", "SkipLayerNormFusion"] + (["WeightBiasQuantization"] if has_qdq(proto) else [])
+    model = str(path)
+    if has_qdq(proto) and int8_dot_may_saturate() and make_int8_unsigned(proto):
+        model = proto.SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    name, batch = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
+    step = batch if isinstance(batch, int) else len(images)
+    return np.concatenate([session.run(None, {name: images[i:i + step]})[0] for i in range(0, len(images), step)])
+
+
+def test_shipped_files_give_a_bare_session_the_harness_logits(mobilenet_int8, weights_dir, val_dir):
+    """fp32 export, INT8 from `quantize` and its `optimize` form: what the harness reports is what an app computes."""
+    from t2tedge.data import discover, load_batch
+    from t2tedge.export import export_onnx
+    from t2tedge.models import get_spec
+    from t2tedge.runtimes import get_runtime
+
+    images, _ = load_batch(discover(val_dir)[::100], get_spec("mobilenet_v2_100").preprocess)
+    fp32 = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth",
+                       out_dir=mobilenet_int8.parent / "fp32")
+    optimized = optimize_for_onnxruntime(mobilenet_int8, mobilenet_int8.parent / "optimized" / "int8.ort-cpu.onnx")[0]
+    for path in (fp32, mobilenet_int8, optimized):
+        harness = get_runtime("onnxruntime").load(path, threads=2).run(images)
+        app = logits_as_an_app_gets_them(path, images)
+        assert np.abs(harness - app).max() <= 1e-4, path.name
+        assert np.array_equal(harness.argmax(1), app.argmax(1))
+
+
 def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8, weights_dir, sample_dir, tmp_path,
                                                                    capsys):
     report = json.loads(mobilenet_int8.with_suffix(".json").read_text())["layer_sqnr"]
@@ -108,14 +149,18 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     assert len(report["int8_outputs_kept_float"]) >= 4 * 7 and set(report["int8_outputs_kept_float"]) <= set(cached)
     images, _ = load_batch(discover(val_dir)[::40], get_spec("t2t_vit_7").preprocess)
     reference = get_runtime("onnxruntime").load(fp32).run(images)
-    int8 = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx")
-    logits = int8.run(images)
-    # Each block's int8 qkv projection and float attention run as one QAttention kernel, and int8 MatMuls take
-    # their bias Add in, with the same logits.
-    fusions = int8.describe().details["fusions"].split(",")
+    int8 = tmp_path / "int8" / "t2t_vit_7_int8.onnx"
+    logits = get_runtime("onnxruntime").load(int8).run(images)
+    # `t2tedge optimize`: each block's int8 qkv projection and float attention run as one QAttention kernel, and
+    # int8 MatMuls take their bias Add in, with the same logits.
+    assert main(["optimize", str(int8)]) == 0
+    optimized = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.ort-cpu.onnx")
+    fusions = optimized.describe().details["fusions"].split(",")
     assert "QAttention x7" in fusions and any(f.startswith("MatMulIntegerToFloat x") for f in fusions), fusions
-    unfused = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.onnx", fuse=False).run(images)
-    assert np.abs(unfused - logits).max() <= 1e-4
+    assert np.abs(optimized.run(images) - logits).max() <= 1e-4
+    for path in (fp32, int8):  # as ONNX Runtime in an app computes them
+        harness = get_runtime("onnxruntime").load(path, threads=2).run(images)
+        assert np.abs(logits_as_an_app_gets_them(path, images) - harness).max() <= 1e-4
     assert sqnr_db(reference, logits) >= 25
     assert np.mean(reference.argmax(1) == logits.argmax(1)) >= 0.85
 
@@ -516,10 +561,10 @@ def test_int8_matmul_read_only_by_float_ops_keeps_its_output_float(tmp_path):
     bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "bias"))
     expected = b + bias
     runtime = get_runtime("onnxruntime")
-    fused = runtime.load(tmp_path / "float_output.onnx")
+    fused = runtime.load(optimize_for_onnxruntime(tmp_path / "float_output.onnx")[0])
     assert fused.describe().details["fusions"] == "MatMulIntegerToFloat x1"  # B with its bias Add
     assert np.abs(fused.run(x) - expected).max() < 1e-3
-    assert np.abs(runtime.load(tmp_path / "float_output.onnx", fuse=False).run(x) - expected).max() < 1e-3
+    assert np.abs(runtime.load(tmp_path / "float_output.onnx").run(x) - expected).max() < 1e-3
     assert np.abs(runtime.load(tmp_path / "chain.onnx").run(x) - expected).max() > 0.1  # B's output rounded to 4.0
 
 

@@ -22,6 +22,7 @@ from t2tedge.cli.model_commands import (
     train_parser,
 )
 from t2tedge.cli.options import apply_pretrained_tag
+from t2tedge.cli.ort_commands import optimize_parser
 from t2tedge.errors import T2TEdgeError, first_line
 
 
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for add_parsers in (models_parser, eval_parser, export_parser, profile_parser, parity_parser,
-                        quantize_parser, check_trt_parser, train_parser, table4_parser, runtimes_parser):
+    for add_parsers in (models_parser, eval_parser, export_parser, profile_parser, parity_parser, quantize_parser,
+                        optimize_parser, check_trt_parser, train_parser, table4_parser, runtimes_parser):
         add_parsers(sub)
     return parser
 

@@ -15,6 +15,7 @@ from t2tedge.cli.options import (
     num_classes_arg,
     resolve_checkpoint,
 )
+from t2tedge.cli.ort_commands import ort_format_parser
 from t2tedge.errors import DataError, UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 
@@ -152,16 +153,6 @@ def cmd_export_executorch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export_ort(args: argparse.Namespace) -> int:
-    from t2tedge.export.ort_format import export_ort
-
-    if args.out is not None:
-        ensure_writable_dir(args.out)
-    ort_file, config = export_ort(args.onnx, args.out, style=args.style, platform=args.platform)
-    print(f"wrote {ort_file} ({ort_file.stat().st_size / 1e6:.1f} MB) and {config}")
-    return 0
-
-
 def cmd_export_bundle(args: argparse.Namespace) -> int:
     from t2tedge.harness.bundle import make_bundle
 
@@ -285,16 +276,7 @@ def export_parser(sub) -> None:
     num_classes_arg(p)
     p.set_defaults(func=cmd_export_executorch)
 
-    p = export_sub.add_parser(
-        "ort", help="ORT format (.ort) for ONNX Runtime Mobile, via onnxruntime's own converter",
-        description="Convert an ONNX export to ONNX Runtime's ORT format and write the required-operators config "
-                    "for a minimal build. 'fixed' bakes in CPU optimizations for --platform; 'runtime' leaves them "
-                    "to session creation, which the XNNPACK execution provider needs to claim nodes.")
-    p.add_argument("onnx", type=Path)
-    p.add_argument("--out", type=Path, help="output folder (default: beside the ONNX file)")
-    p.add_argument("--style", choices=("fixed", "runtime"), default="fixed")
-    p.add_argument("--platform", choices=("arm", "amd64"), default="arm", help="target CPU (default: %(default)s)")
-    p.set_defaults(func=cmd_export_ort)
+    ort_format_parser(export_sub)
 
     p = export_sub.add_parser(
         "bundle", help="artifacts + profiler + runner script in one .tar.gz for a device",

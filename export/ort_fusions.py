@@ -1,6 +1,7 @@
-"""ONNX Runtime-only rewrites of a float graph, applied in memory when the onnxruntime runtime loads it.
+"""ONNX Runtime-only rewrites of a graph, applied by `t2tedge optimize` (export/ort_optimize.py) to a copy of the file.
 
-The exported file stays plain ONNX (TensorRT and Core ML read it too). ORT's own optimizer does not fuse
+The exported file stays plain ONNX (TensorRT and Core ML read it too); the optimized copy needs ONNX Runtime's
+com.microsoft contrib ops. ORT's own optimizer does not fuse
 T2T-ViT's self-attention (its pattern expects BERT's separate, biased q/k/v projections), so each block ran as
 fourteen small ops: a qkv MatMul, Split, three Reshape+Transpose pairs, two MatMuls, the scale, Softmax and the
 Transpose+Reshape back. On two threads each op pays a thread-pool round trip; the contrib `Attention` kernel
