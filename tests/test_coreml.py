@@ -88,13 +88,13 @@ def test_t2t_vit_weights_round_trip_exactly_in_fp16(t2t7_packages):
 
 @pytest.fixture(scope="module")
 def mnv2_eval(val_dir, weights_dir):
-    """Every other imagenet-val1300 image (650) for MobileNetV2 and the fp32 model's predictions on them, shared by
+    """Every 4th imagenet-val1300 image (325) for MobileNetV2 and the fp32 model's predictions on them, shared by
     the round-trip tests (the export form and the eager model give bit-identical logits on these images)."""
     from t2tedge.data import discover, load_batch
     from t2tedge.export.common import build_model
     from t2tedge.models import get_spec
 
-    images, labels = load_batch(discover(val_dir)[::2], get_spec("mobilenet_v2_100").preprocess)
+    images, labels = load_batch(discover(val_dir)[::4], get_spec("mobilenet_v2_100").preprocess)
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     checkpoint = weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"
     fp32 = _predict(build_model("mobilenet_v2_100", checkpoint)[0], images)
@@ -116,25 +116,29 @@ def _top1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float((predictions == labels).float().mean())
 
 
-def _round_trip_top1(compress: str, mnv2_eval, tmp_path) -> tuple[float, float]:
-    """(fp32 top-1, top-1 with the weights read back from a `compress` package) on the `mnv2_eval` images."""
+def _round_trip_top1(compress: str, mnv2_eval, tmp_path) -> tuple[float, float, float]:
+    """(fp32 top-1, top-1 with the weights read back from a `compress` package, their prediction agreement) on the
+    `mnv2_eval` images."""
     images, labels, checkpoint, fp32_predictions = mnv2_eval
     package = export_coreml("mobilenet_v2_100", checkpoint, out_dir=tmp_path, progress=False,
                             options=CoreMLExportOptions(compress=compress))
     network, trip = roundtrip_network("mobilenet_v2_100", package, checkpoint)
     assert trip.unmatched == [] and trip.compressed > 30
-    return _top1(fp32_predictions, labels), _top1(_predict(network, images), labels)
+    predictions = _predict(network, images)
+    agreement = float((predictions == fp32_predictions).float().mean())
+    return _top1(fp32_predictions, labels), _top1(predictions, labels), agreement
 
 
 def test_mobilenet_v2_w8_round_trip_accuracy(mnv2_eval, tmp_path):
-    """Real weights on 650 imagenet-val1300 images: w8 read back from the package stays within 0.2 point of fp32."""
-    fp32, w8 = _round_trip_top1("w8", mnv2_eval, tmp_path)
-    assert abs(w8 - fp32) <= 0.2, (fp32, w8)
+    """Real weights on 325 imagenet-val1300 images: w8 read back from the package keeps fp32's top-1 within 2 images
+    (measured: the same 80.31%) and 98% of its predictions (measured: 98.77%)."""
+    fp32, w8, agreement = _round_trip_top1("w8", mnv2_eval, tmp_path)
+    assert abs(w8 - fp32) <= 0.62 and agreement >= 0.98, (fp32, w8, agreement)
 
 
 @pytest.mark.slow
 def test_mobilenet_v2_palettize6_round_trip_does_not_collapse(mnv2_eval, tmp_path):
-    fp32, palettized = _round_trip_top1("palettize6", mnv2_eval, tmp_path)
+    fp32, palettized, _ = _round_trip_top1("palettize6", mnv2_eval, tmp_path)
     assert palettized > fp32 - 5.0, (fp32, palettized)  # reported in bench-coreml
 
 

@@ -414,13 +414,13 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
     spec = get_spec("mobilenet_v2_100")
     fp32 = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=tmp_path,
                        options=OnnxExportOptions(dynamic_batch=True))
-    calib, rest = split(discover(sample_dir), 32, seed=0)
-    held_out, _ = split(rest, 32, seed=1)
+    calib, rest = split(discover(sample_dir), 16, seed=0)
+    held_out, _ = split(rest, 16, seed=1)
     images, _ = load_batch(held_out, spec.preprocess)
     session = PTQSession(fp32, ImageCalibrationReader(calib, spec.preprocess, batch=16, progress=None), QuantConfig(),
                          images, workdir=tmp_path / "work")
     assert session.ranges.is_file()  # one calibration, reused by every variant
-    assert session.full.images == 32
+    assert session.full.images == 16
     session.candidates = ["/classifier/classifier.1/Gemm"] + session.candidates[10:22:5]  # 3 between int8 layers
     ranking = analyse(session, progress=False)
     gains = [r["sqnr_gain_db"] for r in ranking]
