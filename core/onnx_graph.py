@@ -37,6 +37,12 @@ def has_qdq(model: str | os.PathLike | onnx.ModelProto) -> bool:
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
+def contrib_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """ONNX Runtime contrib ops (com.microsoft domain) in `model`, by op type, sorted by name."""
+    kinds = [node.op_type for node in model.graph.node if node.domain == "com.microsoft"]
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+
+
 def prune_unused_initializers(model: onnx.ModelProto) -> int:
     """Remove initializers that no node reads and that are neither graph inputs nor outputs; returns how many."""
     graph = model.graph

@@ -21,7 +21,7 @@ from typing import Any
 
 from t2tedge.errors import T2TEdgeError, UsageError, first_line
 from t2tedge.fileio import atomic_path, ensure_writable_file, sha256_file
-from t2tedge.onnx_graph import has_qdq
+from t2tedge.onnx_graph import contrib_op_counts, has_qdq
 
 OPTIMIZED_KEY = "t2tedge.ort_optimized"
 INT8_WEIGHTS_KEY = "t2tedge.int8_weights"
@@ -45,11 +45,6 @@ def resolve_int8_weights(choice: str) -> str:
     if choice == "auto":
         return "uint8" if int8_dot_may_saturate() else "int8"
     return choice
-
-
-def _contrib_counts(proto) -> dict[str, int]:
-    kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"]
-    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
 
 
 def optimize_for_onnxruntime(source: str | os.PathLike, destination: str | os.PathLike | None = None,
@@ -83,13 +78,14 @@ def optimize_for_onnxruntime(source: str | os.PathLike, destination: str | os.Pa
     if quantized:
         fuse_int8_matmul_bias(proto)
     moved = make_int8_unsigned(proto) if quantized and weights == "uint8" else 0
-    fusions = _contrib_counts(proto)
+    fusions = contrib_op_counts(proto)
+    digest = sha256_file(source)
     stamps = {OPTIMIZED_KEY: ",".join(f"{op} x{n}" for op, n in fusions.items()) or "none",
               INT8_WEIGHTS_KEY: ("uint8" if moved else "int8") if quantized else "none",
-              SOURCE_KEY: f"{source.name} sha256:{sha256_file(source)}"}
+              SOURCE_KEY: f"{source.name} sha256:{digest}"}
     for key, value in stamps.items():
         proto.metadata_props.add(key=key, value=value)
     with atomic_path(target, suffix=".onnx") as tmp:
         tmp.write_bytes(proto.SerializeToString(deterministic=True))
     return target, {"fusions": fusions, "int8_weight_tensors_moved": moved, "quantized": quantized,
-                    "source": str(source), "source_sha256": stamps[SOURCE_KEY].split("sha256:")[1]}
+                    "source": str(source), "source_sha256": digest}

@@ -210,8 +210,10 @@ def build_program(model_name: str, checkpoint: str | os.PathLike | None, precisi
         program = quantize_static(program, spec.family, images, progress=progress)
     if precision != "fp32":
         ops = op_precisions(program)
-        report = {"precision": precision, "quantizer": "torchao Int8DynamicActivationIntxWeightConfig (8da8w)"
-                  if precision == "w8" else "XNNPACKQuantizer (PT2E, per-channel, ReLU6 outputs on their own range, zero pads folded into convolutions)",
+        quantizer = ("torchao Int8DynamicActivationIntxWeightConfig (8da8w)" if precision == "w8" else
+                     "XNNPACKQuantizer (PT2E, per-channel, ReLU6 outputs on their own range, zero pads folded into "
+                     "convolutions)")
+        report = {"precision": precision, "quantizer": quantizer,
                   "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
                   **({"calibration": calibration_record} if calibration_record else {})}
     buffer, delegation = lower_program(program, delegate, allow_outside=allow_outside)

@@ -47,7 +47,7 @@ def _session_graph(artifact: str | os.PathLike,
         return str(artifact), {}, True, 0
     import onnx
 
-    from t2tedge.onnx_graph import has_qdq
+    from t2tedge.onnx_graph import contrib_op_counts, has_qdq
     from t2tedge.ort_int8_weights import make_int8_unsigned
 
     try:
@@ -55,8 +55,7 @@ def _session_graph(artifact: str | os.PathLike,
     except Exception:  # unreadable: let ORT name the problem when it loads the file itself
         return str(artifact), {}, False, 0
     quantized = has_qdq(proto)
-    kinds = [node.op_type for node in proto.graph.node if node.domain == "com.microsoft"]
-    contrib = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+    contrib = contrib_op_counts(proto)
     moved = make_int8_unsigned(proto) if quantized and unsigned_weights else 0
     return (proto.SerializeToString() if moved else str(artifact)), contrib, quantized, moved
 
