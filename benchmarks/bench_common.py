@@ -4,7 +4,6 @@ alone. The scripts in this folder import it (it sits beside them on sys.path).""
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from t2tedge.metrics import sqnr_db
 from t2tedge.models import default_checkpoint, trained_subject
 from t2tedge.paths import shared_path
 from t2tedge.quantize.calibration import calibration_samples
+from t2tedge.results import ProfileRecord
 from t2tedge.runtimes import get_runtime
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".pte": "executorch"}
@@ -56,9 +56,9 @@ def timed_alone(files: dict[str, Path], model: str, threads: int, runs: int, rou
                 subprocess.run([sys.executable, "-m", "t2tedge.cli", "profile", str(path), "--model", model, "--runs",
                                 str(runs), "--warmup", "20", "--threads", str(threads), "--out", str(out)],
                                check=True, capture_output=True)
-                latency = json.loads(out.read_text())["cells"][0]["latency_b1"]
-                if variant not in best or latency["p50_ms"] < best[variant]["p50_ms"]:
-                    best[variant] = {"p50_ms": latency["p50_ms"], "p90_ms": latency["p90_ms"]}
+                latency = ProfileRecord.read(out).cell.latency_b1
+                if variant not in best or latency.p50_ms < best[variant]["p50_ms"]:
+                    best[variant] = {"p50_ms": latency.p50_ms, "p90_ms": latency.p90_ms}
     return best
 
 

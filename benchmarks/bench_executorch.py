@@ -141,7 +141,7 @@ def main() -> int:
             rows += model_rows
             if naive:
                 before[name] = naive
-    print(f"\nmachine: {machine_info()['cpu']}, {args.threads} threads, batch 1\n")
+    print(f"\nmachine: {machine_info().cpu}, {args.threads} threads, batch 1\n")
     for name, report in before.items():
         outside = report["ops_outside_delegate"]
         print(f"{name} export form lowered as is: {report['delegate_calls']} delegate calls, "
@@ -153,7 +153,7 @@ def main() -> int:
               f"{p['delegate_calls']} | {p['ops_outside_delegate']} {p['outside_by_type']} |")
     print_rows(rows, {"vs ET fp32": "vs_executorch_fp32", "vs ORT fp32": "vs_onnxruntime_fp32"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps({"machine": machine_info(), "threads": args.threads, "parity": parity,
+    atomic_write_text(args.out, json.dumps({"machine": machine_info().to_dict(), "threads": args.threads, "parity": parity,
                                             "before": before, "rows": rows}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
     return 0

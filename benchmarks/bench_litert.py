@@ -121,7 +121,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-litert-") as tmp:
         parity = parity_rows([m for m in args.parity_models.split(",") if m], Path(tmp), args.threads)
         rows = [row for name in args.models.split(",") if name for row in quantized_rows(name, Path(tmp), args)]
-    print(f"\nmachine: {machine_info()['cpu']}, {args.threads} threads, batch 1\n")
+    print(f"\nmachine: {machine_info().cpu}, {args.threads} threads, batch 1\n")
     print("| model | weights | max abs vs torch | agreement | ops outside XNNPACK | partitions |")
     print("| --- | --- | --- | --- | --- | --- |")
     for p in parity:
@@ -129,7 +129,7 @@ def main() -> int:
               f"{p['ops_outside_delegate']} {p['outside_by_type']} | {p['delegate_partitions']} |")
     print_rows(rows, {"vs LiteRT fp32": "vs_litert_fp32"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps({"machine": machine_info(), "threads": args.threads, "parity": parity,
+    atomic_write_text(args.out, json.dumps({"machine": machine_info().to_dict(), "threads": args.threads, "parity": parity,
                                             "rows": rows}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
     return 0

@@ -116,7 +116,7 @@ def score(path: Path, images: np.ndarray, labels: np.ndarray, reference: np.ndar
     runtime = RUNTIMES[runtime_name].load(path, threads=threads)
     logits = np.concatenate([runtime.run(images[i:i + 64]) for i in range(0, len(images), 64)])
     row = {"top1": float(np.mean(logits.argmax(1) == labels)), "logits": logits,
-           "latency_p50_ms": measure_latency(runtime, images[:1], warmup=10, runs=runs)["p50_ms"]}
+           "latency_p50_ms": measure_latency(runtime, images[:1], warmup=10, runs=runs).p50_ms}
     if reference is not None:
         row["agreement"] = float(np.mean(logits.argmax(1) == reference.argmax(1)))
         row["sqnr_db"] = sqnr_db(reference, logits)
@@ -199,7 +199,7 @@ def main() -> int:
                 sqnr = f"{row['sqnr_db']:8.1f}" if "sqnr_db" in row else "       -"
                 print(f"{name:18} {label:28} {top1:>7} {delta:>7} {agree:>7} {sqnr} {row['latency_p50_ms']:7.2f} "
                       f"{entry['latency_vs_fp32']:6.2f}x", flush=True)
-    report = {"machine": machine_info(), "runtime": args.runtime, "subjects": evaluated,
+    report = {"machine": machine_info().to_dict(), "runtime": args.runtime, "subjects": evaluated,
               "calibration_images": args.num_calib, "threads": args.threads, "rows": rows}
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

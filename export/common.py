@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from t2tedge import __version__
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import sha256_file
 from t2tedge.models import create_model, get_spec
@@ -42,8 +43,8 @@ def artifact_metadata(model_name: str, weights: str, layout: str, precision: str
     crop = spec.preprocess.crop
     shape = [1, crop, crop, 3] if layout == "nhwc" else [1, 3, crop, crop]
     return {
-        "t2tedge.model": model_name, "t2tedge.family": spec.family, "t2tedge.precision": precision,
-        "t2tedge.input": input_description, "t2tedge.preprocess": spec.preprocess.to_dict(),
-        "t2tedge.padding": spec.padding, "t2tedge.input_layout": layout.upper(), "t2tedge.input_shape": shape,
-        "t2tedge.class_order": class_labels(num_classes), "t2tedge.weights": weights, "t2tedge.version": __version__,
+        keys.MODEL: model_name, keys.FAMILY: spec.family, keys.PRECISION: precision,
+        keys.INPUT: input_description, keys.PREPROCESS: spec.preprocess.to_dict(),
+        keys.PADDING: spec.padding, keys.INPUT_LAYOUT: layout.upper(), keys.INPUT_SHAPE: shape,
+        keys.CLASS_ORDER: class_labels(num_classes), keys.WEIGHTS: weights, keys.VERSION: __version__,
     }

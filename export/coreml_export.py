@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from t2tedge import __version__
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import DataError, RuntimeUnavailable, T2TEdgeError, first_line
 from t2tedge.export.common import build_model, class_labels
 from t2tedge.fileio import atomic_dir
@@ -306,17 +307,17 @@ def stamp_metadata(mlmodel, model_name: str, weights: str, options: CoreMLExport
         mlmodel.output_description[LOGITS_NAME] = f"raw logits, {num_classes} classes in ImageNet class-index order"
     meta = mlmodel.user_defined_metadata
     meta.update({
-        "t2tedge.model": model_name,
-        "t2tedge.family": spec.family,
-        "t2tedge.preprocess": json.dumps(spec.preprocess.to_dict(), sort_keys=True),
-        "t2tedge.padding": spec.padding,
-        "t2tedge.class_order": ",".join(class_labels(num_classes)),
-        "t2tedge.weights": weights,
-        "t2tedge.version": __version__,
-        "t2tedge.precision": options.precision,
-        "t2tedge.compress": options.compress,
-        "t2tedge.target": options.target,
-        "t2tedge.output": options.output,
+        keys.MODEL: model_name,
+        keys.FAMILY: spec.family,
+        keys.PREPROCESS: json.dumps(spec.preprocess.to_dict(), sort_keys=True),
+        keys.PADDING: spec.padding,
+        keys.CLASS_ORDER: ",".join(class_labels(num_classes)),
+        keys.WEIGHTS: weights,
+        keys.VERSION: __version__,
+        keys.PRECISION: options.precision,
+        keys.COMPRESS: options.compress,
+        keys.TARGET: options.target,
+        keys.OUTPUT: options.output,
     })
 
 

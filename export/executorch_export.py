@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, require_installed
 from t2tedge.export.common import artifact_metadata
 from t2tedge.native_output import native_output_captured
@@ -117,7 +118,7 @@ def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_ou
 def program_metadata(model_name: str, weights: str, precision: str, num_classes: int, delegate: str) -> dict[str, Any]:
     description = "NCHW float32 RGB, normalised as in t2tedge.preprocess; batch 1 (contiguous tensor)"
     metadata = artifact_metadata(model_name, weights, "nchw", precision, num_classes, description)
-    metadata["t2tedge.delegate"] = delegate
+    metadata[keys.DELEGATE] = delegate
     if delegate == "coreml":
-        metadata["t2tedge.coreml"] = {"minimum_deployment_target": COREML_TARGET, "compute_precision": "float16"}
+        metadata[keys.COREML_DELEGATE] = {"minimum_deployment_target": COREML_TARGET, "compute_precision": "float16"}
     return metadata

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, require_installed
 from t2tedge.export.common import artifact_metadata, build_model
 from t2tedge.native_output import native_output_captured
@@ -65,12 +66,12 @@ def input_metadata(layout: str, precision: str) -> dict[str, str]:
     """What the file's input takes, in words: the part of the metadata that depends on the precision."""
     kind = ("int8 (round(x / scale) + zero_point with the input tensor's quantization) of RGB"
             if precision == "int8" else "float32 RGB")
-    return {"t2tedge.precision": precision,
-            "t2tedge.input": f"{layout.upper()} {kind}, normalised as in t2tedge.preprocess"}
+    return {keys.PRECISION: precision,
+            keys.INPUT: f"{layout.upper()} {kind}, normalised as in t2tedge.preprocess"}
 
 
 def litert_metadata(model_name: str, weights: str, layout: str, precision: str, num_classes: int) -> dict[str, Any]:
-    description = input_metadata(layout, precision)["t2tedge.input"]
+    description = input_metadata(layout, precision)[keys.INPUT]
     return artifact_metadata(model_name, weights, layout, precision, num_classes, description)
 
 

@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from t2tedge import __version__
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.export.common import build_model, class_labels
 from t2tedge.fileio import atomic_path
@@ -97,16 +98,16 @@ def stamp_metadata(proto: onnx.ModelProto, model_name: str, weights: str, opset:
     spec = get_spec(model_name)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or 1000
     props = {
-        "t2tedge.model": model_name,
-        "t2tedge.family": spec.family,
-        "t2tedge.preprocess": json.dumps(spec.preprocess.to_dict(), sort_keys=True),
-        "t2tedge.padding": spec.padding,
-        "t2tedge.input_layout": "NCHW float32, RGB, normalised as in t2tedge.preprocess",
-        "t2tedge.class_order": ",".join(class_labels(num_classes)),
-        "t2tedge.weights": weights,
-        "t2tedge.version": __version__,
-        "t2tedge.opset": str(opset),
-        "t2tedge.simplifier": simplifier,
+        keys.MODEL: model_name,
+        keys.FAMILY: spec.family,
+        keys.PREPROCESS: json.dumps(spec.preprocess.to_dict(), sort_keys=True),
+        keys.PADDING: spec.padding,
+        keys.INPUT_LAYOUT: "NCHW float32, RGB, normalised as in t2tedge.preprocess",
+        keys.CLASS_ORDER: ",".join(class_labels(num_classes)),
+        keys.WEIGHTS: weights,
+        keys.VERSION: __version__,
+        keys.OPSET: str(opset),
+        keys.SIMPLIFIER: simplifier,
     }
     del proto.metadata_props[:]
     for key, value in props.items():
@@ -144,7 +145,7 @@ def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int |
     if force:
         return
     hint = "; name the right model, or pass --force to use the file anyway"
-    stamped = read_metadata(proto).get("t2tedge.model")
+    stamped = read_metadata(proto).get(keys.MODEL)
     if stamped and stamped != model_name:
         raise DataError(f"{path} holds {stamped}, but the command names {model_name}{hint}")
     output = proto.graph.output[0].type.tensor_type.shape.dim

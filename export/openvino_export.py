@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, require_package
 from t2tedge.fileio import publish_together
 from t2tedge.export.onnx_export import read_metadata
@@ -30,14 +31,14 @@ def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathL
     if destination.suffix != ".xml":
         raise T2TEdgeError(f"OpenVINO IR is written as .xml (+ .bin), not {destination.name}")
     try:
-        metadata = {key: value for key, value in read_metadata(source).items() if key.startswith("t2tedge.")}
+        metadata = {key: value for key, value in read_metadata(source).items() if key.startswith(keys.PREFIX)}
         # read_model, not convert_model: convert_model's offline passes changed INT8 MobileNetV2 logits by up to 0.35
         # against OpenVINO running the same .onnx, and the IR should compute what the .onnx computes there.
         model = ov.Core().read_model(str(source))
     except Exception as exc:  # OpenVINO's converter raises its own types with multi-line texts
         raise T2TEdgeError(f"OpenVINO cannot convert {source}: {first_line(exc)}") from None
-    for key, value in {**metadata, "t2tedge.ir_weights": weights, "t2tedge.source_onnx": source.name}.items():
-        model.set_rt_info(value, ["t2tedge", key.removeprefix("t2tedge.")])
+    for key, value in {**metadata, keys.IR_WEIGHTS: weights, keys.SOURCE_ONNX: source.name}.items():
+        model.set_rt_info(value, ["t2tedge", key.removeprefix(keys.PREFIX)])
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
     try:

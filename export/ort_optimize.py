@@ -19,13 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, UsageError, first_line
 from t2tedge.fileio import atomic_path, ensure_writable_file, sha256_file
 from t2tedge.onnx_graph import contrib_op_counts, has_qdq
 
-OPTIMIZED_KEY = "t2tedge.ort_optimized"
-INT8_WEIGHTS_KEY = "t2tedge.int8_weights"
-SOURCE_KEY = "t2tedge.optimized_from"
 INT8_WEIGHT_CHOICES = ("int8", "uint8", "auto")
 OPTIMIZED_SUFFIX = ".ort-cpu.onnx"
 
@@ -70,9 +68,9 @@ def optimize_for_onnxruntime(source: str | os.PathLike, destination: str | os.Pa
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a file that is not a model
         raise T2TEdgeError(f"cannot read {source}: {first_line(exc)}") from None
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
-    if OPTIMIZED_KEY in metadata:
-        raise UsageError(f"{source.name} is already optimized for ONNX Runtime ({metadata[OPTIMIZED_KEY]}); "
-                         f"optimize the file it was made from ({metadata.get(SOURCE_KEY, 'unknown')})")
+    if keys.ORT_OPTIMIZED in metadata:
+        raise UsageError(f"{source.name} is already optimized for ONNX Runtime ({metadata[keys.ORT_OPTIMIZED]}); "
+                         f"optimize the file it was made from ({metadata.get(keys.OPTIMIZED_FROM, 'unknown')})")
     quantized = has_qdq(proto)
     fuse_self_attention(proto)
     if quantized:
@@ -80,9 +78,9 @@ def optimize_for_onnxruntime(source: str | os.PathLike, destination: str | os.Pa
     moved = make_int8_unsigned(proto) if quantized and weights == "uint8" else 0
     fusions = contrib_op_counts(proto)
     digest = sha256_file(source)
-    stamps = {OPTIMIZED_KEY: ",".join(f"{op} x{n}" for op, n in fusions.items()) or "none",
-              INT8_WEIGHTS_KEY: ("uint8" if moved else "int8") if quantized else "none",
-              SOURCE_KEY: f"{source.name} sha256:{digest}"}
+    stamps = {keys.ORT_OPTIMIZED: ",".join(f"{op} x{n}" for op, n in fusions.items()) or "none",
+              keys.INT8_WEIGHTS: ("uint8" if moved else "int8") if quantized else "none",
+              keys.OPTIMIZED_FROM: f"{source.name} sha256:{digest}"}
     for key, value in stamps.items():
         proto.metadata_props.add(key=key, value=value)
     with atomic_path(target, suffix=".onnx") as tmp:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.fileio import atomic_path, atomic_write_bytes
 from t2tedge.onnx_graph import has_qdq
-
-if TYPE_CHECKING:
-    import onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_HINT = "TensorRT is not installed; install the tensorrt wheel for your CUDA from NVIDIA's index"

@@ -6,12 +6,12 @@ import hashlib
 import os
 import platform
 import time
-from typing import Any
-
 import numpy as np
 
+from t2tedge.results import LatencyStats, MachineInfo
 
-def measure_latency(runtime, batch: np.ndarray, warmup: int = 10, runs: int = 50) -> dict[str, float]:
+
+def measure_latency(runtime, batch: np.ndarray, warmup: int = 10, runs: int = 50) -> LatencyStats:
     for _ in range(warmup):
         runtime.run(batch)
     times = np.empty(runs)
@@ -19,20 +19,20 @@ def measure_latency(runtime, batch: np.ndarray, warmup: int = 10, runs: int = 50
         start = time.perf_counter()
         runtime.run(batch)
         times[i] = (time.perf_counter() - start) * 1e3
-    return {"min_ms": float(times.min()), "p50_ms": float(np.percentile(times, 50)),
-            "p90_ms": float(np.percentile(times, 90)), "p99_ms": float(np.percentile(times, 99)),
-            "mean_ms": float(times.mean()), "runs": runs, "warmup": warmup}
+    return LatencyStats(min_ms=float(times.min()), p50_ms=float(np.percentile(times, 50)),
+                        p90_ms=float(np.percentile(times, 90)), p99_ms=float(np.percentile(times, 99)),
+                        mean_ms=float(times.mean()), runs=runs, warmup=warmup)
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info() -> MachineInfo:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
             cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "hostname_hash": hostname_digest()}
+    return MachineInfo(cpu=cpu, cores=os.cpu_count(), system=f"{platform.system()} {platform.release()}",
+                       python=platform.python_version(), hostname_hash=hostname_digest())
 
 
 def hostname_digest() -> str:

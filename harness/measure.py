@@ -26,7 +26,8 @@ class LatencySettings:
 
 def measure_runtime(instance: Runtime, samples: Sequence[Sample], preprocess, settings: LatencySettings,
                     progress: str | None = None) -> dict[str, Any]:
-    """Top-1/top-5 and predictions (when `samples`), batch-1 latency percentiles, batch-N throughput."""
+    """Top-1/top-5 and predictions (when `samples`), batch-1 latency percentiles, batch-N throughput: the measured
+    fields of a `Table4Cell`, as its keyword arguments."""
     cell: dict[str, Any] = {}
     if samples:
         result = evaluate(instance, samples, preprocess, batch=32, progress=progress)
@@ -37,6 +38,6 @@ def measure_runtime(instance: Runtime, samples: Sequence[Sample], preprocess, se
     batch_latency = measure_latency(instance, batch, max(2, settings.warmup // 2), max(5, settings.runs // 5))
     description = instance.describe().to_dict()
     description["details"].pop("artifact", None)
-    cell.update(latency_b1=latency, throughput_b8_ips=settings.throughput_batch / (batch_latency["p50_ms"] / 1e3),
+    cell.update(latency_b1=latency, throughput_b8_ips=settings.throughput_batch / (batch_latency.p50_ms / 1e3),
                 runtime_info=description)
     return cell

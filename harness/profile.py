@@ -1,7 +1,7 @@
 """`t2tedge profile ARTIFACT`: the latency protocol on this host for one exported artifact.
 
-Writes a Table 4 result with one cell (same schema), so a file measured on a Mac, a phone host or a GPU
-box merges into the grid with `t2tedge table4 --merge`. Needs no torch: it runs where only the runtime
+Writes a `ProfileRecord` (`t2tedge.profile/1`): one Table 4 cell with its machine, so a file measured on a Mac, a
+phone host or a GPU box merges into the grid with `t2tedge table4 --merge`. Needs no torch: it runs where only the runtime
 library (onnxruntime, coremltools, tensorrt, openvino, ai-edge-litert) and numpy/pillow are installed.
 """
 
@@ -14,12 +14,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from t2tedge import __version__
+from t2tedge import metadata_keys as keys
 from t2tedge.data import discover
 from t2tedge.errors import T2TEdgeError, first_line
 from t2tedge.fileio import sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
-from t2tedge.harness.table4_grid import SCHEMA
+from t2tedge.results import DataInfo, ProfileRecord, Table4Cell
 from t2tedge.runtimes import get_runtime
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
@@ -79,7 +80,7 @@ def artifact_bytes(path: Path) -> int:
 def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model: str | None = None,
                      data: str | os.PathLike | None = None, limit: int | None = None,
                      settings: LatencySettings = LatencySettings(), threads: int | None = None,
-                     force: bool = False, **load_options: Any) -> dict[str, Any]:
+                     force: bool = False, **load_options: Any) -> ProfileRecord:
     """Measure `path` with its runtime; accuracy too when `data` is given. A `model` other than the one stamped in
     the artifact is an error unless `force`."""
     path = Path(path)
@@ -87,7 +88,7 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
         raise T2TEdgeError(f"artifact not found: {path}")
     runtime = runtime or detect_runtime(path)
     meta = artifact_metadata(path)
-    stamped = meta.get("t2tedge.model")
+    stamped = meta.get(keys.MODEL)
     if model and stamped and model != stamped and not force:
         raise T2TEdgeError(f"{path.name} holds {stamped}, but --model names {model}; drop --model, or pass --force "
                            f"to record it as {model} anyway")
@@ -95,8 +96,8 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
     if not model:
         raise T2TEdgeError(f"{path.name} carries no t2tedge.model metadata; pass --model NAME")
     spec = _spec(model)
-    if "t2tedge.preprocess" in meta:
-        preprocess = SimpleNamespace(**json.loads(meta["t2tedge.preprocess"]))
+    if keys.PREPROCESS in meta:
+        preprocess = SimpleNamespace(**json.loads(meta[keys.PREPROCESS]))
     elif spec is not None:
         preprocess = spec.preprocess
     else:
@@ -105,10 +106,10 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
     cls = get_runtime(runtime)
     instance = cls.load(path, threads=threads, **load_options)
     described_precision = instance.describe().precision
-    weights = meta.get("t2tedge.weights", "")
+    weights = meta.get(keys.WEIGHTS, "")
     cell: dict[str, Any] = {
-        "model": model, "runtime": runtime, "family": meta.get("t2tedge.family") or (spec and spec.family),
-        "precision": meta.get("t2tedge.precision") or described_precision,
+        "model": model, "runtime": runtime, "family": meta.get(keys.FAMILY) or (spec and spec.family),
+        "precision": meta.get(keys.PRECISION) or described_precision,
         "weights": "untrained" if weights.startswith("untrained") else "trained" if weights else "unknown",
         "paper": vars(spec.paper) if spec and spec.paper else None, "status": "measured",
         "artifact": path.name, "artifact_bytes": artifact_bytes(path),
@@ -116,8 +117,8 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
     }
     cell.update(measure_runtime(instance, samples, preprocess, settings, progress=f"profile {path.name}"))
     cell["params"], cell["macs"] = _complexity(model, preprocess.crop)
-    return {"schema": SCHEMA, "version": __version__, "machine": machine_info(),
-            "data": {"folder": str(data) if data else None, "images": len(samples)}, "cells": [cell]}
+    return ProfileRecord(version=__version__, machine=machine_info(),
+                         data=DataInfo(folder=str(data) if data else None, images=len(samples)), cell=Table4Cell(**cell))
 
 
 def _spec(model: str):

@@ -7,6 +7,7 @@ artifact + data + settings, so an interrupted run resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,10 +27,11 @@ from t2tedge.fileio import atomic_write_text, publish_together, sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
 # Re-exported: the grid's vocabulary lives in table4_grid so that it imports without torch.
-from t2tedge.harness.table4_grid import (PRECISIONS, RUNTIMES, SCHEMA, SUITES, SUPPORTED,  # noqa: F401
+from t2tedge.harness.table4_grid import (PRECISIONS, RUNTIMES, SUITES, SUPPORTED,  # noqa: F401
                                          TABLE4_MODELS, Suite)
 from t2tedge.models import create_model, get_spec
 from t2tedge.models.complexity import count_macs, count_params
+from t2tedge.results import DataInfo, ResultFormatError, Table4Cell, Table4Result, read_measurements
 from t2tedge.runtimes import get_runtime
 
 
@@ -153,7 +155,7 @@ class Grid:
     def _overrides(self) -> dict[str, int]:
         return {"num_classes": self.suite.num_classes} if self.suite.num_classes != 1000 else {}
 
-    def run_cell(self, model_name: str, runtime: str, precision: str) -> dict[str, Any]:
+    def run_cell(self, model_name: str, runtime: str, precision: str) -> Table4Cell:
         spec = get_spec(model_name)
         checkpoint = self.suite.checkpoint(model_name)
         missing = self.suite.missing_weights(model_name)
@@ -167,8 +169,8 @@ class Grid:
         except RuntimeUnavailable as exc:
             reason = str(exc)
         if reason or (runtime, precision) not in SUPPORTED:
-            return {**cell, "status": "skipped",
-                    "reason": reason or f"{runtime} {precision} is measured on its device (see docs/profiling.md)"}
+            return Table4Cell(**cell, status="skipped",
+                              reason=reason or f"{runtime} {precision} is measured on its device (see docs/profiling.md)")
         artifact, artifact_hash, size = self._artifact(model_name, runtime, precision, checkpoint)
         settings = {k: str(v) for k, v in vars(self.settings).items()}
         key = _hash_bytes(artifact_hash.encode(), self.data_hash.encode(), json.dumps(
@@ -176,7 +178,11 @@ class Grid:
             sort_keys=True).encode())
         cached = self.cache_dir / f"{key}.json"
         if cached.is_file():
-            return {**json.loads(cached.read_text()), "cached": True}
+            try:
+                return dataclasses.replace(Table4Cell.read(cached), cached=True)
+            except ResultFormatError:
+                pass  # written by an older toolkit: measured again
+
         instance = cls.load(artifact, threads=self.settings.threads)
         latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
         cell.update(measure_runtime(instance, self.samples, spec.preprocess, latency,
@@ -188,54 +194,57 @@ class Grid:
             "artifact_bytes": size, "artifact_sha256": artifact_hash, "cache_key": key,
             **({"artifact": Path(artifact).name} if isinstance(artifact, (str, Path)) else {}),
         })
-        atomic_write_text(cached, json.dumps(cell, sort_keys=True))
-        return {**cell, "cached": False}
+        measured = Table4Cell(**cell)
+        atomic_write_text(cached, json.dumps(measured.to_dict(), sort_keys=True))
+        return dataclasses.replace(measured, cached=False)
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> Table4Result:
         from tqdm import tqdm
 
         cells = []
         for model_name, runtime, precision in tqdm(self.cells(), desc="table4", unit="cell"):
             cells.append(self.run_cell(model_name, runtime, precision))
-        return finish({"schema": SCHEMA, "version": __version__, "machine": machine_info(),
-                       "data": {"folder": str(self.settings.data), "images": len(self.samples),
-                                "suite": self.suite.name, "calibration": str(self.suite.calibration_folder())},
-                       "cells": cells})
+        data = DataInfo(folder=str(self.settings.data), images=len(self.samples), suite=self.suite.name,
+                        calibration=str(self.suite.calibration_folder()))
+        return finish(Table4Result(version=__version__, machine=machine_info(), data=data, cells=cells))
 
 
-def finish(table: dict[str, Any]) -> dict[str, Any]:
+def finish(table: Table4Result) -> Table4Result:
     """Derived columns: delta top-1 and top-1 agreement against the same model's fp32 on the same machine."""
-    for cell in table["cells"]:
-        cell.setdefault("machine", table.get("machine"))
-    for cell in table["cells"]:
-        if cell.get("status") != "measured":
+    for cell in table.cells:
+        cell.machine = cell.machine or table.machine
+    for cell in table.cells:
+        if not cell.measured or cell.predictions is None:
             continue
-        peers = [c for c in table["cells"] if c.get("status") == "measured" and c["model"] == cell["model"]
-                 and c["precision"] == "fp32" and c.get("machine") == cell.get("machine")
-                 and len(c["predictions"]) == len(cell["predictions"])]
-        reference = next((c for c in peers if c["runtime"] == "torch"), peers[0] if peers else None)
+        peers = [c for c in table.cells if c.measured and c.model == cell.model and c.precision == "fp32"
+                 and c.machine == cell.machine and c.predictions is not None
+                 and len(c.predictions) == len(cell.predictions)]
+        reference = next((c for c in peers if c.runtime == "torch"), peers[0] if peers else None)
         if reference is not None:
-            cell["delta_top1"] = cell["top1"] - reference["top1"]
-            cell["top1_agreement"] = float(np.mean(np.asarray(cell["predictions"]) == np.asarray(reference["predictions"])))
-            cell["reference"] = f"{reference['runtime']} fp32"
+            cell.delta_top1 = cell.top1 - reference.top1
+            cell.top1_agreement = float(np.mean(np.asarray(cell.predictions) == np.asarray(reference.predictions)))
+            cell.reference = f"{reference.runtime} fp32"
     return table
 
 
-def merge(tables: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One table from several runs (this machine, a Mac, a GPU box); a later file wins for the same cell."""
-    cells: dict[tuple, dict[str, Any]] = {}
+def merge(tables: Sequence[Table4Result]) -> Table4Result:
+    """One table from several runs (this machine, a Mac, a GPU box); a later file wins for the same cell. Two runs
+    on one host are one machine: `MachineInfo.hostname_hash` is a stable digest."""
+    cells: dict[tuple, Table4Cell] = {}
     for table in tables:
-        if table.get("schema") != SCHEMA:
-            raise T2TEdgeError(f"not a Table 4 result (schema {table.get('schema')!r}, expected {SCHEMA})")
-        for cell in table["cells"]:
-            cell = {**cell, "machine": cell.get("machine") or table.get("machine")}
-            cells[(cell["model"], cell["runtime"], cell["precision"], json.dumps(cell["machine"], sort_keys=True))] = cell
-    machines = {json.dumps(c["machine"], sort_keys=True) for c in cells.values()}
-    return finish({"schema": SCHEMA, "version": __version__, "machine": None if len(machines) != 1 else
-                   json.loads(machines.pop()), "data": tables[-1].get("data"), "cells": list(cells.values())})
+        for cell in table.cells:
+            cell = dataclasses.replace(cell, machine=cell.machine or table.machine)
+            cells[(cell.model, cell.runtime, cell.precision, _machine_key(cell.machine))] = cell
+    machines = {_machine_key(c.machine): c.machine for c in cells.values()}
+    return finish(Table4Result(version=__version__, machine=next(iter(machines.values())) if len(machines) == 1
+                               else None, data=tables[-1].data, cells=list(cells.values())))
 
 
-def write_outputs(table: dict[str, Any], out: Path) -> dict[str, Path]:
+def _machine_key(machine) -> str:
+    return json.dumps(machine.to_dict() if machine is not None else None, sort_keys=True)
+
+
+def write_outputs(table: Table4Result, out: Path) -> dict[str, Path]:
     from t2tedge.harness.table4_views import render_markdown, render_plot
 
     out.mkdir(parents=True, exist_ok=True)
@@ -244,15 +253,13 @@ def write_outputs(table: dict[str, Any], out: Path) -> dict[str, Path]:
     # old plot.
     with tempfile.TemporaryDirectory(prefix=".t2tedge-table4-", dir=out) as tmp:
         staged = {kind: Path(tmp) / path.name for kind, path in paths.items()}
-        staged["json"].write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        staged["json"].write_text(table.to_json())
         staged["md"].write_text(render_markdown(table))
         render_plot(table, staged["png"])
         publish_together({staged[kind]: paths[kind] for kind in paths})
     return paths
 
 
-def load_table(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise T2TEdgeError(f"cannot read Table 4 result {path}: {exc}") from None
+def load_table(path: str | os.PathLike) -> Table4Result:
+    """A `table4.json`, or a `t2tedge profile` record as a one-cell table."""
+    return read_measurements(path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = "t2tedge.table4/1"
 TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
 RUNTIMES = ("torch", "onnxruntime", "openvino", "litert", "executorch", "coreml", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample
 from t2tedge.errors import T2TEdgeError, require_installed
 from t2tedge.export.common import build_model
@@ -218,9 +219,9 @@ def build_program(model_name: str, checkpoint: str | os.PathLike | None, precisi
                   **({"calibration": calibration_record} if calibration_record else {})}
     buffer, delegation = lower_program(program, delegate, allow_outside=allow_outside)
     metadata = program_metadata(model_name, weights, precision, overrides.get("num_classes", 1000), delegate)
-    metadata["t2tedge.delegation"] = delegation
+    metadata[keys.DELEGATION] = delegation
     if report:
-        metadata["t2tedge.quantization"] = report
+        metadata[keys.QUANTIZATION] = report
     return buffer, metadata
 
 

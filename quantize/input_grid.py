@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from t2tedge import metadata_keys as keys
 from t2tedge.onnx_graph import consumers, producers
 
-PREPROCESS_KEY = "t2tedge.preprocess"
 PIXEL_LEVELS = 255
 OFFSET_NODE_SUFFIX = "_PixelGridOffset"
 
@@ -41,9 +41,9 @@ def _channel_constant(values: list[float]) -> float | None:
 def input_grid(model: onnx.ModelProto) -> tuple[float, float] | str:
     """(step, value of pixel 0) of the preprocessed input, or why it has no single grid."""
     meta = {p.key: p.value for p in model.metadata_props}
-    if PREPROCESS_KEY not in meta:
-        return f"the model has no {PREPROCESS_KEY} metadata (not a t2tedge export), so its pixel grid is unknown"
-    preprocess = json.loads(meta[PREPROCESS_KEY])
+    if keys.PREPROCESS not in meta:
+        return f"the model has no {keys.PREPROCESS} metadata (not a t2tedge export), so its pixel grid is unknown"
+    preprocess = json.loads(meta[keys.PREPROCESS])
     mean, std = _channel_constant(preprocess["mean"]), _channel_constant(preprocess["std"])
     if mean is None or std is None or std <= 0:
         return "the input channels are not normalised alike, so no per-tensor grid"

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample
 from t2tedge.errors import DataError, T2TEdgeError, first_line, require_installed
 from t2tedge.export.litert_export import INSTALL, check_layout, convert_fp32, input_metadata
@@ -174,7 +175,7 @@ def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = 
             report = quantize_tflite(staged, final, precision, spec.family, images)
             if chosen:
                 report["calibration"] = chosen
-            metadata.update({**input_metadata(layout, precision), "t2tedge.quantization": report})
+            metadata.update({**input_metadata(layout, precision), keys.QUANTIZATION: report})
             staged = final
         return publish_with_sidecar(staged, destination, metadata), metadata
     finally:

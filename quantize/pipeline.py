@@ -7,7 +7,6 @@ cache, and publish model, report and cache together.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from t2tedge.models import get_spec
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
 from t2tedge.quantize.config import QuantConfig
 from t2tedge.quantize.ptq import quantize_onnx
+from t2tedge.results import CalibrationCacheInfo, CalibrationInfo, LayerSqnrReport, QuantizeReport
 
 LAYER_SQNR_IMAGES = 8
 
@@ -62,18 +62,17 @@ def held_out_images(calib: Path, calibration: Sequence[Sample], preprocess, coun
     return images, len(held_out), bool(rest)
 
 
-def report_layer_sqnr(report: dict[str, Any], fp32: Path, out: Path, images, threshold_db: float,
-                      held_out: bool, log: Callable[[str], None]) -> None:
+def report_layer_sqnr(quantized_nodes: Sequence[str], fp32: Path, out: Path, images, threshold_db: float,
+                      held_out: bool, log: Callable[[str], None]) -> LayerSqnrReport:
     from t2tedge.quantize.layer_sqnr import layer_sqnr
 
-    rows = layer_sqnr(fp32, out, report["quantized_nodes"], images, threshold_db)
+    rows = layer_sqnr(fp32, out, quantized_nodes, images, threshold_db)
     flagged = [r["node"] for r in rows if r["flagged"]]
-    report["layer_sqnr"] = {"threshold_db": threshold_db, "images": len(images), "layers": rows, "flagged": flagged,
-                            "scored_on": "held-out images" if held_out else
-                            "calibration images (--calib has no others)"}
     if flagged:
         log(f"warning: {len(flagged)} layer(s) below {threshold_db:g} dB SQNR vs fp32 (first: {flagged[0]}); "
             f"see layer_sqnr in the report")
+    return LayerSqnrReport(threshold_db=threshold_db, images=len(images), layers=rows, flagged=flagged,
+                           scored_on="held-out images" if held_out else "calibration images (--calib has no others)")
 
 
 def search_mixed_precision(fp32: Path, out: Path, reader, config: QuantConfig, held_out, workdir: Path,
@@ -119,7 +118,7 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
                    onnx_path: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                    exclude: Sequence[str] = (), search: SearchSettings = SearchSettings(),
                    sqnr_threshold: float = 10.0, say: Callable[[str], None] = print,
-                   warn: Callable[[str], None] = _warn, **overrides: Any) -> tuple[Path, dict[str, Any]]:
+                   warn: Callable[[str], None] = _warn, **overrides: Any) -> tuple[Path, QuantizeReport]:
     """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and TensorRT calibration cache, moved into place
     together. `onnx_path`: an fp32 export of ours (else `model_name` is exported with `checkpoint`). `exclude`: op
     types or node names kept float. Returns (model path, report)."""
@@ -150,16 +149,17 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
                                    search.num_heldout if search.searching else LAYER_SQNR_IMAGES, seed,
                                    search.searching)
         if search.searching:
-            report, config = search_mixed_precision(fp32, staged, reader, config, held_out, Path(tmp), search, say)
+            plan, config = search_mixed_precision(fp32, staged, reader, config, held_out, Path(tmp), search, say)
         else:
-            report = quantize_onnx(fp32, staged, reader, config)
-        report_layer_sqnr(report, fp32, staged, held_out[0][:LAYER_SQNR_IMAGES], sqnr_threshold, held_out[2], warn)
-        report.update({"model": model_name, "destination": str(out), "target": target,
-                       "calibration": {"folder": str(calib), "images": len(samples), "seed": seed},
-                       "config": config.to_dict(),
-                       "trt_calibration_cache": {"path": str(cache), "tensors": write_calibration_cache(
-                           staged, staged.with_suffix(".trt.cache"))}})
-        staged.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            plan = quantize_onnx(fp32, staged, reader, config)
+        layers = report_layer_sqnr(plan["quantized_nodes"], fp32, staged, held_out[0][:LAYER_SQNR_IMAGES],
+                                   sqnr_threshold, held_out[2], warn)
+        cache_tensors = write_calibration_cache(staged, staged.with_suffix(".trt.cache"))
+        report = QuantizeReport(**{
+            **plan, "model": model_name, "destination": str(out), "target": target, "config": config.to_dict(),
+            "calibration": CalibrationInfo(folder=str(calib), images=len(samples), seed=seed), "layer_sqnr": layers,
+            "trt_calibration_cache": CalibrationCacheInfo(path=str(cache), tensors=cache_tensors)})
+        staged.with_suffix(".json").write_text(report.to_json())
         publish_together({staged: out, staged.with_suffix(".trt.cache"): cache,
                           staged.with_suffix(".json"): out.with_suffix(".json")})
     return out, report

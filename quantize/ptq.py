@@ -13,6 +13,7 @@ from typing import Any
 
 import onnx
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
@@ -21,7 +22,6 @@ from t2tedge.quantize.int8_pooling import quantize_global_pooling
 from t2tedge.quantize.input_grid import align_input_quantization
 from t2tedge.quantize.ranges import ort_method, write_ranges
 from t2tedge.quantize.requantization import keep_outputs_float, skip_requantization_before_float
-from t2tedge.quantize.tensorrt_checks import FLOAT_OUTPUT_RANGES_KEY
 
 
 @contextlib.contextmanager
@@ -98,13 +98,13 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
             correction = _bias_correction(qdq, proto, reader, config.bias_correction,
                                           ranges_cache.with_suffix(f".{config.weight_rounding}.bias.npz"))
         meta = {p.key: p.value for p in qdq.metadata_props}
-        meta.update({"t2tedge.precision": "int8", "t2tedge.quant_config": json.dumps(config.to_dict(), sort_keys=True),
-                     "t2tedge.source_fp32": Path(fp32_path).name})
+        meta.update({keys.PRECISION: "int8", keys.QUANT_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
+                     keys.SOURCE_FP32: Path(fp32_path).name})
         if float_outputs:
-            meta[FLOAT_OUTPUT_RANGES_KEY] = json.dumps(float_outputs, sort_keys=True)
+            meta[keys.FLOAT_OUTPUT_RANGES] = json.dumps(float_outputs, sort_keys=True)
         behind_dq = float_nodes_behind_dequantize(qdq)
         if behind_dq:  # read by people loading the model in their own ORT sessions
-            meta["t2tedge.ort_disabled_optimizers"] = ",".join(QDQ_DISABLED_OPTIMIZERS)
+            meta[keys.ORT_DISABLED_OPTIMIZERS] = ",".join(QDQ_DISABLED_OPTIMIZERS)
         del qdq.metadata_props[:]
         for key, value in sorted(meta.items()):
             qdq.metadata_props.add(key=key, value=value)
@@ -180,7 +180,7 @@ def float_nodes_behind_dequantize(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def calibration_images(reader) -> "np.ndarray":
+def calibration_images(reader) -> Any:
     """Every image a calibration reader yields (ours keeps them decoded; an ORT reader is read through)."""
     import numpy as np
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_write_text
 from t2tedge.onnx_graph import producers
@@ -100,11 +101,6 @@ def check_tensorrt(proto: onnx.ModelProto) -> TrtReport:
     return report
 
 
-# Ranges of int8 layers' outputs that stay float in the QDQ graph (quantize/requantization.py): the graph has no
-# QuantizeLinear to read them from, but an implicit-mode TensorRT build still wants them.
-FLOAT_OUTPUT_RANGES_KEY = "t2tedge.float_output_ranges"
-
-
 def quantize_amax(inits: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> float:
     """The largest magnitude a per-tensor QuantizeLinear represents."""
     scale = float(numpy_helper.to_array(inits[node.input[1]]))
@@ -118,7 +114,7 @@ def _activation_ranges(proto: onnx.ModelProto) -> list[tuple[str, float]]:
     in graph order."""
     inits = {i.name: i for i in proto.graph.initializer}
     meta = {p.key: p.value for p in proto.metadata_props}
-    float_outputs = json.loads(meta.get(FLOAT_OUTPUT_RANGES_KEY, "{}"))
+    float_outputs = json.loads(meta.get(keys.FLOAT_OUTPUT_RANGES, "{}"))
     writers = producers(proto.graph)
     ranges = []
     for node in proto.graph.node:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
@@ -34,11 +35,11 @@ class CoreML(Runtime):
         self.probabilities_name = spec.description.predictedProbabilitiesName or None
         self.output_name = spec.description.output[0].name if not self.probabilities_name else None
         meta = dict(mlmodel.user_defined_metadata)
-        self.preprocess = json.loads(meta["t2tedge.preprocess"]) if "t2tedge.preprocess" in meta else None
-        labels = meta.get("t2tedge.class_order", "")
+        self.preprocess = json.loads(meta[keys.PREPROCESS]) if keys.PREPROCESS in meta else None
+        labels = meta.get(keys.CLASS_ORDER, "")
         self.num_labels = len(labels.split(",")) if labels else None
-        self.precision = meta.get("t2tedge.precision", "fp16")
-        self.compress = meta.get("t2tedge.compress", "none")
+        self.precision = meta.get(keys.PRECISION, "fp16")
+        self.compress = meta.get(keys.COMPRESS, "none")
         self.labels: list[Any] | None = None
 
     @classmethod

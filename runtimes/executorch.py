@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from t2tedge import metadata_keys as keys
 from t2tedge.batching import run_in_chunks
 from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
@@ -108,7 +109,7 @@ class ExecuTorch(Runtime):
 
         calls, kernels = self.instructions["delegate_calls"], self.instructions["kernels_outside_delegate"]
         return RuntimeDescription(
-            runtime=self.name, version=version, precision=self.metadata.get("t2tedge.precision", "fp32"),
+            runtime=self.name, version=version, precision=self.metadata.get(keys.PRECISION, "fp32"),
             device="CPU, " + (", ".join(sorted(calls)) or "portable kernels"), threads=self.threads or os.cpu_count(),
             details={"delegate_calls": sum(calls.values()),
                      "delegates": ",".join(f"{k} x{n}" for k, n in sorted(calls.items())),

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from t2tedge import metadata_keys as keys
 from t2tedge.batching import run_in_chunks
 from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
@@ -126,7 +127,7 @@ class LiteRT(Runtime):
     def describe(self) -> RuntimeDescription:
         from ai_edge_litert import __version__ as version  # type: ignore[attr-defined]
 
-        precision = self.metadata.get("t2tedge.precision") or (
+        precision = self.metadata.get(keys.PRECISION) or (
             "int8" if np.dtype(self.input["dtype"]) != np.float32 else "fp32")
         return RuntimeDescription(
             runtime=self.name, version=version, precision=precision,

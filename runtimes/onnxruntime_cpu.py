@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS, run_in_fixed_batches
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
@@ -79,7 +80,7 @@ class OnnxRuntimeCPU(Runtime):
         batch_dim = session.get_inputs()[0].shape[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         meta = session.get_modelmeta().custom_metadata_map
-        self.precision = meta.get("t2tedge.precision", "fp32")
+        self.precision = meta.get(keys.PRECISION, "fp32")
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.batching import run_in_chunks
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
@@ -41,7 +42,7 @@ def read_openvino_metadata(model) -> dict[str, str]:
             continue
         for key, value in items.items():
             name = f"t2tedge.{key}" if strip else str(key)
-            if name.startswith("t2tedge."):
+            if name.startswith(keys.PREFIX):
                 meta[name] = value.astype(str) if hasattr(value, "astype") else str(value)
     return meta
 
@@ -61,7 +62,7 @@ class OpenVINO(Runtime):
         self.metadata = metadata
         batch_dim = compiled.inputs[0].get_partial_shape()[0]
         self.fixed_batch = batch_dim.get_length() if batch_dim.is_static else None
-        self.file_precision = metadata.get("t2tedge.precision", "fp32")
+        self.file_precision = metadata.get(keys.PRECISION, "fp32")
         self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     @classmethod

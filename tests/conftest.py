@@ -94,3 +94,15 @@ def subject():
     if found is None:
         pytest.skip("no trained T2T-ViT-7 subject: models/weights/t2t_vit_7_imagenette.pth or ../shared imagenette2 missing")
     return found
+
+
+def assert_matches_schema(data: dict, cls) -> None:
+    """`data` is valid against the checked-in JSON Schema file of result class `cls` (docs/schemas/)."""
+    import json
+
+    import jsonschema
+
+    from t2tedge.results import schema_file_name
+
+    schema = Path(__file__).resolve().parent.parent / "docs" / "schemas" / schema_file_name(cls)
+    jsonschema.validate(data, json.loads(schema.read_text()))

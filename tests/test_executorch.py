@@ -121,7 +121,7 @@ def test_profile_and_bundle_take_pte(mnv2_int8, tmp_path, val_dir):
     out = tmp_path / "cell.json"
     assert main(["profile", str(mnv2_int8), "--runs", "3", "--warmup", "1", "--data", str(val_dir), "--limit", "8",
                  "--out", str(out)]) == 0
-    cell = json.loads(out.read_text())["cells"][0]
+    cell = json.loads(out.read_text())["cell"]
     assert cell["runtime"] == "executorch" and cell["model"] == M and cell["precision"] == "int8"
     assert cell["runtime_info"]["details"]["delegate_calls"] == 1
     bundle = tmp_path / "b.tar.gz"

@@ -90,9 +90,12 @@ def test_static_int8_keeps_transformer_ops_float_and_runs_whole_in_xnnpack(t2t_f
 @pytest.fixture(scope="module")
 def mnv2_int8(tmp_path_factory, weights_dir, sample_dir):
     out = tmp_path_factory.mktemp("litert_mnv2")
-    assert main(["export", "litert", M, "--precision", "int8", "--calib", str(sample_dir), "--num-calib", "16",
-                 "--out", str(out)]) == 0
-    return out / f"{M}_int8.tflite"
+    from t2tedge.quantize.litert_ptq import export_litert_model
+
+    path, _ = export_litert_model(M, weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=out, precision="int8",
+                                  calib=sample_dir, num_calib=16)
+    assert path == out / f"{M}_int8.tflite"
+    return path
 
 
 def test_export_writes_the_file_and_its_metadata_together(mnv2_int8, weights_dir):
@@ -140,7 +143,7 @@ def test_profile_and_bundle_take_tflite(mnv2_int8, tmp_path, val_dir, capsys):
     out = tmp_path / "cell.json"
     assert main(["profile", str(mnv2_int8), "--runs", "3", "--warmup", "1", "--data", str(val_dir), "--limit", "8",
                  "--out", str(out)]) == 0
-    cell = json.loads(out.read_text())["cells"][0]
+    cell = json.loads(out.read_text())["cell"]
     assert cell["runtime"] == "litert" and cell["model"] == M and cell["precision"] == "int8"
     assert cell["runtime_info"]["details"]["ops_outside_delegate"] == 0
     bundle = tmp_path / "b.tar.gz"

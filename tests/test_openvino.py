@@ -12,8 +12,10 @@ import pytest
 
 from t2tedge.cli import main
 from t2tedge.errors import T2TEdgeError
-from t2tedge.export import OnnxExportOptions, export_onnx
+from t2tedge.export import export_onnx
 from t2tedge.harness.parity import compare, parity_images, run_parity
+from t2tedge.quantize import preset
+from t2tedge.quantize.pipeline import quantize_model
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed (make setup installs it)")
 
@@ -32,10 +34,10 @@ def mnv2(tmp_path_factory, weights_dir):
 def mnv2_int8(mnv2, sample_dir, tmp_path_factory):
     """A small-calibration INT8 file from `quantize --target openvino` (fast settings; fidelity is the bench's)."""
     out = tmp_path_factory.mktemp("ov_int8")
-    assert main(["quantize", "mobilenet_v2_100", "--onnx", str(mnv2[0]), "--target", "openvino", "--num-calib", "16",
-                 "--method", "minmax", "--weight-rounding", "nearest", "--bias-correction", "off",
-                 "--calib", str(sample_dir), "--out", str(out)]) == 0
-    return out / "mobilenet_v2_100_int8_openvino.onnx"
+    config = preset("openvino", method="minmax", weight_rounding="nearest", bias_correction="off")
+    path, _ = quantize_model("mobilenet_v2_100", config, out, calib=sample_dir, num_calib=16, target="openvino",
+                             onnx_path=mnv2[0])
+    return path
 
 
 @pytest.mark.parametrize("name", ["t2t_vit_7", "mobilenet_v2_100"])
@@ -80,21 +82,21 @@ def test_our_int8_file_runs_in_int8_kernels_with_the_logits_ort_computes(mnv2_in
     assert result["passed"] and result["cosine"] >= 0.99, result
 
 
-def test_export_openvino_ir_keeps_metadata_and_logits(mnv2, mnv2_int8, tmp_path, capsys):
+def test_export_openvino_ir_keeps_metadata_and_logits(mnv2, mnv2_int8, tmp_path):
+    from t2tedge.export.openvino_export import export_openvino
     from t2tedge.harness.profile import artifact_metadata
 
     images = np.random.default_rng(1).standard_normal((2, 3, 224, 224), dtype=np.float32)
     for source in (mnv2[0], mnv2_int8):
-        assert main(["export", "openvino", str(source), "--out", str(tmp_path)]) == 0
-        ir = tmp_path / f"{source.stem}.xml"
-        assert ir.is_file() and ir.with_suffix(".bin").is_file() and f"wrote {ir}" in capsys.readouterr().out
+        ir = export_openvino(str(source), out_dir=tmp_path)
+        assert ir == tmp_path / f"{source.stem}.xml" and ir.with_suffix(".bin").is_file()
         meta = artifact_metadata(ir)
         assert meta["t2tedge.model"] == "mobilenet_v2_100" and meta["t2tedge.source_onnx"] == source.name
         assert json.loads(meta["t2tedge.preprocess"])["crop"] == 224
         assert np.abs(OpenVINO.load(ir).run(images) - OpenVINO.load(source).run(images)).max() <= 1e-5
     assert OpenVINO.load(tmp_path / f"{mnv2_int8.stem}.xml").describe().precision == "int8"
     half = tmp_path / "fp16"
-    assert main(["export", "openvino", str(mnv2[0]), "--weights", "fp16", "--out", str(half)]) == 0
+    export_openvino(str(mnv2[0]), out_dir=half, weights="fp16")
     full_bin, half_bin = tmp_path / "mobilenet_v2_100.bin", half / "mobilenet_v2_100.bin"
     assert half_bin.stat().st_size < 0.6 * full_bin.stat().st_size
     assert not [p for p in half.iterdir() if p.name.startswith(".")]  # no staging folder left behind
@@ -113,7 +115,7 @@ def test_profile_and_bundle_take_ir(mnv2, tmp_path):
     ir = tmp_path / "mobilenet_v2_100.xml"
     out = tmp_path / "cell.json"
     assert main(["profile", str(ir), "--runs", "3", "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
-    cell = json.loads(out.read_text())["cells"][0]
+    cell = json.loads(out.read_text())["cell"]
     assert cell["runtime"] == "openvino" and cell["model"] == "mobilenet_v2_100" and cell["precision"] == "fp32"
     assert cell["runtime_info"]["details"]["format"] == "ir"
     bundle = tmp_path / "device.tar.gz"

@@ -11,9 +11,11 @@ import tarfile
 import numpy as np
 import pytest
 
+from conftest import assert_matches_schema
 from t2tedge.cli import main
 from t2tedge.export import OnnxExportOptions, export_onnx
-from t2tedge.harness.table4 import SCHEMA, load_table
+from t2tedge.harness.table4 import load_table, merge
+from t2tedge.results import ProfileRecord
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
 
 
@@ -38,22 +40,34 @@ def test_ort_format_gives_the_same_logits(mnv2_onnx, mnv2_ort):
     assert ort_runtime.describe().details["format"] == "ort"
 
 
-def test_profile_writes_a_cell_that_merges_into_table4(mnv2_ort, val_dir, tmp_path, capsys):
+def test_profile_writes_a_record_that_merges_into_table4(mnv2_ort, val_dir, tmp_path, capsys):
     out = tmp_path / "cell.json"
     assert main(["profile", str(mnv2_ort), "--data", str(val_dir), "--limit", "16", "--runs", "5", "--warmup", "1",
                  "--out", str(out)]) == 0
     assert "batch-1 p50" in capsys.readouterr().out
-    table = load_table(out)
-    assert table["schema"] == SCHEMA and len(table["cells"]) == 1
-    cell = table["cells"][0]
-    assert (cell["model"], cell["runtime"], cell["precision"], cell["weights"]) == \
+    assert_matches_schema(json.loads(out.read_text()), ProfileRecord)
+    cell = ProfileRecord.read(out).cell
+    assert (cell.model, cell.runtime, cell.precision, cell.weights) == \
         ("mobilenet_v2_100", "onnxruntime", "fp32", "trained")
-    assert cell["images"] == 16 and 0 <= cell["top1"] <= 1 and len(cell["predictions"]) == 16
-    latency = cell["latency_b1"]
-    assert latency["runs"] == 5 and 0 < latency["min_ms"] <= latency["p50_ms"] <= latency["p99_ms"]
-    assert cell["params"] == 3504872 and cell["artifact_bytes"] == mnv2_ort.stat().st_size
-    assert main(["table4", "--merge", str(out), str(out), "--out", str(tmp_path / "merged")]) == 0
-    assert len(load_table(tmp_path / "merged" / "table4.json")["cells"]) == 1
+    assert cell.images == 16 and 0 <= cell.top1 <= 1 and len(cell.predictions) == 16
+    latency = cell.latency_b1
+    assert latency.runs == 5 and 0 < latency.min_ms <= latency.p50_ms <= latency.p99_ms
+    assert cell.params == 3504872 and cell.artifact_bytes == mnv2_ort.stat().st_size
+
+
+def test_two_processes_on_one_host_merge_as_one_machine(mnv2_ort, tmp_path):
+    """Each profile runs in a process of its own with another hash seed; their records merge as one machine, the later
+    run's cell replacing the earlier one's."""
+    outs = [tmp_path / f"run{seed}.json" for seed in (1, 2)]
+    for seed, out in zip((1, 2), outs):
+        done = subprocess.run([sys.executable, "-m", "t2tedge.cli", "profile", str(mnv2_ort), "--runs", "2",
+                               "--warmup", "1", "--out", str(out)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        assert done.returncode == 0, done.stderr
+    records = [ProfileRecord.read(out) for out in outs]
+    merged = merge([load_table(out) for out in outs])
+    assert merged.machine == records[0].machine == records[1].machine and len(merged.cells) == 1
+    assert merged.cells[0].latency_b1 == records[1].cell.latency_b1
 
 
 def test_profile_errors(mnv2_onnx, tmp_path, capsys):
@@ -89,9 +103,10 @@ def test_bundle_runs_its_profiler_without_the_installed_package(mnv2_ort, tmp_pa
                           timeout=300)
     assert done.returncode == 0, done.stderr
     results = sorted((tmp_path / "device" / "results").glob("*.json"))
-    cell = load_table(results[0])["cells"][0] if results else {}
-    assert cell["latency_b1"]["runs"] == 3 and cell["model"] == "mobilenet_v2_100"
-    assert cell["params"] is None and cell["macs"] is None  # counted with torch on the host, not here
+    assert results, done.stdout
+    cell = ProfileRecord.read(results[0]).cell
+    assert cell.latency_b1.runs == 3 and cell.model == "mobilenet_v2_100"
+    assert cell.params is None and cell.macs is None  # counted with torch on the host, not here
 
 
 def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):

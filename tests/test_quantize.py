@@ -10,23 +10,24 @@ from onnx import numpy_helper
 import pytest
 import torch
 
+from conftest import assert_matches_schema
 from t2tedge.cli import main
 from t2tedge.export.ort_optimize import optimize_for_onnxruntime
-from t2tedge.quantize import OpQuantConfig, QuantConfig, plan
+from t2tedge.quantize import OpQuantConfig, QuantConfig, plan, preset
+from t2tedge.quantize.pipeline import quantize_model
+from t2tedge.results import QuantizeReport
 
 
 @pytest.fixture(scope="module")
 def mobilenet_int8(tmp_path_factory, weights_dir, sample_dir):
     """The library pipeline behind `t2tedge quantize`, called as a user's script would."""
-    from t2tedge.quantize import preset
-    from t2tedge.quantize.pipeline import quantize_model
-
     out = tmp_path_factory.mktemp("int8")
     path, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), out, calib=sample_dir, num_calib=64,
                                   checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
     assert path == out / "mobilenet_v2_100_int8.onnx"
-    assert json.loads(path.with_suffix(".json").read_text()) == json.loads(json.dumps(report))
-    assert path.with_suffix(".trt.cache").is_file()
+    assert QuantizeReport.read(path.with_suffix(".json")) == report
+    assert_matches_schema(json.loads(path.with_suffix(".json").read_text()), QuantizeReport)
+    assert report.trt_calibration_cache.tensors > 50 and path.with_suffix(".trt.cache").is_file()
     return path
 
 
@@ -37,9 +38,9 @@ def test_int8_graph_and_report(mobilenet_int8):
     assert "Clip" not in ops  # ReLU6 folded into the quantized Conv output range
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["t2tedge.precision"] == "int8" and json.loads(meta["t2tedge.quant_config"])["method"] == "mse"
-    report = json.loads(mobilenet_int8.with_suffix(".json").read_text())
-    assert report["calibration"]["images"] == 64 and len(report["quantized_nodes"]) > 50
-    assert report["float_nodes_behind_dequantize"] == [] and "t2tedge.ort_disabled_optimizers" not in meta
+    report = QuantizeReport.read(mobilenet_int8.with_suffix(".json"))
+    assert report.calibration.images == 64 and len(report.quantized_nodes) > 50
+    assert report.float_nodes_behind_dequantize == [] and "t2tedge.ort_disabled_optimizers" not in meta
 
 
 def test_quantized_mobilenet_reads_pixels_exactly_and_pools_in_int8(mobilenet_int8, tmp_path):
@@ -111,18 +112,18 @@ def test_shipped_files_give_a_bare_session_the_harness_logits(mobilenet_int8, we
         assert np.array_equal(harness.argmax(1), app.argmax(1))
 
 
-def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8, weights_dir, sample_dir, tmp_path,
-                                                                   capsys):
+def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8, weights_dir, sample_dir, tmp_path):
     report = json.loads(mobilenet_int8.with_suffix(".json").read_text())["layer_sqnr"]
     assert len(report["layers"]) > 50 and report["flagged"] == []
     assert min(row["sqnr_db"] for row in report["layers"]) > report["threshold_db"]
     # Per-tensor weights are what collapses MobileNetV2 under plain ORT PTQ: the report must point at it.
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "32", "--per-tensor", "--bias-correction", "off",
-                 "--out", str(tmp_path)]) == 0
-    assert "below 10 dB SQNR" in capsys.readouterr().err
-    collapsed = json.loads((tmp_path / "mobilenet_v2_100_int8.json").read_text())["layer_sqnr"]
-    assert len(collapsed["flagged"]) > 20 and collapsed["layers"][0]["sqnr_db"] > 10  # the first conv is still fine
+    warnings = []
+    _, collapsed = quantize_model("mobilenet_v2_100", preset("onnxruntime", per_channel=False, bias_correction="off"),
+                                  tmp_path, calib=sample_dir, num_calib=32, warn=warnings.append,
+                                  checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    assert any("below 10 dB SQNR" in line for line in warnings)
+    layers = collapsed.layer_sqnr
+    assert len(layers.flagged) > 20 and layers.layers[0]["sqnr_db"] > 10  # the first conv is still fine
 
 
 def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t7_checkpoint, sample_dir, val_dir,
@@ -136,25 +137,22 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     from t2tedge.runtimes import get_runtime
 
     fp32 = export_onnx("t2t_vit_7", t2t7_checkpoint, out_dir=tmp_path)
-    assert main(["quantize", "t2t_vit_7", "--onnx", str(fp32), "--calib", str(sample_dir), "--num-calib", "32",
-                 "--out", str(tmp_path / "int8")]) == 0
-    report = json.loads((tmp_path / "int8" / "t2t_vit_7_int8.json").read_text())
-    soft_splits = [n for n in report["float_nodes"] if "/soft_split" in n]
-    assert len(soft_splits) == 2 and not any("/soft_split" in n for n in report["quantized_nodes"])
-    assert report["layer_sqnr"]["images"] == 8 and report["layer_sqnr"]["flagged"] == []
+    int8, report = quantize_model("t2t_vit_7", preset("onnxruntime"), tmp_path / "int8", calib=sample_dir, num_calib=32,
+                                  onnx_path=fp32)
+    soft_splits = [n for n in report.float_nodes if "/soft_split" in n]
+    assert len(soft_splits) == 2 and not any("/soft_split" in n for n in report.quantized_nodes)
+    assert report.layer_sqnr.images == 8 and report.layer_sqnr.flagged == []
     # The int8 MatMuls whose outputs only float ops read keep them float; TensorRT's cache still has their ranges.
     from t2tedge.quantize.tensorrt_checks import read_calibration_cache
 
-    _, cached = read_calibration_cache(tmp_path / "int8" / "t2t_vit_7_int8.trt.cache")
-    assert len(report["int8_outputs_kept_float"]) >= 4 * 7 and set(report["int8_outputs_kept_float"]) <= set(cached)
+    _, cached = read_calibration_cache(report.trt_calibration_cache.path)
+    assert len(report.int8_outputs_kept_float) >= 4 * 7 and set(report.int8_outputs_kept_float) <= set(cached)
     images, _ = load_batch(discover(val_dir)[::40], get_spec("t2t_vit_7").preprocess)
     reference = get_runtime("onnxruntime").load(fp32).run(images)
-    int8 = tmp_path / "int8" / "t2t_vit_7_int8.onnx"
     logits = get_runtime("onnxruntime").load(int8).run(images)
     # `t2tedge optimize`: each block's int8 qkv projection and float attention run as one QAttention kernel, and
     # int8 MatMuls take their bias Add in, with the same logits.
-    assert main(["optimize", str(int8)]) == 0
-    optimized = get_runtime("onnxruntime").load(tmp_path / "int8" / "t2t_vit_7_int8.ort-cpu.onnx")
+    optimized = get_runtime("onnxruntime").load(optimize_for_onnxruntime(int8)[0])
     fusions = optimized.describe().details["fusions"].split(",")
     assert "QAttention x7" in fusions and any(f.startswith("MatMulIntegerToFloat x") for f in fusions), fusions
     assert np.abs(optimized.run(images) - logits).max() <= 1e-4
@@ -165,7 +163,7 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     assert np.mean(reference.argmax(1) == logits.argmax(1)) >= 0.85
 
 
-def test_a_failure_after_quantizing_leaves_no_int8_model(weights_dir, sample_dir, tmp_path, monkeypatch, capsys):
+def test_a_failure_after_quantizing_leaves_no_int8_model(weights_dir, sample_dir, tmp_path, monkeypatch):
     from t2tedge.errors import T2TEdgeError
     from t2tedge.quantize import layer_sqnr
 
@@ -173,9 +171,9 @@ def test_a_failure_after_quantizing_leaves_no_int8_model(weights_dir, sample_dir
         raise T2TEdgeError("per-layer report failed")
 
     monkeypatch.setattr(layer_sqnr, "layer_sqnr", fail)
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "8", "--out", str(tmp_path / "int8")]) == 1
-    assert "per-layer report failed" in capsys.readouterr().err
+    with pytest.raises(T2TEdgeError, match="per-layer report failed"):
+        quantize_model("mobilenet_v2_100", preset("onnxruntime"), tmp_path / "int8", calib=sample_dir, num_calib=8,
+                       checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
     assert not (tmp_path / "int8").exists() or list((tmp_path / "int8").iterdir()) == []
 
 
@@ -340,9 +338,9 @@ def test_quantize_cli_errors(argv, message, tmp_path, capsys):
 def test_tensorrt_target_passes_check_and_writes_cache(weights_dir, sample_dir, tmp_path, capsys):
     from t2tedge.quantize.tensorrt_checks import read_calibration_cache
 
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "16", "--target", "tensorrt", "--out", str(tmp_path)]) == 0
-    qdq = tmp_path / "mobilenet_v2_100_int8_tensorrt.onnx"
+    qdq, _ = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=16,
+                            target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    assert qdq.name == "mobilenet_v2_100_int8_tensorrt.onnx"
     assert main(["check-trt", str(qdq)]) == 0
     assert "OK for TensorRT" in capsys.readouterr().out
     header, scales = read_calibration_cache(qdq.with_suffix(".trt.cache"))
@@ -439,15 +437,16 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
 
 
 @pytest.mark.slow
-def test_mixed_precision_reaches_target_on_mobilenet_v2(weights_dir, sample_dir, tmp_path, capsys):
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "256", "--target-agreement", "0.99",
-                 "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "mobilenet_v2_100_int8.json").read_text())
-    searched = report["mixed_precision"]
-    assert searched["reached"] and report["sensitivity"]
-    assert set(searched["kept_float"]) <= set(report["float_nodes"])
-    agreement, images = searched["top1_agreement"], report["held_out_images"]
+def test_mixed_precision_reaches_target_on_mobilenet_v2(weights_dir, sample_dir, tmp_path):
+    from t2tedge.quantize.pipeline import SearchSettings
+
+    _, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), tmp_path, calib=sample_dir, num_calib=256,
+                               search=SearchSettings(target_agreement=0.99), say=lambda line: None,
+                               checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    searched = report.mixed_precision
+    assert searched["reached"] and report.sensitivity
+    assert set(searched["kept_float"]) <= set(report.float_nodes)
+    agreement, images = searched["top1_agreement"], report.held_out_images
     assert searched["images"] == images == 200
     rate = (round(agreement * images) + 1) / (images + 2)
     assert searched["top1_agreement_standard_error"] == pytest.approx(np.sqrt(rate * (1 - rate) / images))

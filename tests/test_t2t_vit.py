@@ -10,7 +10,7 @@ import torch
 from conftest import max_abs, real_images, save_official_checkpoint, trained_like_state_dict
 from reference_t2t import official_forward
 from t2tedge.models import create_model, get_spec, set_export_form
-from t2tedge.models.t2t_vit import SoftSplit, TokenPerformer, set_export_form
+from t2tedge.models.t2t_vit import SoftSplit, TokenPerformer
 
 HEADS = {"t2t_vit_7": 4, "t2t_vit_12": 4, "t2t_vit_t_14": 6}
 

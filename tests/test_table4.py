@@ -1,57 +1,71 @@
-"""Table 4 harness on a tiny grid: data first, views that match it, skips with reasons, cache, merge."""
+"""Table 4 harness on a tiny grid, through the library: typed cells, views that match the data, skips with reasons,
+the cache, merging machines. One CLI test checks that `t2tedge table4` calls the same grid."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 
 import pytest
 
+from conftest import assert_matches_schema
 from t2tedge.cli import main
-from t2tedge.harness.table4 import load_table
+from t2tedge.errors import T2TEdgeError
+from t2tedge.harness.table4 import Grid, GridSettings, load_table, merge, write_outputs
 from t2tedge.harness.table4_views import cell_row, parse_markdown_rows, pareto_front
+from t2tedge.results import MachineInfo, Table4Result
+
+MODELS, RUNTIMES, PRECISIONS = ("t2t_vit_7", "mobilenet_v2_100"), ("torch", "onnxruntime", "openvino", "coreml"), \
+    ("fp32", "int8")
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, val_dir):
     out = tmp_path_factory.mktemp("table4")
-    argv = ["table4", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes", "torch,onnxruntime,openvino,coreml",
-            "--precisions", "fp32,int8", "--data", str(val_dir), "--limit", "16", "--runs", "5", "--num-calib", "16",
-            "--out", str(out)]
-    assert main(argv) == 0
-    return out, argv
+    settings = GridSettings(data=val_dir, limit=16, runs=5, num_calib=16)
+    table = Grid(MODELS, RUNTIMES, PRECISIONS, settings, out).run()
+    write_outputs(table, out)
+    return out, table
 
 
-def test_json_cells(grid):
-    table = load_table(grid[0] / "table4.json")
-    cells = {(c["model"], c["runtime"], c["precision"]): c for c in table["cells"]}
+def test_grid_cells(grid):
+    table = grid[1]
+    cells = {(c.model, c.runtime, c.precision): c for c in table.cells}
     assert len(cells) == 2 * 4 * 2
-    measured = [k for k, c in cells.items() if c["status"] == "measured"]
-    assert sorted(measured) == sorted([(m, r, p) for m in ("t2t_vit_7", "mobilenet_v2_100")
+    measured = [k for k, c in cells.items() if c.measured]
+    assert sorted(measured) == sorted([(m, r, p) for m in MODELS
                                        for r, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
                                                     ("openvino", "fp32"), ("openvino", "int8"))])
-    assert "Core ML" in cells[("t2t_vit_7", "coreml", "fp32")]["reason"]
+    assert "Core ML" in cells[("t2t_vit_7", "coreml", "fp32")].reason
     mnv2 = cells[("mobilenet_v2_100", "onnxruntime", "int8")]
-    assert mnv2["weights"] == "trained" and cells[("t2t_vit_7", "torch", "fp32")]["weights"] == "untrained"
-    assert mnv2["images"] == 16 and mnv2["reference"] == "torch fp32" and 0 <= mnv2["top1_agreement"] <= 1
-    assert cells[("mobilenet_v2_100", "torch", "fp32")]["top1_agreement"] == 1.0
-    lat = mnv2["latency_b1"]
-    assert lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["runs"] == 5
-    assert mnv2["artifact_bytes"] < cells[("mobilenet_v2_100", "onnxruntime", "fp32")]["artifact_bytes"] / 2
-    assert table["machine"]["cores"] and mnv2["paper"]["top1"] == 72.0
+    assert mnv2.weights == "trained" and cells[("t2t_vit_7", "torch", "fp32")].weights == "untrained"
+    assert mnv2.images == 16 and mnv2.reference == "torch fp32" and 0 <= mnv2.top1_agreement <= 1
+    assert cells[("mobilenet_v2_100", "torch", "fp32")].top1_agreement == 1.0
+    lat = mnv2.latency_b1
+    assert lat.min_ms <= lat.p50_ms <= lat.p90_ms <= lat.p99_ms and lat.runs == 5
+    assert mnv2.artifact_bytes < cells[("mobilenet_v2_100", "onnxruntime", "fp32")].artifact_bytes / 2
+    assert table.machine.cores and mnv2.paper["top1"] == 72.0
     ov_int8 = cells[("mobilenet_v2_100", "openvino", "int8")]
     # ONNX Runtime runs the `t2tedge optimize` copy of the INT8 file that OpenVINO runs as it is (quantize --target
     # openvino chooses ORT's settings), in int8 kernels.
-    assert mnv2["artifact"] == ov_int8["artifact"].removesuffix(".onnx") + ".ort-cpu.onnx"
-    assert ov_int8["artifact_sha256"] != mnv2["artifact_sha256"] and ov_int8["top1_agreement"] >= 0.8
-    assert "u8 x" in ov_int8["runtime_info"]["details"]["layers_by_precision"]
-    assert cells[("mobilenet_v2_100", "openvino", "fp32")]["top1_agreement"] == 1.0
+    assert mnv2.artifact == ov_int8.artifact.removesuffix(".onnx") + ".ort-cpu.onnx"
+    assert ov_int8.artifact_sha256 != mnv2.artifact_sha256 and ov_int8.top1_agreement >= 0.8
+    assert "u8 x" in ov_int8.runtime_info["details"]["layers_by_precision"]
+    assert cells[("mobilenet_v2_100", "openvino", "fp32")].top1_agreement == 1.0
+
+
+def test_written_json_reads_back_as_the_same_result(grid):
+    out, table = grid
+    data = json.loads((out / "table4.json").read_text())
+    assert data["schema"] == "t2tedge.table4/1"
+    assert_matches_schema(data, Table4Result)
+    assert load_table(out / "table4.json") == table
 
 
 def test_markdown_matches_json(grid):
-    table = load_table(grid[0] / "table4.json")
-    rows = parse_markdown_rows((grid[0] / "table4.md").read_text())
-    assert rows == [cell_row(c) for c in table["cells"]]
+    out, table = grid
+    rows = parse_markdown_rows((out / "table4.md").read_text())
+    assert rows == [cell_row(c) for c in table.cells]
     untrained = [r for r in rows if r[0] == "t2t_vit_7" and r[1] == "torch" and r[2] == "fp32"][0]
     assert untrained[3] == "untrained"
 
@@ -61,27 +75,39 @@ def test_png_is_written(grid):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
-def test_rerun_uses_cache(grid, capsys):
-    out, argv = grid
-    assert main(argv) == 0
-    table = load_table(out / "table4.json")
-    assert all(c["cached"] for c in table["cells"] if c["status"] == "measured")
+def test_the_cli_reruns_the_grid_from_its_cache(grid, val_dir, capsys):
+    out, table = grid
+    assert main(["table4", "--models", ",".join(MODELS), "--runtimes", ",".join(RUNTIMES), "--precisions",
+                 ",".join(PRECISIONS), "--data", str(val_dir), "--limit", "16", "--runs", "5", "--num-calib", "16",
+                 "--out", str(out)]) == 0
+    assert "10 cells measured, 6 skipped" in capsys.readouterr().out
+    rerun = load_table(out / "table4.json")
+    assert all(c.cached for c in rerun.cells if c.measured)
+    assert [dataclasses.replace(c, cached=None) for c in rerun.cells] == \
+        [dataclasses.replace(c, cached=None) for c in table.cells]
 
 
-def test_merge_two_machines(grid, tmp_path):
-    table = load_table(grid[0] / "table4.json")
-    other = copy.deepcopy(table)
-    other["machine"] = {"cpu": "Apple M2", "cores": 8}
-    for cell in other["cells"]:
-        cell["machine"] = other["machine"]
-    (tmp_path / "a.json").write_text(json.dumps(table))
-    (tmp_path / "b.json").write_text(json.dumps(other))
-    assert main(["table4", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m")]) == 0
-    merged = load_table(tmp_path / "m" / "table4.json")
-    assert len(merged["cells"]) == 2 * len(table["cells"])
-    assert {c["machine"]["cpu"] for c in merged["cells"]} == {table["machine"]["cpu"], "Apple M2"}
+def test_merge_two_machines(grid):
+    table = grid[1]
+    mac = MachineInfo(cpu="Apple M2", cores=8, system="Darwin 24.1.0", python="3.12.1", hostname_hash="0123456789ab")
+    other = Table4Result(version=table.version, machine=mac, data=table.data,
+                         cells=[dataclasses.replace(c, machine=mac) for c in table.cells])
+    merged = merge([table, other])
+    assert merged.machine is None and len(merged.cells) == 2 * len(table.cells)
+    assert {c.machine.cpu for c in merged.cells} == {table.machine.cpu, "Apple M2"}
+    # Agreement is computed within one machine: the Mac's int8 cell compares with the Mac's fp32 cell.
+    mac_int8 = next(c for c in merged.cells if c.machine == mac and c.measured and c.precision == "int8")
+    assert mac_int8.reference.endswith("fp32") and mac_int8.top1_agreement is not None
+
+
+def test_merge_refuses_other_files(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
-    assert main(["table4", "--merge", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 1
+    with pytest.raises(T2TEdgeError, match="not a Table 4 result or profile record"):
+        load_table(tmp_path / "bad.json")
+    (tmp_path / "typo.json").write_text(json.dumps({"schema": "t2tedge.table4/1", "version": "x", "machine": None,
+                                                    "data": None, "cells": [{"model": "m"}]}))
+    with pytest.raises(T2TEdgeError, match="missing field 'runtime'"):
+        load_table(tmp_path / "typo.json")
 
 
 def test_pareto_front():
@@ -93,7 +119,7 @@ def test_machine_info_is_the_same_in_two_processes():
     import subprocess
     import sys
 
-    code = "import json; from t2tedge.harness.latency import machine_info; print(json.dumps(machine_info()))"
+    code = "from t2tedge.harness.latency import machine_info; print(machine_info().to_json())"
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                       env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout) for seed in ("1", "2")]
     assert runs[0] == runs[1] and len(runs[0]["hostname_hash"]) == 12
@@ -105,19 +131,20 @@ def test_imagenette_suite_measures_trained_models_and_skips_the_rest(tmp_path):
     if trained_subject("t2t_vit_7") is None:
         pytest.skip("the Imagenette-trained T2T-ViT-7 or ../shared/data/imagenette2 is absent")
     out = tmp_path / "imagenette"
-    assert main(["table4", "--suite", "imagenette", "--models", "t2t_vit_7,mobilenet_v2_100", "--runtimes",
-                 "torch,onnxruntime", "--precisions", "fp32,int8", "--limit", "20", "--runs", "3",
-                 "--num-calib", "16", "--out", str(out)]) == 0
-    table = load_table(out / "table4.json")
-    assert table["data"]["suite"] == "imagenette" and table["data"]["images"] == 20
-    assert table["data"]["folder"].endswith("imagenette2/val")
-    cells = {(c["model"], c["runtime"], c["precision"]): c for c in table["cells"]}
+    from t2tedge.harness.table4_grid import SUITES
+
+    settings = GridSettings(data=SUITES["imagenette"].data(), limit=20, runs=3, num_calib=16, suite="imagenette")
+    table = Grid(["t2t_vit_7", "mobilenet_v2_100"], ["torch", "onnxruntime"], ["fp32", "int8"], settings, out).run()
+    write_outputs(table, out)
+    assert table.data.suite == "imagenette" and table.data.images == 20
+    assert table.data.folder.endswith("imagenette2/val")
+    cells = {(c.model, c.runtime, c.precision): c for c in table.cells}
     t2t = cells[("t2t_vit_7", "torch", "fp32")]
     # 20 images spread over the 10 classes; the trained subject scores 85% on all 3925.
-    assert t2t["weights"] == "trained" and t2t["top1"] >= 0.6 and t2t["status"] == "measured"
-    assert cells[("t2t_vit_7", "onnxruntime", "int8")]["top1_agreement"] >= 0.8
+    assert t2t.weights == "trained" and t2t.top1 >= 0.6 and t2t.measured
+    assert cells[("t2t_vit_7", "onnxruntime", "int8")].top1_agreement >= 0.8
     skipped = cells[("mobilenet_v2_100", "onnxruntime", "fp32")]
-    assert skipped["status"] == "skipped" and "no Imagenette-trained mobilenet_v2_100" in skipped["reason"]
+    assert skipped.status == "skipped" and "no Imagenette-trained mobilenet_v2_100" in skipped.reason
     rows = parse_markdown_rows((out / "table4.md").read_text())
     assert (out / "table4.png").is_file() and "untrained" not in {row[3] for row in rows}
 
@@ -135,5 +162,5 @@ def test_the_cli_and_profile_need_no_torch(tmp_path, weights_dir):
             f"{str(tmp_path / 'cell.json')!r}]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    cell = json.loads((tmp_path / "cell.json").read_text())["cells"][0]
-    assert cell["model"] == "mobilenet_v2_100" and cell["params"] is None  # complexity needs torch: left to the host
+    cell = json.loads((tmp_path / "cell.json").read_text())["cell"]
+    assert cell["model"] == "mobilenet_v2_100" and "params" not in cell  # complexity needs torch: left to the host

@@ -16,6 +16,8 @@ from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.export import OnnxExportOptions, export_onnx
 from t2tedge.export.tensorrt_engine import INSTALL_HINT, EngineOptions, build_engine
 from t2tedge.onnx_graph import has_qdq
+from t2tedge.quantize import preset
+from t2tedge.quantize.pipeline import quantize_model
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason=INSTALL_HINT)
@@ -60,9 +62,9 @@ def test_engine_options_are_validated(kwargs, message):
 
 def test_qdq_detection_picks_explicit_quantization(t2t7_dynbatch, weights_dir, sample_dir, tmp_path):
     assert not has_qdq(t2t7_dynbatch)
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "8", "--target", "tensorrt", "--out", str(tmp_path)]) == 0
-    assert has_qdq(tmp_path / "mobilenet_v2_100_int8_tensorrt.onnx")
+    qdq, _ = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=8,
+                            target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    assert has_qdq(qdq)
 
 
 # --- with TensorRT 10 and a GPU ---------------------------------------------------------------------------
@@ -97,9 +99,8 @@ def test_engine_matches_onnxruntime(gpu, t2t7_dynbatch, tmp_path, precision, max
 
 @needs_tensorrt
 def test_int8_from_qdq_and_from_calibration_cache(gpu, weights_dir, sample_dir, tmp_path):
-    assert main(["quantize", "mobilenet_v2_100", "--checkpoint", str(weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"),
-                 "--calib", str(sample_dir), "--num-calib", "32", "--target", "tensorrt", "--out", str(tmp_path)]) == 0
-    qdq = tmp_path / "mobilenet_v2_100_int8_tensorrt.onnx"
+    qdq, _ = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=32,
+                            target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
     explicit = build_engine(qdq, tmp_path / "explicit.engine", EngineOptions(precision="int8"))
     assert explicit.explicit_quantization
     fp32 = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=tmp_path,

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from t2tedge.cli import main
 from t2tedge.data import discover, evenly_spread, load_batch
 from t2tedge.models import get_spec
+from t2tedge.quantize import preset
+from t2tedge.quantize.pipeline import quantize_model
 
 HELD_OUT = 400
 
@@ -30,9 +31,9 @@ def exports(subject, tmp_path_factory):
     out = tmp_path_factory.mktemp("subject")
     fp32 = export_onnx("t2t_vit_7", subject.checkpoint, out_dir=out, options=OnnxExportOptions(dynamic_batch=True),
                        num_classes=subject.num_classes)
-    assert main(["quantize", "t2t_vit_7", "--onnx", str(fp32), "--calib", str(subject.train), "--num-classes",
-                 str(subject.num_classes), "--num-calib", "64", "--out", str(out / "int8")]) == 0
-    return fp32, out / "int8" / "t2t_vit_7_int8.onnx"
+    int8, _ = quantize_model("t2t_vit_7", preset("onnxruntime"), out / "int8", calib=subject.train, num_calib=64,
+                             onnx_path=fp32, num_classes=subject.num_classes)
+    return fp32, int8
 
 
 def _logits(path, images: np.ndarray) -> np.ndarray:

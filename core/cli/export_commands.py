@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from t2tedge import metadata_keys as keys
 from t2tedge.cli.options import (
     check_calibration_wanted,
     int8_calibration_args,
@@ -121,7 +122,7 @@ def cmd_export_litert(args: argparse.Namespace) -> int:
     path, metadata = export_litert_model(args.model, checkpoint, out_dir=args.out, precision=args.precision,
                                          layout=args.layout, calib=args.calib, num_calib=args.num_calib,
                                          **class_override(args))
-    report = metadata.get("t2tedge.quantization", {})
+    report = metadata.get(keys.QUANTIZATION, {})
     counts = {kind: sum(report.get(f"{kind}_ops", {}).values()) for kind in ("int8", "int8_dynamic", "float")}
     summary = ", ".join(f"{n} {kind.replace('_', ' ')} ops" for kind, n in counts.items() if n)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.precision}, {args.layout.upper()} input) and "
@@ -149,7 +150,7 @@ def cmd_export_executorch(args: argparse.Namespace) -> int:
                                              delegate=args.delegate, calib=args.calib, num_calib=args.num_calib,
                                              allow_outside=args.allow_outside_delegate, **class_override(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.precision}, {args.delegate}) and {path.name}.json; "
-          f"{format_delegation(metadata['t2tedge.delegation'])}")
+          f"{format_delegation(metadata[keys.DELEGATION])}")
     return 0
 
 

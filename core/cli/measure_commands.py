@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from t2tedge.cli.options import (
@@ -38,18 +37,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
                                              ("precision", args.precision)) if value}
     options.update(openvino_options(args, [runtime]).get(runtime, {}))
-    table = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
-                             settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
-                             force=args.force, **options)
-    cell = table["cells"][0]
+    record = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
+                              settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
+                              force=args.force, **options)
+    cell, latency = record.cell, record.cell.latency_b1
     if out.suffix != ".json":
         out = out / f"{args.artifact.name}_{runtime}{'_' + '_'.join(map(str, options.values())) if options else ''}.json"
-    atomic_write_text(out, json.dumps(table, indent=1, sort_keys=True) + "\n")
-    latency = cell["latency_b1"]
-    accuracy = f", top-1 {100 * cell['top1']:.2f}% on {cell['images']} images" if "top1" in cell else ""
-    print(f"{cell['model']} {runtime} {cell['precision']} ({cell['runtime_info']['device']}): batch-1 p50 "
-          f"{latency['p50_ms']:.2f} ms (min {latency['min_ms']:.2f}, p90 {latency['p90_ms']:.2f}, p99 "
-          f"{latency['p99_ms']:.2f}), batch-8 {cell['throughput_b8_ips']:.1f} img/s{accuracy}; wrote {out}")
+    atomic_write_text(out, record.to_json())
+    accuracy = f", top-1 {100 * cell.top1:.2f}% on {cell.images} images" if cell.top1 is not None else ""
+    print(f"{cell.model} {runtime} {cell.precision} ({cell.runtime_info['device']}): batch-1 p50 "
+          f"{latency.p50_ms:.2f} ms (min {latency.min_ms:.2f}, p90 {latency.p90_ms:.2f}, p99 "
+          f"{latency.p99_ms:.2f}), batch-8 {cell.throughput_b8_ips:.1f} img/s{accuracy}; wrote {out}")
     return 0
 
 
@@ -94,7 +92,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                  seed=args.seed, target=args.target, onnx_path=args.onnx, checkpoint=checkpoint,
                                  exclude=comma_list(args.exclude) if args.exclude else (), search=search,
                                  sqnr_threshold=args.sqnr_threshold, **class_override(args))
-    print(f"wrote {out} ({len(report['quantized_nodes'])} nodes quantized, {len(report['float_nodes'])} kept float), "
+    print(f"wrote {out} ({len(report.quantized_nodes)} nodes quantized, {len(report.float_nodes)} kept float), "
           f"{out.with_suffix('.json')} and {out.with_suffix('.trt.cache')}")
     return 0
 
@@ -138,8 +136,8 @@ def cmd_table4(args: argparse.Namespace) -> int:
         table = Grid(comma_list(args.models), comma_list(args.runtimes), comma_list(args.precisions), settings,
                      args.out).run()
     paths = write_outputs(table, args.out)
-    measured = sum(c.get("status") == "measured" for c in table["cells"])
-    print(f"{measured} cells measured, {len(table['cells']) - measured} skipped; wrote "
+    measured = sum(c.measured for c in table.cells)
+    print(f"{measured} cells measured, {len(table.cells) - measured} skipped; wrote "
           + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -149,8 +147,9 @@ def profile_parser(sub) -> None:
         "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
         description="Measure an exported artifact with its runtime, chosen from the suffix (.onnx/.ort: "
                     "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt, .xml: openvino, .tflite: litert, .pte: "
-                    "executorch): warm-up, then --runs "
-                    "timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 throughput. Writes a Table 4 JSON with one cell.")
+                    "executorch): warm-up, then --runs timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 "
+                    "throughput. Writes a profile record (schema t2tedge.profile/1: one Table 4 cell and the "
+                    "machine) that `t2tedge table4 --merge` takes.")
     p.add_argument("artifact", type=Path)
     p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. tensorrt for an .onnx)")
     p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
@@ -265,5 +264,5 @@ def table4_parser(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
-    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge result files instead of measuring")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge table4.json files and `t2tedge profile` records instead of measuring")
     p.set_defaults(func=cmd_table4)

@@ -1,0 +1,387 @@
+"""What t2tedge writes as JSON, typed: dataclasses with one versioned JSON Schema each.
+
+| class | schema id | file |
+| --- | --- | --- |
+| `QuantizeReport` | `t2tedge.quantize-report/1` | `MODEL_int8[_target].json` beside the INT8 model |
+| `Table4Result` (rows: `Table4Cell`) | `t2tedge.table4/1` | `table4.json` |
+| `ProfileRecord` (one `Table4Cell`) | `t2tedge.profile/1` | what `t2tedge profile` writes; merges into a table |
+
+`to_dict()` gives the JSON form; `from_dict()` checks it field by field and names the first field that is wrong.
+The schema files in `docs/schemas/` are `json_schema(cls)` written out; a test keeps them equal to the classes, so
+a field cannot change without the file (and, where old readers would break, the version) changing too. Needs only
+the standard library: `t2tedge profile` runs on devices without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar, Union
+
+from t2tedge.errors import T2TEdgeError
+
+R = TypeVar("R", bound="Record")
+SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+class ResultFormatError(T2TEdgeError):
+    """A JSON result that does not match its class (a wrong type, a missing or unknown field, another schema)."""
+
+
+class Record:
+    """The JSON round trip shared by the result dataclasses. Optional fields left at None are not written."""
+
+    SCHEMA: ClassVar[str | None] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": self.SCHEMA} if self.SCHEMA else {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is None and _optional(item):
+                continue
+            out[item.name] = _dump(value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[R], data: Any, where: str | None = None) -> R:
+        where = where or cls.__name__
+        if not isinstance(data, dict):
+            raise ResultFormatError(f"{where}: expected an object, got {type(data).__name__}")
+        data = dict(data)
+        if cls.SCHEMA is not None:
+            found = data.pop("schema", None)
+            if found != cls.SCHEMA:
+                raise ResultFormatError(f"{where}: schema {found!r}, expected {cls.SCHEMA!r}")
+        hints = typing.get_type_hints(cls)
+        names = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ResultFormatError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        values = {}
+        for item in dataclasses.fields(cls):
+            if item.name in data:
+                values[item.name] = _load(hints[item.name], data[item.name], f"{where}.{item.name}")
+            elif _required(item):
+                raise ResultFormatError(f"{where}: missing field {item.name!r}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls: type[R], path: str | os.PathLike) -> R:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ResultFormatError(f"cannot read {path}: {exc}") from None
+        return cls.from_dict(data, where=Path(path).name)
+
+
+def _required(item: dataclasses.Field) -> bool:
+    return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+
+
+def _optional(item: dataclasses.Field) -> bool:
+    return item.default is None
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+def _union_args(hint: Any) -> tuple | None:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return typing.get_args(hint)
+    return None
+
+
+def _load(hint: Any, value: Any, where: str) -> Any:
+    if hint is Any:
+        return value
+    options = _union_args(hint)
+    if options is not None:
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _load(option, value, where)
+            except ResultFormatError as exc:
+                errors.append(str(exc))
+        raise ResultFormatError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ResultFormatError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_load(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ResultFormatError(f"{where}: expected an object, got {type(value).__name__}")
+        _, item = typing.get_args(hint)
+        return {str(k): _load(item, v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_dict(value, where)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ResultFormatError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ResultFormatError(f"{where}: expected an integer, got {value!r}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise ResultFormatError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def json_schema(cls: type[Record]) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of `cls`'s `to_dict()` form, nested records under `$defs`."""
+    definitions: dict[str, Any] = {}
+    root = _object_schema(cls, definitions)
+    schema = {"$schema": SCHEMA_DRAFT, "$id": f"urn:{cls.SCHEMA.replace('/', ':')}", "title": cls.__name__, **root}
+    if definitions:
+        schema["$defs"] = dict(sorted(definitions.items()))
+    return schema
+
+
+def _object_schema(cls: type[Record], definitions: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    properties: dict[str, Any] = {}
+    required = []
+    if cls.SCHEMA:
+        properties["schema"] = {"const": cls.SCHEMA}
+        required.append("schema")
+    for item in dataclasses.fields(cls):
+        properties[item.name] = _type_schema(hints[item.name], definitions)
+        if not _optional(item):
+            required.append(item.name)
+    doc = " ".join((cls.__doc__ or "").split())
+    return {"description": doc, "type": "object", "properties": properties, "required": required,
+            "additionalProperties": False}
+
+
+def _type_schema(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
+    if hint is Any:
+        return {}
+    options = _union_args(hint)
+    if options is not None:
+        return {"anyOf": [_type_schema(o, definitions) for o in options]}
+    if hint is type(None):
+        return {"type": "null"}
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return {"type": "array", "items": _type_schema(typing.get_args(hint)[0], definitions)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(typing.get_args(hint)[1], definitions)}
+    if isinstance(hint, type) and issubclass(hint, Record):
+        if hint.__name__ not in definitions:
+            definitions[hint.__name__] = {}  # placeholder: a record that refers to itself stops here
+            definitions[hint.__name__] = _object_schema(hint, definitions)
+        return {"$ref": f"#/$defs/{hint.__name__}"}
+    return {"type": _JSON_TYPES[hint]}
+
+
+# ---- what every measurement carries -------------------------------------------------------------------------
+
+
+@dataclass
+class MachineInfo(Record):
+    """The host a measurement ran on. `hostname_hash`: a stable digest of the host name, so two runs on one host
+    merge as one machine."""
+
+    cpu: str
+    cores: int | None
+    system: str
+    python: str
+    hostname_hash: str
+
+
+@dataclass
+class LatencyStats(Record):
+    """Milliseconds per call after `warmup` untimed calls, over `runs` timed ones."""
+
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+
+
+@dataclass
+class DataInfo(Record):
+    """The images a result was measured on (`folder` None: latency only)."""
+
+    folder: str | None
+    images: int
+    suite: str | None = None
+    calibration: str | None = None
+
+
+# ---- Table 4 and profile --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table4Cell(Record):
+    """One model x runtime x precision. `status` "measured" fills the measurement fields; "skipped" gives `reason`.
+    `delta_top1` and `top1_agreement` compare with `reference`, the same model's fp32 cell on the same machine.
+    `weights`: trained, untrained (random: accuracy not comparable), none (no checkpoint for this suite) or unknown."""
+
+    model: str
+    runtime: str
+    precision: str
+    family: str | None
+    weights: str
+    status: str
+    paper: dict[str, Any] | None = None
+    reason: str | None = None
+    artifact: str | None = None
+    artifact_bytes: int | None = None
+    artifact_sha256: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    images: int | None = None
+    predictions: list[int] | None = None
+    latency_b1: LatencyStats | None = None
+    throughput_b8_ips: float | None = None
+    runtime_info: dict[str, Any] | None = None
+    params: int | None = None
+    macs: int | None = None
+    cache_key: str | None = None
+    cached: bool | None = None
+    machine: MachineInfo | None = None
+    delta_top1: float | None = None
+    top1_agreement: float | None = None
+    reference: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "measured"
+
+
+@dataclass
+class Table4Result(Record):
+    """A Table 4 grid as measured: `machine` is None when cells from several machines were merged (each cell then
+    names its own)."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.table4/1"
+    version: str
+    machine: MachineInfo | None
+    data: DataInfo | None
+    cells: list[Table4Cell] = field(default_factory=list)
+
+
+@dataclass
+class ProfileRecord(Record):
+    """One artifact profiled on one host by `t2tedge profile`: latency, and accuracy when images were given.
+    `t2tedge table4 --merge` takes it as a one-cell table."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.profile/1"
+    version: str
+    machine: MachineInfo
+    data: DataInfo
+    cell: Table4Cell
+
+    def as_table(self) -> Table4Result:
+        return Table4Result(version=self.version, machine=self.machine, data=self.data, cells=[self.cell])
+
+
+# ---- quantization ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CalibrationInfo(Record):
+    """The calibration subset: `images` drawn from `folder` with `seed`."""
+
+    folder: str
+    images: int
+    seed: int
+
+
+@dataclass
+class LayerSqnrReport(Record):
+    """Each quantized layer's output SQNR against fp32 on `images` images; `flagged`: layers under `threshold_db`."""
+
+    threshold_db: float
+    images: int
+    scored_on: str
+    layers: list[dict[str, Any]]
+    flagged: list[str]
+
+
+@dataclass
+class CalibrationCacheInfo(Record):
+    """The TensorRT calibration cache written beside the model, and how many tensors it gives ranges for."""
+
+    path: str
+    tensors: int
+
+
+@dataclass
+class QuantizeReport(Record):
+    """What `t2tedge quantize` made: which nodes run INT8 and how, how each quantized layer scores, what was
+    calibrated on, and (with a search) the sensitivity ranking and the nodes kept float to reach an agreement
+    target."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.quantize-report/1"
+    model: str
+    destination: str
+    target: str
+    config: dict[str, Any]
+    calibration: CalibrationInfo
+    quantized_nodes: list[str]
+    float_nodes: list[str]
+    method: str
+    weight_granularity: str
+    weight_rounding: str
+    gptq_rounded_nodes: int
+    activation_dtype: str
+    bias_correction: dict[str, Any]
+    pixel_grid_input: dict[str, Any]
+    int8_outputs_kept_float: list[str]
+    int8_pooling: list[str]
+    float_nodes_behind_dequantize: list[str]
+    ort_disabled_optimizers: list[str]
+    layer_sqnr: LayerSqnrReport
+    trt_calibration_cache: CalibrationCacheInfo
+    held_out_images: int | None = None
+    all_int8: dict[str, Any] | None = None
+    sensitivity: list[dict[str, Any]] | None = None
+    mixed_precision: dict[str, Any] | None = None
+
+
+RESULT_TYPES: tuple[type[Record], ...] = (QuantizeReport, Table4Result, ProfileRecord)
+
+
+def schema_file_name(cls: type[Record]) -> str:
+    """docs/schemas/ file of a result class: `t2tedge.table4/1` -> `table4-1.schema.json`."""
+    return cls.SCHEMA.removeprefix("t2tedge.").replace("/", "-") + ".schema.json"
+
+
+def read_measurements(path: str | os.PathLike) -> Table4Result:
+    """A `table4.json` or a `t2tedge profile` record, as a table (what `table4 --merge` combines)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFormatError(f"cannot read {path}: {exc}") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema == ProfileRecord.SCHEMA:
+        return ProfileRecord.from_dict(data, Path(path).name).as_table()
+    if schema == Table4Result.SCHEMA:
+        return Table4Result.from_dict(data, Path(path).name)
+    raise ResultFormatError(f"{path} is not a Table 4 result or profile record (schema {schema!r}; expected "
+                            f"{Table4Result.SCHEMA} or {ProfileRecord.SCHEMA})")
