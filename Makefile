@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 T2TEDGE := $(VENV)/bin/t2tedge
 OUT ?= artifacts
-MODELS ?= t2t_vit_7 t2t_vit_12 mobilenet_v1_100 mobilenet_v2_100 mobilenet_v2_140
+# The Table 4 models, as t2tedge.harness.table4_grid names them (read when a recipe runs, after setup).
+MODELS ?= $(shell $(PY) -c 'from t2tedge.harness.table4_grid import TABLE4_MODELS; print(*TABLE4_MODELS)')
 PYTEST_ARGS ?=
 
 .PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch clean help

@@ -115,16 +115,6 @@ def test_pareto_front():
     assert pareto_front(points) == [3, 0, 1]
 
 
-def test_machine_info_is_the_same_in_two_processes():
-    import subprocess
-    import sys
-
-    code = "from t2tedge.harness.latency import machine_info; print(machine_info().to_json())"
-    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                      env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout) for seed in ("1", "2")]
-    assert runs[0] == runs[1] and len(runs[0]["hostname_hash"]) == 12
-
-
 def test_imagenette_suite_measures_trained_models_and_skips_the_rest(tmp_path):
     from t2tedge.models import trained_subject
 
