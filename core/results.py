@@ -75,11 +75,14 @@ class Record:
 
     @classmethod
     def read(cls: type[R], path: str | os.PathLike) -> R:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ResultFormatError(f"cannot read {path}: {exc}") from None
-        return cls.from_dict(data, where=Path(path).name)
+        return cls.from_dict(_read_json(path), where=Path(path).name)
+
+
+def _read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFormatError(f"cannot read {path}: {exc}") from None
 
 
 def _required(item: dataclasses.Field) -> bool:
@@ -197,7 +200,7 @@ def _type_schema(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
 # ---- what every measurement carries -------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class MachineInfo(Record):
     """The host a measurement ran on. `hostname_hash`: a stable digest of the host name, so two runs on one host
     merge as one machine."""
@@ -374,10 +377,7 @@ def schema_file_name(cls: type[Record]) -> str:
 
 def read_measurements(path: str | os.PathLike) -> Table4Result:
     """A `table4.json` or a `t2tedge profile` record, as a table (what `table4 --merge` combines)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultFormatError(f"cannot read {path}: {exc}") from None
+    data = _read_json(path)
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema == ProfileRecord.SCHEMA:
         return ProfileRecord.from_dict(data, Path(path).name).as_table()

@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import time
+
 import numpy as np
 
 from t2tedge.results import LatencyStats, MachineInfo

@@ -182,7 +182,6 @@ class Grid:
                 return dataclasses.replace(Table4Cell.read(cached), cached=True)
             except ResultFormatError:
                 pass  # written by an older toolkit: measured again
-
         instance = cls.load(artifact, threads=self.settings.threads)
         latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
         cell.update(measure_runtime(instance, self.samples, spec.preprocess, latency,
@@ -195,7 +194,7 @@ class Grid:
             **({"artifact": Path(artifact).name} if isinstance(artifact, (str, Path)) else {}),
         })
         measured = Table4Cell(**cell)
-        atomic_write_text(cached, json.dumps(measured.to_dict(), sort_keys=True))
+        atomic_write_text(cached, measured.to_json())
         return dataclasses.replace(measured, cached=False)
 
     def run(self) -> Table4Result:
@@ -234,14 +233,10 @@ def merge(tables: Sequence[Table4Result]) -> Table4Result:
     for table in tables:
         for cell in table.cells:
             cell = dataclasses.replace(cell, machine=cell.machine or table.machine)
-            cells[(cell.model, cell.runtime, cell.precision, _machine_key(cell.machine))] = cell
-    machines = {_machine_key(c.machine): c.machine for c in cells.values()}
-    return finish(Table4Result(version=__version__, machine=next(iter(machines.values())) if len(machines) == 1
-                               else None, data=tables[-1].data, cells=list(cells.values())))
-
-
-def _machine_key(machine) -> str:
-    return json.dumps(machine.to_dict() if machine is not None else None, sort_keys=True)
+            cells[(cell.model, cell.runtime, cell.precision, cell.machine)] = cell
+    machines = {c.machine for c in cells.values()}
+    return finish(Table4Result(version=__version__, machine=next(iter(machines)) if len(machines) == 1 else None,
+                               data=tables[-1].data, cells=list(cells.values())))
 
 
 def write_outputs(table: Table4Result, out: Path) -> dict[str, Path]:
