@@ -8,14 +8,14 @@ OUT ?= artifacts
 MODELS ?= $(shell $(PY) -c 'from t2tedge.harness.table4_grid import TABLE4_MODELS; print(*TABLE4_MODELS)')
 PYTEST_ARGS ?=
 
-.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-table4 clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
 	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
 	@echo "make export-coreml  T2T-ViT-7/12 .mlpackage to artifacts/coreml (OUT=, ALL=1 adds the MobileNets,"
-	@echo "                    CHECKPOINT=path or WEIGHTS=random, COMPRESS=w8|palettize6|palettize4|w8a8, TARGET=iOS17)"
-	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=int8: INT8 for OpenVINO)"
+	@echo "                    CHECKPOINT=path or WEIGHTS=random, PRECISION=fp32|fp16|w8|int8, PALETTIZE=6|4, TARGET=iOS17)"
+	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=fp16|int8)"
 	@echo "make export-litert  LiteRT .tflite of the five models to $(OUT)/litert (PRECISION=fp16|w8|int8)"
 	@echo "make export-executorch  ExecuTorch .pte of the five models to $(OUT)/executorch (PRECISION=w8|int8,"
 	@echo "                    DELEGATE=coreml for iOS)"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-ptq    plain onnxruntime.quantization peers vs our PTQ: top-1, agreement, SQNR, latency"
 	@echo "make bench-litert LiteRT parity/delegation for the five models; fp32/int8/w8/PT2E peer vs ONNX Runtime"
 	@echo "make bench-executorch ExecuTorch delegation/parity for the five models; fp32/w8/int8/plain peer vs ORT, LiteRT"
+	@echo "make bench-table4 Table 4 cells vs t2tedge profile of the files t2tedge export writes (after table4-imagenette)"
 	@echo "make bench-openvino OpenVINO fp32/INT8 vs NNCF's INT8 and ONNX Runtime: top-1, agreement, SQNR, latency"
 	@echo "make test         the test suite (fast)"
 	@echo "make test-slow    the test suite including slow sweeps"
@@ -57,20 +58,17 @@ COREML_OUT = $(if $(filter command line environment,$(origin OUT)),$(OUT),$(OUT)
 COREML_MODELS = $(if $(ALL),$(MODELS),$(if $(filter command line environment,$(origin MODELS)),$(MODELS),t2t_vit_7 t2t_vit_12))
 COREML_WEIGHTS = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),$(if $(filter random,$(WEIGHTS)),--checkpoint random))
 COREML_TAG = $(if $(strip $(COREML_WEIGHTS)),,.official)
-COREML_FLAGS = $(if $(COMPRESS),--compress $(COMPRESS)) $(if $(TARGET),--target $(TARGET)) $(if $(PRECISION),--precision $(PRECISION))
+COREML_FLAGS = $(if $(PRECISION),--precision $(PRECISION)) $(if $(PALETTIZE),--palettize $(PALETTIZE)) $(if $(TARGET),--deployment-target $(TARGET))
 
 export-coreml: setup
 	@for m in $(COREML_MODELS); do \
 	  case "$$m" in t2t_vit_*) m=$$m$(COREML_TAG);; esac; \
 	  $(T2TEDGE) export coreml $$m --out $(COREML_OUT) $(COREML_WEIGHTS) $(COREML_FLAGS) || exit 1; done
 
-# OpenVINO IR from our ONNX export (fp32), or from our INT8 tuned for OpenVINO (PRECISION=int8).
+# OpenVINO IR from our ONNX export: fp32 by default, PRECISION=fp16 (fp16 weights) or int8 (calibrated on
+# ../shared imagenet-sample with OpenVINO's quantization choices).
 export-openvino: setup
-	@for m in $(MODELS); do \
-	  if [ "$(PRECISION)" = int8 ]; then \
-	    $(T2TEDGE) quantize $$m --target openvino --out $(OUT)/int8 && \
-	    $(T2TEDGE) export openvino $(OUT)/int8/$${m}_int8_openvino.onnx --out $(OUT)/openvino || exit 1; \
-	  else $(T2TEDGE) export openvino $$m --out $(OUT)/openvino || exit 1; fi; done
+	@for m in $(MODELS); do $(T2TEDGE) export openvino $$m --out $(OUT)/openvino $(if $(PRECISION),--precision $(PRECISION)) || exit 1; done
 
 # LiteRT for Android: fp32 by default; PRECISION=int8 calibrates on ../shared imagenet-sample.
 export-litert: setup
@@ -93,6 +91,10 @@ table4: setup
 # Every model trained from scratch on Imagenette with one recipe; models without such weights yet are skipped.
 table4-imagenette: setup
 	$(T2TEDGE) table4 --suite imagenette --out results/imagenette
+
+# After `make table4-imagenette`: its cells timed again beside `t2tedge profile` of the files `t2tedge export` writes.
+bench-table4: setup
+	$(PY) benchmarks/bench_table4.py
 
 bench-onnx: setup
 	$(PY) benchmarks/bench_onnx.py

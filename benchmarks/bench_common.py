@@ -17,9 +17,8 @@ from t2tedge.models import default_checkpoint, trained_subject
 from t2tedge.paths import shared_path
 from t2tedge.quantize.calibration import calibration_samples
 from t2tedge.results import ProfileRecord
-from t2tedge.runtimes import get_runtime
+from t2tedge.targets import target_for_file
 
-RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".pte": "executorch"}
 TABLE4 = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
 
 
@@ -81,7 +80,7 @@ def score_files(files: dict[str, Path], name: str, label: str, images: np.ndarra
     `details(runtime)` adds the runtime's own fields (delegation, say)."""
     rows, reference = [], None
     for variant, path in files.items():
-        runtime = get_runtime(RUNTIME_BY_SUFFIX[path.suffix]).load(path, threads=threads)
+        runtime = target_for_file(path).load(path, threads=threads)
         logits = logits_of(runtime, images)
         if reference is None:
             reference = logits

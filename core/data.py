@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from t2tedge.errors import DataError
 from t2tedge.paths import shared_path, synset_words_file
@@ -134,16 +134,52 @@ def split(samples: Sequence[Sample], first: int, seed: int = 0) -> tuple[list[Sa
     return picked, rest
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with each mode's full range mapped to 0..255: `convert("RGB")` clips 16-bit grey (modes I;16 and I) to
+    white instead of scaling it."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        grey = np.asarray(img, dtype=np.float64) / 257.0  # 65535 / 255
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if grey.size and grey.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.rint(grey * scale), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grayscale, CMYK and palette images are converted); one-line error otherwise."""
+    """Open an image as upright RGB: the EXIF orientation a phone camera writes is applied, and grayscale, 16-bit,
+    CMYK and palette images are converted with their full range; one-line error otherwise."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as exc:
         raise DataError(f"image {path} is too large to decode safely ({exc}); downscale it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def readable_samples(samples: Sequence[Sample], what: str = "images",
+                     warn=None) -> list[Sample]:
+    """The samples whose files decode, in order. Unreadable ones are skipped with one warning (their count and the
+    first path) while at least half remain; otherwise one error line."""
+    import sys
+
+    kept, bad = [], []
+    for sample in samples:
+        try:
+            load_image(sample.path)
+            kept.append(sample)
+        except DataError as exc:
+            bad.append(str(exc))
+    if bad:
+        if len(kept) * 2 < len(samples) or not kept:
+            raise DataError(f"{len(bad)} of {len(samples)} {what} are unreadable, too few readable ones remain "
+                            f"(first: {bad[0]})")
+        (warn or (lambda text: print(text, file=sys.stderr)))(
+            f"warning: skipped {len(bad)} unreadable {what} of {len(samples)} (first: {bad[0]})")
+    return kept
 
 
 def preprocess(img: Image.Image, cfg) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Plain ONNX Runtime CPU sessions for the quantizer's own measurements (calibration passes, GPTQ inputs, bias
-correction, layer SQNR, sensitivity): the graph as written, with the two corrections every one of them needs so
-that it measures what the file computes (QDQ_DISABLED_OPTIMIZERS, and uint8 weights where int8 dot products
-saturate: t2tedge.ort_int8_weights)."""
+"""The one home of our ONNX Runtime session options (`disabled_optimizers`), used by the onnxruntime runtime adapter
+and by the quantizer's own sessions alike (calibration passes, GPTQ inputs, bias correction, layer SQNR,
+sensitivity), so a node is scored under the session that eval and Table 4 run. The graph is taken as written, with
+uint8 weights where int8 dot products saturate (t2tedge.ort_int8_weights)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -17,6 +19,29 @@ from t2tedge.ort_int8_weights import int8_dot_may_saturate, make_int8_unsigned
 # mixed-precision search), so without this they silently ran in int8, with per-tensor weights that a depthwise
 # Conv cannot take: MobileNetV2 with every Conv kept float but its activations quantized fell to 0% agreement.
 QDQ_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+# With static shapes ORT's MatMulAddFusion turns each token Linear (3-D MatMul + bias Add) into Reshape-Gemm-Reshape,
+# and its Gemm kernel broadcasts the bias into the output on one thread before the threaded GEMM: 0.2 ms of
+# 0.55 ms for T2T-ViT-7's 3136x147x192 projection at 2 threads. Left unfused on more than one thread, T2T-ViT-7
+# fp32 took 10.45 ms instead of 11.66; on one thread the fusion helps (12.63 vs 13.01 ms), so it stays there.
+MULTI_THREAD_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+# ORT's SkipLayerNormFusion (level 2) merges a residual Add into the LayerNorm after it when nothing else reads
+# the sum: in T2T-ViT only the last block's, before the final norm. ORT 1.32's CPU SkipLayerNormalization kernel
+# took 210 us there on one thread where Add + LayerNormalization took 30 (T2T-ViT-7 fp32: 12.31 -> 12.12 ms on
+# one thread, 9.20 -> 9.14 ms on two).
+SLOW_FUSIONS = ("SkipLayerNormFusion",)
+
+
+def disabled_optimizers(threads: int | None, optimization: str = "all", provider: str = "cpu",
+                        quantized: bool = False) -> list[str]:
+    """ORT graph optimizers every session of ours turns off for the given intra-op thread count (None: all cores),
+    and for a `quantized` (QDQ) graph."""
+    disabled = list(QDQ_DISABLED_OPTIMIZERS) if quantized and optimization != "disable" else []
+    if optimization in ("extended", "all"):
+        disabled += SLOW_FUSIONS
+    if provider == "cpu" and optimization not in ("disable", "basic") and (threads or os.cpu_count() or 1) > 1:
+        disabled += MULTI_THREAD_DISABLED_OPTIMIZERS
+    return disabled
 
 
 def run_in_fixed_batches(session, input_name: str, fixed_batch: int | None, batch: np.ndarray,
@@ -50,7 +75,7 @@ def session_exposing(proto, tensors, threads: int | None = None, only: bool = Fa
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if has_qdq(proto) else [])
+                                   disabled_optimizers=disabled_optimizers(threads, quantized=has_qdq(proto)))
     batch_dim = session.get_inputs()[0].shape[0]
     return session, batch_dim if isinstance(batch_dim, int) else None
 

@@ -242,7 +242,8 @@ class DataInfo(Record):
 class Table4Cell(Record):
     """One model x runtime x precision. `status` "measured" fills the measurement fields; "skipped" gives `reason`.
     `delta_top1` and `top1_agreement` compare with `reference`, the same model's fp32 cell on the same machine.
-    `weights`: trained, untrained (random: accuracy not comparable), none (no checkpoint for this suite) or unknown."""
+    `weights`: trained, untrained (random: accuracy not comparable), none (no checkpoint for this suite) or unknown.
+    `version`: the toolkit version that measured the cell (kept through merges of files from several versions)."""
 
     model: str
     runtime: str
@@ -270,6 +271,7 @@ class Table4Cell(Record):
     delta_top1: float | None = None
     top1_agreement: float | None = None
     reference: str | None = None
+    version: str | None = None
 
     @property
     def measured(self) -> bool:

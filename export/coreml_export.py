@@ -172,12 +172,13 @@ def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: st
     from coremltools.optimize.torch.quantization import (LinearQuantizer, LinearQuantizerConfig,
                                                          ModuleLinearQuantizerConfig)
 
-    from t2tedge.data import discover, load_batch, split
+    from t2tedge.data import discover_images, load_batch, readable_samples, split
 
-    samples = discover(calib_dir)
+    samples = discover_images(calib_dir)
     if not samples:
         raise DataError(f"no calibration images in {calib_dir}")
     chosen, _ = split(samples, min(num_calib, len(samples)), seed=seed)
+    chosen = readable_samples(chosen, "calibration images")
     # Without this, TF-SAME convs trace as functional convs and their pre-BN outputs get quantized.
     explicit_same_padding(model, preprocess.crop)
     config = LinearQuantizerConfig(global_config=ModuleLinearQuantizerConfig(
@@ -314,7 +315,8 @@ def stamp_metadata(mlmodel, model_name: str, weights: str, options: CoreMLExport
         keys.CLASS_ORDER: ",".join(class_labels(num_classes)),
         keys.WEIGHTS: weights,
         keys.VERSION: __version__,
-        keys.PRECISION: options.precision,
+        # The toolkit's vocabulary: int8 weights are w8, int8 weights and activations int8; else the compute precision.
+        keys.PRECISION: {"w8": "w8", "w8a8": "int8"}.get(options.compress, options.precision),
         keys.COMPRESS: options.compress,
         keys.TARGET: options.target,
         keys.OUTPUT: options.output,

@@ -73,7 +73,7 @@ def _onnxslim(proto: onnx.ModelProto, options: OnnxExportOptions, input_size: in
     import onnxslim
 
     # FusionGemm would rewrite each 3-D token Linear (MatMul + Add) as Reshape-Gemm-Reshape: more nodes, and ORT's
-    # Gemm adds its bias on one thread (see runtimes.onnxruntime_cpu.MULTI_THREAD_DISABLED_OPTIMIZERS).
+    # Gemm adds its bias on one thread (see t2tedge.ort_session.MULTI_THREAD_DISABLED_OPTIMIZERS).
     with contextlib.redirect_stdout(io.StringIO()):
         return onnxslim.slim(onnx.ModelProto.FromString(proto.SerializeToString()), skip_fusion_patterns=["FusionGemm"])
 

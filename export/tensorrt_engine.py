@@ -18,7 +18,8 @@ from t2tedge.fileio import atomic_path, atomic_write_bytes
 from t2tedge.onnx_graph import has_qdq
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INSTALL_HINT = "TensorRT is not installed; install the tensorrt wheel for your CUDA from NVIDIA's index"
+INSTALL_HINT = ("TensorRT is not installed: engines are built on an NVIDIA GPU with the tensorrt package (pip install "
+                "--extra-index-url https://pypi.nvidia.com tensorrt); see docs/tensorrt.md")
 
 
 def require_tensorrt():

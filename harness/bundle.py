@@ -17,49 +17,22 @@ import time
 from pathlib import Path
 
 from t2tedge import __version__
-from t2tedge.errors import DataError, T2TEdgeError
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.fileio import atomic_path, sha256_file
-from t2tedge.harness.profile import RUNTIME_BY_SUFFIX
-from t2tedge.sidecar import sidecar_path
+from t2tedge.targets import Target, known_suffixes, target_for_file
 
-PACKAGES = ("t2tedge", "t2tedge.cli", "t2tedge.models", "t2tedge.export", "t2tedge.quantize", "t2tedge.runtimes", "t2tedge.harness")
+PACKAGES = ("t2tedge", "t2tedge.cli", "t2tedge.models", "t2tedge.export", "t2tedge.quantize", "t2tedge.runtimes",
+            "t2tedge.targets", "t2tedge.harness")
 
+# The runner only starts Python: artifact names and options are data in manifest.json, never shell words.
 RUNNER = """#!/bin/sh
 # Profile every artifact of this bundle on this device (t2t-edge {version}).
 # Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino
 # | ai-edge-litert | executorch (with torch).
 # Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N.
-set -e
-cd "$(dirname "$0")"
-PY=${{PYTHON:-python3}}
-mkdir -p results
-profile() {{
-  name=$1; shift
-  echo "== $name $*"
-  PYTHONPATH=. "$PY" -m t2tedge.cli profile "artifacts/$name" --runs "${{RUNS:-50}}" \\
-    ${{DATA:+--data "$DATA"}} ${{THREADS:+--threads "$THREADS"}} "$@" \\
-    --out "results/$(echo "$name $*" | tr -c 'A-Za-z0-9_.-' '_').json" || echo "   (skipped: see the error above)"
-}}
-{commands}
-echo "results in $(pwd)/results; merge them on the host: t2tedge table4 --merge results/table4.json <these files>"
+cd "$(dirname "$0")" || exit 1
+PYTHONPATH=. exec "${{PYTHON:-python3}}" -c 'import sys; from t2tedge.harness.bundle import run_bundle; sys.exit(run_bundle("."))'
 """
-
-
-def _runner_commands(names: list[str]) -> str:
-    lines = []
-    for name in names:
-        runtime = RUNTIME_BY_SUFFIX[Path(name).suffix]
-        if runtime == "coreml":
-            # Load vs predict time per compute unit: the Neural Engine and the CPU differ most.
-            lines += [f"profile {name} --compute-units {units}" for units in ("ALL", "CPU_AND_NE", "CPU_ONLY")]
-        elif runtime == "openvino":
-            # OpenVINO's CPU default is bf16 where the CPU has it; measure what each precision costs and buys.
-            lines += [f"profile {name} --precision-hint {hint}" for hint in ("f32", "bf16")]
-        elif runtime == "onnxruntime":
-            lines += [f"profile {name}", f"profile {name} --provider xnnpack"]
-        else:
-            lines.append(f"profile {name}")
-    return "\n".join(lines)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -68,43 +41,48 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
-def check_artifact(path: Path) -> None:
-    """A cheap look inside each artifact, so a bundle never carries a text file named .onnx to a device."""
+def bundle_target(path: Path) -> Target:
+    try:
+        target = target_for_file(path)
+    except T2TEdgeError:
+        target = None
+    if target is None or target.reference:
+        shipped = [s for s in known_suffixes() if s != ".pth"]
+        raise T2TEdgeError(f"cannot bundle {path.name}: known artifact types are {', '.join(shipped)}")
+    return target
+
+
+def check_artifact(path: Path) -> Target:
+    """Each artifact is parsed (not run) before it is packed: a truncated file, an IR without its .bin or a
+    broken sidecar is refused here, not found on the device."""
     if not path.exists():
         raise T2TEdgeError(f"artifact not found: {path}")
-    if path.suffix not in RUNTIME_BY_SUFFIX:
-        raise T2TEdgeError(f"cannot bundle {path.name}: known artifact types are {', '.join(RUNTIME_BY_SUFFIX)}")
-    problem = None
-    if path.suffix == ".mlpackage":
-        problem = None if (path / "Manifest.json").is_file() else "an .mlpackage folder with a Manifest.json"
-    elif not path.is_file() or path.stat().st_size == 0:
-        problem = "a non-empty file"
-    elif path.suffix == ".onnx":
-        from t2tedge.export.onnx_export import load_onnx_graph
-
+    target = bundle_target(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise T2TEdgeError(f"{path} is empty; bundle the files t2tedge export wrote")
+    for companion in target.files(path)[1:]:
+        if not companion.exists() and companion.suffix == ".bin":
+            raise T2TEdgeError(f"{path.name} needs {companion.name} beside it")
+    if target.verify is not None:
         try:
-            load_onnx_graph(path)
-        except DataError:
-            problem = "an ONNX model"
-    elif path.suffix == ".ort":
-        problem = None if path.read_bytes()[4:8] == b"ORTM" else "an ORT-format model (onnxruntime's 'ORTM' flatbuffer)"
-    elif path.suffix == ".xml":
-        head = path.read_bytes()[:4096]
-        problem = None if b"<net" in head else "OpenVINO IR (an XML <net>)"
-        if problem is None and not path.with_suffix(".bin").is_file():
-            raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
-    elif path.suffix == ".tflite":
-        problem = None if path.read_bytes()[4:8] == b"TFL3" else "a LiteRT model (a 'TFL3' flatbuffer)"
-    elif path.suffix == ".pte":
-        problem = None if path.read_bytes()[4:6] == b"ET" else "an ExecuTorch program (an 'ET' flatbuffer)"
-    if problem:
-        raise T2TEdgeError(f"{path} is not {problem}; bundle the files t2tedge export wrote")
+            target.verify(path)
+        except T2TEdgeError as exc:
+            raise T2TEdgeError(f"cannot bundle {path.name}: {exc}") from None
+    return target
+
+
+def _file_entries(paths: list[Path], root: Path) -> list[dict]:
+    entries = []
+    for path in paths:
+        for file in (sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]):
+            entries.append({"path": f"artifacts/{file.relative_to(root).as_posix()}", "bytes": file.stat().st_size,
+                            "sha256": sha256_file(file)})
+    return entries
 
 
 def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLike) -> Path:
     paths = [Path(a) for a in artifacts]
-    for path in paths:
-        check_artifact(path)
+    targets = [check_artifact(path) for path in paths]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise T2TEdgeError("two artifacts share a file name; rename one")
@@ -112,21 +90,66 @@ def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLi
     if not destination.name.endswith(".tar.gz"):
         raise T2TEdgeError(f"the bundle is a .tar.gz, not {destination.name}")
     manifest = {"t2tedge_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "artifacts": [{"name": p.name, "runtime": RUNTIME_BY_SUFFIX[p.suffix],
-                               "sha256": sha256_file(p) if p.is_file() else None} for p in paths]}
+                "artifacts": [{"name": p.name, "runtime": t.name,
+                               "profiles": [dict(v) for v in t.profile_variants],
+                               "files": _file_entries([f for f in t.files(p) if f.exists()], p.parent)}
+                              for p, t in zip(paths, targets)]}
     with atomic_path(destination, suffix=".tar.gz") as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
-            for path in paths:
-                tar.add(path, arcname=f"artifacts/{path.name}")
-                if path.suffix == ".xml":
-                    tar.add(path.with_suffix(".bin"), arcname=f"artifacts/{path.with_suffix('.bin').name}")
-                if sidecar_path(path).is_file():
-                    tar.add(sidecar_path(path), arcname=f"artifacts/{sidecar_path(path).name}")
+            for path, target in zip(paths, targets):
+                for file in target.files(path):
+                    if file.exists():
+                        tar.add(file, arcname=f"artifacts/{file.name}")
             for package in PACKAGES:
                 folder = Path(importlib.import_module(package).__path__[0])
                 for source in sorted(folder.glob("*.py")):
                     tar.add(source, arcname=f"{package.replace('.', '/')}/{source.name}")
-            _add_bytes(tar, "profile.sh", RUNNER.format(version=__version__, commands=_runner_commands(names)).encode(),
-                       mode=0o755)
+            _add_bytes(tar, "profile.sh", RUNNER.format(version=__version__).encode(), mode=0o755)
             _add_bytes(tar, "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return destination
+
+
+def _record_name(name: str, options: dict[str, str]) -> str:
+    words = [name, *options.values()]
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in "_".join(words)) + ".json"
+
+
+def run_bundle(root: str | os.PathLike) -> int:
+    """On the device: check every file against the manifest (size and sha256), then profile each artifact with each
+    of its option sets, one record per run in results/. Returns 1 when a check or a measurement failed."""
+    import sys
+
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.harness.measure import LatencySettings
+    from t2tedge.harness.profile import profile_artifact
+
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    runs, threads, data = os.environ.get("RUNS", "50"), os.environ.get("THREADS"), os.environ.get("DATA")
+    failures = 0
+    (root / "results").mkdir(exist_ok=True)
+    for artifact in manifest["artifacts"]:
+        damaged = [f["path"] for f in artifact["files"] if not (root / f["path"]).is_file()
+                   or (root / f["path"]).stat().st_size != f["bytes"] or sha256_file(root / f["path"]) != f["sha256"]]
+        if damaged:
+            print(f"t2tedge: error: {artifact['name']}: {', '.join(damaged)} missing or changed since the bundle was "
+                  f"made; copy the bundle again", file=sys.stderr)
+            failures += 1
+            continue
+        for options in artifact["profiles"]:
+            print(f"== {artifact['name']} {' '.join(f'{k}={v}' for k, v in options.items())}".rstrip(), flush=True)
+            try:
+                record = profile_artifact(root / "artifacts" / artifact["name"], runtime=artifact["runtime"],
+                                          data=data, settings=LatencySettings(runs=int(runs)),
+                                          threads=int(threads) if threads else None, **options)
+            except RuntimeUnavailable as exc:  # this device lacks that runtime or provider: nothing measured, no failure
+                print(f"   skipped: {exc}")
+                continue
+            except T2TEdgeError as exc:
+                print(f"t2tedge: error: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            atomic_write_text(root / "results" / _record_name(artifact["name"], options), record.to_json())
+    print(f"results in {(root / 'results').resolve()}; merge them on the host: t2tedge table4 --merge "
+          f"results/table4.json <these files>")
+    return 1 if failures else 0

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from t2tedge.data import discover, load_batch, split
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
-from t2tedge.harness.artifacts import build_artifact
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
+from t2tedge.harness.artifacts import artifact_for, takes_onnx
 from t2tedge.models import get_spec
-from t2tedge.runtimes import get_runtime
+from t2tedge.targets import get_target
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
@@ -95,34 +95,43 @@ def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
 def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike, n: int = 64, batch: int = 1,
                checkpoint: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
                threads: int | None = None, workdir: str | os.PathLike | None = None,
-               load_options: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run `runtimes` on the same images; the first is the reference. Returns the JSON-ready report.
-    `load_options`: runtime name -> options for its `load` (e.g. {"openvino": {"precision_hint": "bf16"}}).
-    `overrides` go to the model constructor (num_classes=10 for a fine-tuned checkpoint)."""
+               load_options: dict[str, dict[str, Any]] | None = None, num_classes: int = 1000) -> dict[str, Any]:
+    """Run `runtimes` (targets) on the same images, each on the file `t2tedge export` writes for it; the first is
+    the reference. Returns the JSON-ready report. `load_options`: target name -> options for its `load` (e.g.
+    {"openvino": {"precision_hint": "bf16"}}), checked before any work. `num_classes`: the checkpoint's classifier
+    size (10 for a fine-tune)."""
     if len(runtimes) < 2:
-        raise T2TEdgeError("parity needs at least two runtimes, e.g. --runtimes torch,onnxruntime")
+        raise UsageError("parity needs at least two runtimes, e.g. --runtimes torch,onnxruntime")
+    targets = [get_target(name) for name in runtimes]
+    for target in targets:
+        target.check_load_options((load_options or {}).get(target.name, {}))
+    refused = [t.name for t in targets if onnx_path is not None and not t.reference and not takes_onnx(t)]
+    if refused:
+        raise UsageError(f"--onnx goes with runtimes that run ONNX files; {', '.join(refused)} build their own from "
+                         f"the model (drop --onnx, or leave them out)")
     images, paths = parity_images(model_name, data, n)
     outputs: dict[str, np.ndarray] = {}
     described: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="t2tedge-parity-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
-        for name in runtimes:
+        for target in targets:
+            name = target.name
             try:
-                cls = get_runtime(name)
+                target.runtime_class()
             except RuntimeUnavailable as exc:
                 skipped[name] = str(exc)
                 continue
-            artifact = build_artifact(cls.consumes, model_name, checkpoint, work, onnx_path=onnx_path,
-                                      dynamic_batch=True, **overrides)
-            runtime = cls.load(artifact, threads=threads, **(load_options or {}).get(name, {}))
+            artifact = artifact_for(target, model_name, checkpoint, work,
+                                    onnx_path=None if target.reference else onnx_path, num_classes=num_classes)
+            runtime = target.load(artifact, threads=threads, **(load_options or {}).get(name, {}))
             outputs[name] = run_batched(runtime, images, batch)
             described[name] = runtime.describe().to_dict()
-    if runtimes[0] not in outputs:
-        raise T2TEdgeError(f"the reference runtime {runtimes[0]!r} is unavailable: {skipped[runtimes[0]]}")
-    reference = runtimes[0]
+    reference = targets[0].name
+    if reference not in outputs:
+        raise T2TEdgeError(f"the reference runtime {reference!r} is unavailable: {skipped[reference]}")
     pairs = []
-    for name in runtimes[1:]:
+    for name in [t.name for t in targets[1:]]:
         if name in outputs:
             precision = described[name]["precision"]
             result = compare(outputs[reference], outputs[name], precision)

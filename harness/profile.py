@@ -16,65 +16,17 @@ from typing import Any
 from t2tedge import __version__
 from t2tedge import metadata_keys as keys
 from t2tedge.data import discover
-from t2tedge.errors import T2TEdgeError, first_line
+from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import sha256_file
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
 from t2tedge.results import DataInfo, ProfileRecord, Table4Cell
-from t2tedge.runtimes import get_runtime
-
-RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".mlpackage": "coreml", ".engine": "tensorrt",
-                     ".plan": "tensorrt", ".xml": "openvino", ".tflite": "litert",
-                     ".pte": "executorch"}
+from t2tedge.targets import Target, target_for_file, target_for_runtime
 
 
-def detect_runtime(path: Path) -> str:
-    try:
-        return RUNTIME_BY_SUFFIX[path.suffix]
-    except KeyError:
-        raise T2TEdgeError(f"cannot tell the runtime of {path.name}; known suffixes: "
-                           f"{', '.join(RUNTIME_BY_SUFFIX)} (or pass --runtime)") from None
-
-
-def artifact_metadata(path: Path) -> dict[str, str]:
-    """The t2tedge.* metadata stamped at export (ONNX metadata_props, Core ML user metadata)."""
-    if path.suffix in (".onnx", ".ort"):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT's own exception types
-            raise T2TEdgeError(f"onnxruntime cannot load {path}: {first_line(exc)}") from None
-        return dict(session.get_modelmeta().custom_metadata_map)
-    if path.suffix == ".mlpackage":
-        manifest = path / "Manifest.json"
-        if not manifest.is_file():
-            raise T2TEdgeError(f"{path} is not an .mlpackage (no Manifest.json)")
-        import coremltools as ct
-
-        return dict(ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata)
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        from t2tedge.runtimes.openvino import read_openvino_metadata
-
-        try:
-            return read_openvino_metadata(ov.Core().read_model(str(path)))
-        except RuntimeError as exc:
-            raise T2TEdgeError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
-    if path.suffix in (".tflite", ".pte"):
-        from t2tedge.sidecar import read_sidecar
-
-        # The sidecar keeps JSON values; the other formats' metadata are strings, JSON-encoded where structured.
-        return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-                for key, value in read_sidecar(path).items()}
-    return {}
-
-
-def artifact_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+def artifact_target(path: Path, runtime: str | None = None) -> Target:
+    """The target whose runtime runs `path`: the one named by `runtime`, else the one its suffix names."""
+    return target_for_runtime(runtime) if runtime else target_for_file(path)
 
 
 def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model: str | None = None,
@@ -84,10 +36,11 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
     """Measure `path` with its runtime; accuracy too when `data` is given. A `model` other than the one stamped in
     the artifact is an error unless `force`."""
     path = Path(path)
+    target = artifact_target(path, runtime)
+    target.check_load_options(load_options, f" ({path.name})")
     if not path.exists():
         raise T2TEdgeError(f"artifact not found: {path}")
-    runtime = runtime or detect_runtime(path)
-    meta = artifact_metadata(path)
+    meta = target.read_metadata(path)
     stamped = meta.get(keys.MODEL)
     if model and stamped and model != stamped and not force:
         raise T2TEdgeError(f"{path.name} holds {stamped}, but --model names {model}; drop --model, or pass --force "
@@ -103,16 +56,15 @@ def profile_artifact(path: str | os.PathLike, runtime: str | None = None, model:
     else:
         raise T2TEdgeError(f"{path.name} carries no t2tedge.preprocess metadata and torch is not installed")
     samples = discover(data)[:limit] if data else []
-    cls = get_runtime(runtime)
-    instance = cls.load(path, threads=threads, **load_options)
+    instance = target.load(path, threads=threads, **load_options)
     described_precision = instance.describe().precision
     weights = meta.get(keys.WEIGHTS, "")
     cell: dict[str, Any] = {
-        "model": model, "runtime": runtime, "family": meta.get(keys.FAMILY) or (spec and spec.family),
+        "model": model, "runtime": target.name, "version": __version__, "family": meta.get(keys.FAMILY) or (spec and spec.family),
         "precision": meta.get(keys.PRECISION) or described_precision,
         "weights": "untrained" if weights.startswith("untrained") else "trained" if weights else "unknown",
         "paper": vars(spec.paper) if spec and spec.paper else None, "status": "measured",
-        "artifact": path.name, "artifact_bytes": artifact_bytes(path),
+        "artifact": path.name, "artifact_bytes": target.size_bytes(path),
         "artifact_sha256": sha256_file(path) if path.is_file() else None,
     }
     cell.update(measure_runtime(instance, samples, preprocess, settings, progress=f"profile {path.name}"))

@@ -1,5 +1,5 @@
-"""What a Table 4 grid is made of (models, runtimes, precisions, suites), importable without torch: the CLI's
-parser reads it, and `t2tedge profile` runs on devices that have no torch."""
+"""What a Table 4 grid is made of (models and suites; its runtimes and precisions are the target registry's),
+importable without torch: the CLI's parser reads it, and `t2tedge profile` runs on devices that have no torch."""
 
 from __future__ import annotations
 
@@ -7,28 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TABLE4_MODELS = ("t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "litert", "executorch", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-# What each runtime adapter can run here, and why not otherwise.
-SUPPORTED = {
-    ("torch", "fp32"): None,
-    ("torch", "fp16"): "torch eager on CPU is the fp32 reference; fp16 is measured on Core ML / TensorRT",
-    ("torch", "int8"): "INT8 is measured through the QDQ graph on onnxruntime / TensorRT",
-    ("onnxruntime", "fp32"): None,
-    ("onnxruntime", "int8"): None,
-    ("onnxruntime", "fp16"): "ONNX Runtime's CPU EP has no fp16 kernels for most ops",
-    ("openvino", "fp32"): None,
-    ("openvino", "int8"): None,
-    ("openvino", "fp16"): "OpenVINO's CPU plugin computes in f32 or bf16; fp16 is measured on Core ML / TensorRT",
-    ("litert", "fp32"): None,
-    ("litert", "int8"): None,
-    ("litert", "fp16"): "XNNPACK computes fp16-weight files in fp32 on x86; fp16 arithmetic is measured on an Arm phone "
-                        "(t2tedge export bundle)",
-    ("executorch", "fp32"): None,
-    ("executorch", "int8"): None,
-    ("executorch", "fp16"): "ExecuTorch's fp16 XNNPACK kernels need an Arm CPU with fp16 arithmetic; measured on a phone "
-                            "(t2tedge export bundle)",
-}
 
 
 @dataclass(frozen=True)

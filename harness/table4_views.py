@@ -1,14 +1,15 @@
-"""Views of a Table 4 result: a Markdown table and an accuracy-vs-latency plot with the Pareto front."""
+"""Views of a Table 4 result, for people: a compact Markdown table and a two-panel PNG (accuracy vs latency per
+runtime and precision; the paper's own view, top-1 vs MACs). Every number is in `table4.json`; the views choose."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from t2tedge.results import Table4Cell, Table4Result
 
-COLUMNS = ["model", "runtime", "precision", "weights", "top-1", "top-5", "Δ top-1", "agree", "params (M)", "MACs (G)",
-           "size (MB)", "lat min", "p50", "p90", "p99", "mean (ms)", "b8 img/s", "threads",
-           "paper top-1", "paper params", "paper MACs"]
+PRECISION_ORDER = ("fp32", "fp16", "w8", "int8")
+MARKERS = {"fp32": "o", "fp16": "s", "w8": "D", "int8": "^"}
 
 
 def _pct(value: float | None) -> str:
@@ -19,33 +20,69 @@ def _count(value: int | None, scale: float) -> str:
     return "" if value is None else f"{value / scale:.2f}"
 
 
-def cell_row(cell: Table4Cell) -> list[str]:
-    paper = cell.paper or {}
-    head = [cell.model, cell.runtime, cell.precision, cell.weights]
-    refs = [str(paper.get("top1", "")), str(paper.get("params_m", "")), str(paper.get("macs_g", ""))]
-    if not cell.measured:
-        return head + [f"skipped: {cell.reason or ''}"] + [""] * (len(COLUMNS) - len(head) - 1 - 3) + refs
-    lat = cell.latency_b1
-    delta = cell.delta_top1
-    return head + [
-        _pct(cell.top1), _pct(cell.top5), "" if delta is None else f"{100 * delta:+.2f}",
-        _pct(cell.top1_agreement), _count(cell.params, 1e6), _count(cell.macs, 1e9),
-        f"{cell.artifact_bytes / 1e6:.1f}", f"{lat.min_ms:.2f}", f"{lat.p50_ms:.2f}", f"{lat.p90_ms:.2f}",
-        f"{lat.p99_ms:.2f}", f"{lat.mean_ms:.2f}", f"{cell.throughput_b8_ips:.1f}",
-        str((cell.runtime_info or {}).get("threads", "")),
-    ] + refs
+def precisions_of(table: Table4Result) -> list[str]:
+    """The precisions with at least one measured cell, in vocabulary order."""
+    present = {c.precision for c in table.cells if c.measured}
+    return [p for p in PRECISION_ORDER if p in present] + sorted(present - set(PRECISION_ORDER))
+
+
+def markdown_columns(table: Table4Result) -> list[str]:
+    return ["model", "runtime", "params (M)", "MACs (G)"] + [f"{p}: top-1 / agree / p50 ms" for p in precisions_of(table)]
+
+
+def _cell_text(cell: Table4Cell | None) -> str:
+    if cell is None or not cell.measured:
+        return "-"
+    agreement = "" if cell.top1_agreement is None else f"{100 * cell.top1_agreement:.1f}%"
+    top1 = "" if cell.top1 is None else f"{100 * cell.top1:.2f}%"
+    return f"{top1} / {agreement} / {cell.latency_b1.p50_ms:.2f}"
+
+
+def markdown_rows(table: Table4Result) -> list[list[str]]:
+    """One row per model and runtime with a measured cell: params, MACs, then top-1, agreement with the model's
+    fp32 reference and batch-1 p50 for each precision."""
+    rows = []
+    precisions = precisions_of(table)
+    pairs = list(dict.fromkeys((c.model, c.runtime) for c in table.cells if c.measured))
+    for model, runtime in pairs:
+        cells = {c.precision: c for c in table.cells if c.model == model and c.runtime == runtime and c.measured}
+        any_cell = next(iter(cells.values()))
+        rows.append([model, runtime, _count(any_cell.params, 1e6), _count(any_cell.macs, 1e9)]
+                    + [_cell_text(cells.get(p)) for p in precisions])
+    return rows
+
+
+def skipped_lines(table: Table4Result) -> list[str]:
+    """Each distinct reason a cell was not measured, with the cells it covers."""
+    reasons: dict[str, list[str]] = {}
+    for cell in table.cells:
+        if not cell.measured:
+            reasons.setdefault(cell.reason or "", []).append(f"{cell.model} {cell.runtime} {cell.precision}")
+    return [f"- {reason} ({len(cells)} cell{'' if len(cells) == 1 else 's'}: {', '.join(cells[:3])}{', ...' if len(cells) > 3 else ''})"
+            for reason, cells in reasons.items()]
 
 
 def render_markdown(table: Table4Result) -> str:
     machine = table.machine
     lines = ["# Table 4: lite T2T-ViT vs MobileNets, measured", ""]
     if machine:
-        lines.append(f"Machine: {machine.cpu} ({machine.cores} cores), {machine.system}. ")
+        lines.append(f"Machine: {machine.cpu} ({machine.cores} cores), {machine.system}.")
     folder, images = (table.data.folder, table.data.images) if table.data else (None, None)
-    lines.append(f"Data: {folder} ({images} images). Latency at batch 1: warm-up then a fixed "
-                 "count, milliseconds. `untrained` rows use random weights: their accuracy is not comparable.")
-    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell_row(c)) + " |" for c in table.cells]
+    lines.append(f"Data: {folder} ({images} images). Each cell is the file `t2tedge export` writes for it, timed at "
+                 "batch 1 (p50, ms); agreement is top-1 agreement with the model's fp32 reference. Every field, "
+                 "the artifacts' names and sha256 included, is in table4.json.")
+    versions = sorted({c.version for c in table.cells if c.measured and c.version})
+    if len(versions) > 1:
+        lines.append(f"Merged from toolkit versions {', '.join(versions)} (each cell's is in table4.json).")
+    untrained = sorted({c.model for c in table.cells if c.measured and c.weights == "untrained"})
+    if untrained:
+        lines.append(f"Untrained (random weights, accuracy not comparable): {', '.join(untrained)}.")
+    columns = markdown_columns(table)
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in markdown_rows(table)]
+    skipped = skipped_lines(table)
+    if skipped:
+        lines += ["", "Not measured here:"] + skipped
     return "\n".join(lines) + "\n"
 
 
@@ -63,6 +100,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def binomial_half_width(top1: float, images: int) -> float:
+    """Half-width, in percentage points, of the 95% normal-approximation interval of a top-1 over `images`."""
+    return 100 * 1.96 * math.sqrt(max(top1 * (1 - top1), 1e-12) / max(images, 1))
+
+
+def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsize: float = 7) -> None:
+    """Annotate each point, nudging a label up (then down) in screen space until it overlaps no earlier one."""
+    ax.figure.canvas.draw()
+    transform = ax.transData
+    placed: list[tuple[float, float, float, float]] = []
+    pixels_per_point = ax.figure.dpi / 72
+    height = 1.4 * fontsize * pixels_per_point
+    for (x, y), text in sorted(zip(points, texts), key=lambda item: item[0]):
+        px, py = transform.transform((x, y))
+        width = 0.62 * fontsize * pixels_per_point * len(text)
+        for step in [0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6]:
+            box = (px + 5, py + 3 + step * height, px + 5 + width, py + 3 + step * height + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), xytext=(box[0] - px, box[1] - py), textcoords="offset pixels", fontsize=fontsize,
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if step else None)
+
+
 def render_plot(table: Table4Result, path: Path) -> None:
     import matplotlib
 
@@ -70,37 +131,70 @@ def render_plot(table: Table4Result, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     measured = [c for c in table.cells if c.measured and c.top1 is not None]
-    families = sorted({c.family or "" for c in measured})
-    colours = {f: plt.cm.tab10(i) for i, f in enumerate(families)}
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    runtimes = list(dict.fromkeys(c.runtime for c in measured))
+    colours = {r: plt.cm.tab10(i % 10) for i, r in enumerate(runtimes)}
+    fig, (ax, paper_ax) = plt.subplots(1, 2, figsize=(14, 6), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     points = [(c.latency_b1.p50_ms, 100 * c.top1) for c in measured]
     for cell, (lat, acc) in zip(measured, points):
         trained = cell.weights == "trained"
-        colour = colours[cell.family or ""]
-        ax.scatter(lat, acc, s=70, marker=markers.get(cell.precision, "o"),
-                   facecolors=colour if trained else "none", edgecolors=colour, linewidths=1.5)
-        label = f"{cell.model} {cell.runtime} {cell.precision}" + ("" if trained else " (untrained)")
-        ax.annotate(label, (lat, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        colour = colours[cell.runtime]
+        ax.errorbar(lat, acc, yerr=binomial_half_width(cell.top1, cell.images or 0), fmt="none", ecolor=colour,
+                    elinewidth=0.8, alpha=0.6, capsize=2)
+        ax.scatter(lat, acc, s=60, marker=MARKERS.get(cell.precision, "o"), facecolors=colour if trained else "none",
+                   edgecolors=colour, linewidths=1.4, zorder=3)
+    models = list(dict.fromkeys(c.model for c in measured))
+    if len(models) > 1:  # colour and marker name the runtime and precision; a label names the model
+        place_labels(ax, points, [c.model for c in measured])
     trained_idx = [i for i, c in enumerate(measured) if c.weights == "trained"]
     front = [trained_idx[i] for i in pareto_front([points[i] for i in trained_idx])]
-    if front:
-        xs, ys = [points[i][0] for i in front], [points[i][1] for i in front]
-        ax.plot(xs, ys, "k--", lw=1)
-        ax.scatter(xs, ys, s=190, facecolors="none", edgecolors="k", linewidths=1, label="Pareto front (trained)")
-    for family in families:
-        ax.scatter([], [], color=colours[family], label=family)
-    for precision, marker in markers.items():
-        ax.scatter([], [], color="grey", marker=marker, label=precision)
-    ax.scatter([], [], facecolors="none", edgecolors="grey", label="untrained weights (hollow)")
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8,
+                label="Pareto front (trained)")
+    for runtime in runtimes:
+        ax.scatter([], [], color=colours[runtime], label=runtime)
+    for precision in precisions_of(table):
+        ax.scatter([], [], color="grey", marker=MARKERS.get(precision, "o"), label=precision)
+    if any(c.weights != "trained" for c in measured):
+        ax.scatter([], [], facecolors="none", edgecolors="grey", label="untrained weights (hollow)")
     ax.set_xlabel("batch-1 latency, p50 (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Accuracy vs latency — {table.machine.cpu if table.machine else 'merged machines'}", fontsize=10)
+    ax.set_ylabel("top-1 accuracy (%), 95% binomial interval")
+    images = table.data.images if table.data else None
+    subject = models[0] if len(models) == 1 else f"{len(models)} models"
+    ax.set_title(f"{subject}: accuracy vs latency, {images} images — "
+                 f"{table.machine.cpu if table.machine else 'merged machines'}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    _paper_view(paper_ax, table)
     fig.tight_layout()
     from t2tedge.fileio import atomic_path
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _paper_view(ax, table: Table4Result) -> None:
+    """The paper's Table 4 as reference points (top-1 vs MACs), with our fp32 reference cell of each model."""
+    models = list(dict.fromkeys(c.model for c in table.cells))
+    papers = {c.model: c.paper for c in table.cells if c.paper}
+    xs = [papers[m]["macs_g"] for m in models if m in papers]
+    ys = [papers[m]["top1"] for m in models if m in papers]
+    ax.scatter(xs, ys, s=60, marker="*", color="0.4", label="paper, ImageNet (Table 4)", zorder=3)
+    ours = {}
+    for cell in table.cells:
+        if cell.measured and cell.precision == "fp32" and cell.top1 is not None and cell.weights == "trained" \
+                and cell.macs and cell.model not in ours:
+            ours[cell.model] = cell
+    suite = table.data.suite if table.data else None
+    ax.scatter([c.macs / 1e9 for c in ours.values()], [100 * c.top1 for c in ours.values()], s=50, marker="o",
+               color="tab:blue", label=f"measured here, fp32 ({suite or 'merged'})", zorder=3)
+    labels = [(papers[m]["macs_g"], papers[m]["top1"], m) for m in models if m in papers]
+    labels += [(c.macs / 1e9, 100 * c.top1, c.model) for c in ours.values()]
+    if labels:
+        place_labels(ax, [(x, y) for x, y, _ in labels], [m for _, _, m in labels])
+    ax.set_xlabel("MACs (G)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("The paper's view: top-1 vs MACs" + (" (Imagenette is 10 classes: not the same scale)"
+                                                        if suite == "imagenette" else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")

@@ -38,7 +38,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"checkpoint {path} holds Python objects{what} besides tensors, which t2tedge does "
                                   f"not unpickle (running them could run code); re-save only its state dict, e.g. "
                                   f"torch.save(model.state_dict(), 'weights.pth')") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(exc, text=text)}") from None
+        if "PytorchStreamReader" in text or "central directory" in text:
+            raise CheckpointError(f"checkpoint {path} is truncated or damaged ({path.stat().st_size} bytes, not a "
+                                  f"complete torch archive); copy or download it again") from None
+        # The first sentence, whole: torch's messages run on for paragraphs.
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(exc, text=text.split('. ')[0])}") from None
     return unwrap_state_dict(obj, source=str(path))
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from t2tedge.data import Sample, discover_images, load_batch, split
+from t2tedge.data import Sample, discover_images, load_batch, readable_samples, split
 from t2tedge.errors import DataError
 
 
@@ -26,7 +26,7 @@ def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0,
     if not samples:
         raise DataError(f"no calibration images left in {folder}")
     chosen, _ = split(samples, min(count, len(samples)), seed=seed)
-    return chosen
+    return readable_samples(chosen, "calibration images")
 
 
 def calibration_set(calib: str | os.PathLike | None, count: int, seed: int = 0, exclude: Sequence[Sample] = (),

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import onnx
 
-from t2tedge.data import Sample, discover_images, load_batch, split
+from t2tedge.data import Sample, discover_images, load_batch, readable_samples, split
 from t2tedge.errors import DataError
 from t2tedge.fileio import publish_together
 from t2tedge.models import get_spec
@@ -58,6 +58,7 @@ def held_out_images(calib: Path, calibration: Sequence[Sample], preprocess, coun
                         f"images; lower --num-calib or add images")
     pool = rest or list(calibration)
     held_out, _ = split(pool, min(count, len(pool)), seed=seed + 1)
+    held_out = readable_samples(held_out, "held-out images", warn=lambda text: None)
     images, _ = load_batch(held_out, preprocess)
     return images, len(held_out), bool(rest)
 
@@ -118,16 +119,19 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
                    onnx_path: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                    exclude: Sequence[str] = (), search: SearchSettings = SearchSettings(),
                    sqnr_threshold: float = 10.0, say: Callable[[str], None] = print,
-                   warn: Callable[[str], None] = _warn, **overrides: Any) -> tuple[Path, QuantizeReport]:
+                   warn: Callable[[str], None] = _warn, export_options=None, never_calibrate_on: Sequence[Sample] = (),
+                   **overrides: Any) -> tuple[Path, QuantizeReport]:
     """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and TensorRT calibration cache, moved into place
-    together. `onnx_path`: an fp32 export of ours (else `model_name` is exported with `checkpoint`). `exclude`: op
-    types or node names kept float. Returns (model path, report)."""
+    together. `onnx_path`: an fp32 export of ours (else `model_name` is exported with `checkpoint` and
+    `export_options`, by default those of `t2tedge export onnx`: static batch 1, so the INT8 file has the fp32 file's
+    shapes). `exclude`: op types or node names kept float. `never_calibrate_on`: images that calibration never draws
+    (a grid's evaluation images). Returns (model path, report)."""
     from t2tedge.export import OnnxExportOptions, export_onnx
     from t2tedge.quantize.tensorrt_checks import write_calibration_cache
 
     spec = get_spec(model_name)
     calib, out_dir = Path(calib), Path(out_dir)
-    samples = calibration_samples(calib, num_calib, seed=seed)
+    samples = calibration_samples(calib, num_calib, seed=seed, exclude=never_calibrate_on)
     if len(samples) < num_calib:
         warn(f"note: calibrating on all {len(samples)} images under {calib} (--num-calib {num_calib} asked for more)")
     out = out_dir / output_name(model_name, target)
@@ -138,8 +142,7 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
     with tempfile.TemporaryDirectory(prefix=".t2tedge-quantize-", dir=out_dir) as tmp:
         staged = Path(tmp) / out.name
         fp32 = Path(onnx_path) if onnx_path is not None else export_onnx(
-            # Dynamic batch so calibration can run batches; the INT8 graph keeps the symbolic batch.
-            model_name, checkpoint, out_dir=tmp, options=OnnxExportOptions(dynamic_batch=True), **overrides)
+            model_name, checkpoint, out_dir=tmp, options=export_options or OnnxExportOptions(), **overrides)
         graph = onnx.load(str(fp32), load_external_data=False).graph
         if exclude:
             config = config.with_float(list(exclude), graph, strict=True)

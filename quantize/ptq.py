@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,16 +68,20 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     op_types = sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS))
     with tempfile.TemporaryDirectory(prefix="t2tedge-ptq-") as tmp, atomic_path(destination, suffix=".onnx") as out:
         staged = Path(tmp) / "qdq.onnx"
+        # ORT's quantizer writes `<model>-inferred.onnx` beside the model it is given: it is given a copy in our
+        # staging folder, never the user's file (a read-only folder, or two runs on one source, would collide).
+        source = Path(tmp) / "fp32.onnx"
+        shutil.copyfile(fp32_path, source)
         ranges_cache = Path(ranges_cache or Path(tmp) / "ranges.json")
         if not ranges_cache.is_file():
             if reader is None:
                 raise T2TEdgeError(f"no calibration data and no calibrated ranges at {ranges_cache}")
             with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
-                write_ranges(fp32_path, reader, op_types, ranges_cache, config.method,
+                write_ranges(source, reader, op_types, ranges_cache, config.method,
                              setting.activation_symmetric, config.percentile)
         with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
-                str(fp32_path), str(staged), None, quant_format=QuantFormat.QDQ,
+                str(source), str(staged), None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 nodes_to_quantize=sorted(chosen),
                 per_channel=setting.weight_granularity == "per_channel", reduce_range=False,
@@ -164,7 +169,7 @@ def _bias_correction(qdq: onnx.ModelProto, fp32: onnx.ModelProto, reader, mode: 
 def float_nodes_behind_dequantize(model: onnx.ModelProto) -> list[str]:
     """Conv/ConvTranspose/Gemm nodes kept in float whose input is a dequantized tensor. ORT's
     WeightBiasQuantization transformer would give them per-tensor int8 weights at load time; the onnxruntime
-    runtime turns it off (runtimes.onnxruntime_cpu.QDQ_DISABLED_OPTIMIZERS), and so must anyone loading the
+    runtime turns it off (t2tedge.ort_session.QDQ_DISABLED_OPTIMIZERS), and so must anyone loading the
     model in their own session who wants those nodes in float."""
     initializers = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}

@@ -9,34 +9,12 @@ import numpy as np
 
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, first_line, missing_package
-from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS, run_in_fixed_batches
+from t2tedge.ort_session import disabled_optimizers, run_in_fixed_batches
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
-# With static shapes ORT's MatMulAddFusion turns each token Linear (3-D MatMul + bias Add) into Reshape-Gemm-Reshape,
-# and its Gemm kernel broadcasts the bias into the output on one thread before the threaded GEMM: 0.2 ms of
-# 0.55 ms for T2T-ViT-7's 3136x147x192 projection at 2 threads. Left unfused on more than one thread, T2T-ViT-7
-# fp32 took 10.45 ms instead of 11.66; on one thread the fusion helps (12.63 vs 13.01 ms), so it stays there.
-MULTI_THREAD_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
-# ORT's SkipLayerNormFusion (level 2) merges a residual Add into the LayerNorm after it when nothing else reads
-# the sum: in T2T-ViT only the last block's, before the final norm. ORT 1.32's CPU SkipLayerNormalization kernel
-# took 210 us there on one thread where Add + LayerNormalization took 30 (T2T-ViT-7 fp32: 12.31 -> 12.12 ms on
-# one thread, 9.20 -> 9.14 ms on two).
-SLOW_FUSIONS = ("SkipLayerNormFusion",)
-def disabled_optimizers(threads: int | None, optimization: str = "all", provider: str = "cpu",
-                        quantized: bool = False) -> list[str]:
-    """ORT graph optimizers this adapter turns off for the given intra-op thread count (None: all cores), and
-    for a `quantized` (QDQ) graph."""
-    disabled = list(QDQ_DISABLED_OPTIMIZERS) if quantized and optimization != "disable" else []
-    if optimization in ("extended", "all"):
-        disabled += SLOW_FUSIONS
-    if provider == "cpu" and optimization not in ("disable", "basic") and (threads or os.cpu_count() or 1) > 1:
-        disabled += MULTI_THREAD_DISABLED_OPTIMIZERS
-    return disabled
-
-
 def _session_graph(artifact: str | os.PathLike,
                    unsigned_weights: bool) -> tuple[str | bytes, dict[str, int], bool, int]:
     """What the session loads (the artifact's path, or, for an INT8 graph on a CPU whose int8 dot products saturate,

@@ -38,7 +38,9 @@ class TensorRT(Runtime):
         try:
             import tensorrt  # noqa: F401
         except ImportError:
-            return "TensorRT is not installed; install the tensorrt wheel for your CUDA from NVIDIA's index"
+            from t2tedge.export.tensorrt_engine import INSTALL_HINT
+
+            return INSTALL_HINT
         try:
             import torch
 

@@ -14,7 +14,7 @@ from t2tedge.cli import main
 @pytest.mark.parametrize("name,weights", [("mobilenet_v2_100", "mobilenet_v2_1.0_imagenet_tfsame.pth"),
                                           ("mobilenet_v1_100", "mobilenet_v1_1.0_imagenet_tfsame.pth")])
 def test_eval_real_weights(name, weights, weights_dir, val_dir, capsys):
-    code = main(["eval", name, "--checkpoint", str(weights_dir / weights), "--data", str(val_dir), "--json",
+    code = main(["eval", name, "--checkpoint", str(weights_dir / weights), "--data", str(val_dir), "--json", "-",
                  "--batch", "50", "--runtime", "onnxruntime"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)

@@ -41,6 +41,8 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["fake_tflite"] = root / "fake.tflite"
     (root / "fake.pte").write_text("not a program\n")
     files["fake_pte"] = root / "fake.pte"
+    (root / "nobin.xml").write_text("<?xml version='1.0'?>\n<net name='m' version='11'></net>\n")
+    files["nobin"] = root / "nobin.xml"
     (root / "a_file").write_text("I am a file\n")
     files["file"] = root / "a_file"
     (root / "empty").mkdir()
@@ -56,6 +58,9 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["int32"] = root / "int32.pth"
     torch.save({"state_dict": create_model("mobilenet_v2_100").state_dict(), "extra": Unpicklable()}, root / "pickle.pth")
     files["pickle"] = root / "pickle.pth"
+    whole = (root / "pickle.pth").read_bytes()
+    (root / "truncated.pth").write_bytes(whole[: len(whole) // 2])
+    files["truncated"] = root / "truncated.pth"
     (root / "ckpt_dir").mkdir()
     files["ckpt_dir"] = root / "ckpt_dir"
     (root / "unknown_keys.json").write_text('{"method": "mse", "quantise_bias": false}')
@@ -79,6 +84,12 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _inputs(root: Path) -> dict[str, tuple[int, int]]:
+    """Every input file of the battery (outside the --out folders), by size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file() and "outs" not in p.relative_to(root).parts}
+
+
 M = "mobilenet_v2_100"
 CASES = [
     # 1. the model on the command line is checked against the artifact
@@ -88,7 +99,7 @@ CASES = [
      "holds t2t_vit_7, but the command names mobilenet_v2_100"),
     ("profile --model names another model", ["profile", "{t2t}", "--model", M, "--runs", "1", "--out", "{out}"], 1,
      "holds t2t_vit_7, but --model names mobilenet_v2_100"),
-    ("parity names another model", ["parity", M, "--onnx", "{t2t}", "--n", "2", "--data", "{val}"], 1,
+    ("parity names another model", ["parity", M, "--onnx", "{t2t}", "--limit", "2", "--data", "{val}"], 1,
      "holds t2t_vit_7"),
     ("eval expects other classes", ["eval", "t2t_vit_7", "--onnx", "{t2t}", "--num-classes", "10", "--limit", "2",
                                     "--data", "{val}"], 1, "has 1000 classes, but the command expects 10"),
@@ -102,7 +113,7 @@ CASES = [
     ("quantize --num-calib 0", ["quantize", M, "--num-calib", "0", "--out", "{out}"], 2, "must be at least 1, not 0"),
     ("quantize --num-calib text", ["quantize", M, "--num-calib", "many", "--out", "{out}"], 2,
      "'many' is not a whole number"),
-    ("parity --n 0", ["parity", M, "--n", "0"], 2, "--n: must be at least 1"),
+    ("parity --limit 0", ["parity", M, "--limit", "0"], 2, "--limit: must be at least 1"),
     ("eval --batch 0", ["eval", M, "--batch", "0"], 2, "--batch: must be at least 1"),
     ("eval --threads -1", ["eval", M, "--threads", "-1"], 2, "--threads: must be at least 1"),
     ("eval --limit -1", ["eval", M, "--limit", "-1"], 2, "--limit: must be at least 1"),
@@ -123,7 +134,8 @@ CASES = [
     ("table4 --runs 0", ["table4", "--runs", "0", "--out", "{out}"], 2, "--runs: must be at least 1"),
     ("unknown --precision-hint", ["profile", "{mnv2}", "--precision-hint", "int4"], 2, "invalid choice: 'int4'"),
     ("--precision-hint without openvino", ["eval", M, "--onnx", "{mnv2}", "--precision-hint", "bf16", "--limit", "1",
-                                           "--data", "{val}"], 2, "--precision-hint is an option of the openvino"),
+                                           "--data", "{val}"], 2, "--precision-hint is an option of openvino, not of "
+                                                                  "onnxruntime"),
     # 3. output problems surface before the work
     ("export onnx --out is a file", ["export", "onnx", M, "--out", "{file}"], 2, "is a file, not a folder"),
     ("export onnx --out under a file", ["export", "onnx", M, "--out", "{file}/sub"], 2, "is not a writable folder"),
@@ -149,10 +161,16 @@ CASES = [
     ("--exclude matching nothing", ["quantize", M, "--onnx", "{mnv2}", "--exclude", "Convv", "--num-calib", "2",
                                     "--out", "{out}"], 1, "--exclude Convv matches no op type or node name"),
     ("bundle of a text file named .onnx", ["export", "bundle", "{fake}", "--out", "{out}/b.tar.gz"], 1,
-     "is not an ONNX model"),
+     "cannot bundle fake.onnx: {fake} is not a readable ONNX model"),
     # 7. messages that mislead
     ("untrusted pickle", ["export", "onnx", M, "--checkpoint", "{pickle}", "--out", "{out}"], 1,
      "holds Python objects (test_bad_input.Unpicklable) besides tensors"),
+    ("OpenVINO IR without its .bin", ["profile", "{nobin}", "--out", "{out}"], 1,
+     "OpenVINO IR nobin.xml needs its weights nobin.bin beside it"),
+    ("bundle of OpenVINO IR without its .bin", ["export", "bundle", "{nobin}", "--out", "{out}/b.tar.gz"], 1,
+     "nobin.xml needs nobin.bin beside it"),
+    ("truncated checkpoint", ["export", "onnx", M, "--checkpoint", "{truncated}", "--out", "{out}"], 1,
+     "is truncated or damaged"),
     ("checkpoint is a folder", ["export", "onnx", M, "--checkpoint", "{ckpt_dir}", "--out", "{out}"], 1,
      "is a folder, not a file"),
     ("export openvino of a missing file", ["export", "openvino", "{root}/missing.onnx", "--out", "{out}"], 1,
@@ -183,7 +201,7 @@ CASES = [
     ("export litert calibration folder empty", ["export", "litert", M, "--precision", "int8", "--calib", "{empty}",
                                                 "--out", "{out}"], 1, "no images"),
     ("export litert --calib without int8", ["export", "litert", M, "--precision", "w8", "--calib", "{val}",
-                                            "--out", "{out}"], 2, "--calib goes with --precision int8"),
+                                            "--out", "{out}"], 2, "--calib goes with --precision int8; litert w8"),
     ("export litert of an unknown model", ["export", "litert", "resnet50", "--out", "{out}"], 1, "unknown model"),
     ("profile of a text file named .tflite", ["profile", "{fake_tflite}", "--model", M, "--runs", "1",
                                               "--out", "{out}"], 1, "LiteRT cannot load"),
@@ -220,13 +238,78 @@ CASES = [
      "invalid choice: 'int4'"),
     ("optimize of an optimized file", ["optimize", "{optimized}", "--out", "{out}/x.onnx"], 2,
      "is already optimized for ONNX Runtime"),
+    # 8. options that do not apply to what the command will do: one line, exit 2, before any work
+    ("profile .onnx --compute-units", ["profile", "{mnv2}", "--compute-units", "CPU_ONLY", "--out", "{out}"], 2,
+     "--compute-units is an option of coreml, not of onnxruntime"),
+    ("profile .pte --precision", ["profile", "{fake_pte}", "--precision", "int8", "--out", "{out}"], 2,
+     "--precision is an option of tensorrt, not of executorch"),
+    ("profile .onnx --precision-hint", ["profile", "{mnv2}", "--precision-hint", "bf16", "--out", "{out}"], 2,
+     "--precision-hint is an option of openvino, not of onnxruntime"),
+    ("profile .tflite --provider", ["profile", "{fake_tflite}", "--provider", "xnnpack", "--out", "{out}"], 2,
+     "--provider is an option of onnxruntime, not of litert"),
+    ("profile --limit without --data", ["profile", "{mnv2}", "--limit", "4", "--out", "{out}"], 2,
+     "--limit counts images of --data"),
+    ("parity --compute-units without coreml", ["parity", M, "--compute-units", "ALL", "--limit", "2"], 2,
+     "--compute-units is an option of coreml, not of torch, onnxruntime"),
+    ("parity --onnx with litert", ["parity", M, "--runtimes", "torch,litert", "--onnx", "{mnv2}", "--limit", "2"], 2,
+     "--onnx goes with runtimes that run ONNX files; litert"),
+    ("eval --runtime litert --provider", ["eval", M, "--runtime", "litert", "--provider", "cpu", "--limit", "1"], 2,
+     "--provider is an option of onnxruntime, not of litert"),
+    ("eval --onnx on torch", ["eval", M, "--onnx", "{mnv2}", "--runtime", "torch", "--limit", "1"], 2,
+     "--onnx needs a runtime that runs ONNX files"),
+    ("export litert --num-calib without int8", ["export", "litert", M, "--num-calib", "16", "--out", "{out}"], 2,
+     "--num-calib goes with --precision int8; litert fp32 needs no calibration"),
+    ("export executorch --num-calib without int8", ["export", "executorch", M, "--precision", "w8", "--num-calib",
+                                                    "16", "--out", "{out}"], 2, "--num-calib goes with --precision int8"),
+    ("export coreml --calib without int8", ["export", "coreml", M, "--calib", "{val}", "--out", "{out}"], 2,
+     "--calib goes with --precision int8; coreml fp16 needs no calibration"),
+    ("export coreml --palettize with w8", ["export", "coreml", M, "--precision", "w8", "--palettize", "6",
+                                           "--out", "{out}"], 2, "--palettize applies to coreml --precision fp16 or fp32"),
+    ("export coreml int8 for iOS16", ["export", "coreml", M, "--precision", "int8", "--deployment-target", "iOS16",
+                                      "--out", "{out}"], 2, "w8a8 needs activation quantization"),
+    ("export onnx --calib without int8", ["export", "onnx", M, "--calib", "{val}", "--out", "{out}"], 2,
+     "--calib goes with --precision int8; onnxruntime fp32 needs no calibration"),
+    ("export onnx --batch with --dynamic-batch", ["export", "onnx", M, "--batch", "2", "--dynamic-batch",
+                                                  "--out", "{out}"], 2, "--batch and --dynamic-batch exclude each other"),
+    ("export openvino FILE.onnx --num-classes", ["export", "openvino", "{mnv2}", "--num-classes", "10",
+                                                 "--out", "{out}"], 2, "--num-classes goes with a model name"),
+    ("export openvino FILE.onnx --num-calib", ["export", "openvino", "{mnv2}", "--precision", "int8", "--num-calib",
+                                               "8", "--out", "{out}"], 2, "--num-calib goes with a model name"),
+    ("export openvino fp32 FILE.onnx as int8", ["export", "openvino", "{mnv2}", "--precision", "int8",
+                                                "--out", "{out}"], 2, "mobilenet_v2_100.onnx is fp32; a file keeps"),
+    ("export tensorrt --calib-cache without int8", ["export", "tensorrt", "{mnv2}", "--precision", "fp16",
+                                                    "--calib-cache", "{file}", "--out", "{out}"], 2,
+     "--calib-cache applies to tensorrt --precision int8"),
+    ("export litert of an .onnx file", ["export", "litert", "{mnv2}", "--out", "{out}"], 2,
+     "litert builds from a model name, not from mobilenet_v2_100.onnx"),
+    ("quantize --max-float without a search", ["quantize", M, "--max-float", "3", "--out", "{out}"], 2,
+     "--max-float goes with --sensitivity or --target-agreement"),
+    ("quantize --num-heldout without a search", ["quantize", M, "--num-heldout", "100", "--out", "{out}"], 2,
+     "--num-heldout goes with --sensitivity or --target-agreement"),
+    ("quantize --max-float with --sensitivity alone", ["quantize", M, "--sensitivity", "--max-float", "3",
+                                                       "--out", "{out}"], 2, "--max-float bounds --target-agreement"),
+    ("table4 --merge with --limit", ["table4", "--merge", "{file}", "--limit", "4", "--out", "{out}"], 2,
+     "--merge joins measured files and measures nothing; drop --limit"),
+    # 9. one precision vocabulary: a precision a target does not build is refused with the reason
+    ("export onnx --precision fp16", ["export", "onnx", M, "--precision", "fp16", "--out", "{out}"], 2,
+     "onnxruntime builds fp32, int8, not fp16: ONNX Runtime's CPU provider has no fp16 kernels"),
+    ("export executorch --precision fp16", ["export", "executorch", M, "--precision", "fp16", "--out", "{out}"], 2,
+     "executorch builds fp32, w8, int8, not fp16"),
+    ("export openvino --precision w8", ["export", "openvino", M, "--precision", "w8", "--out", "{out}"], 2,
+     "openvino builds fp32, fp16, int8, not w8"),
+    ("table4 --precisions int4", ["table4", "--precisions", "int4", "--out", "{out}"], 2,
+     "unknown precision int4; the vocabulary is fp32, fp16, w8, int8"),
+    ("table4 --runtimes tensorflow", ["table4", "--runtimes", "tensorflow", "--out", "{out}"], 2,
+     "unknown target 'tensorflow'"),
+    ("export tensorrt without TensorRT", ["export", "tensorrt", M, "--out", "{out}"], 2,
+     "TensorRT is not installed"),
 ]
 
 
 @pytest.mark.parametrize("argv,code,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(argv, code, message, world, capsys, request):
     out = _out_with_good_artifacts(world["root"], request.node.callspec.id.replace(" ", "_").replace("/", "_"))
-    before = _snapshot(out)
+    before, inputs = _snapshot(out), _inputs(world["root"])
     argv = [a.format(out=out, **world) for a in argv]
     try:
         returned = main(argv)
@@ -237,6 +320,7 @@ def test_bad_input(argv, code, message, world, capsys, request):
     assert err.startswith("t2tedge: error: ") and "\n" not in err and "Traceback" not in err, err
     assert message.format(out=out, **world) in err and "\x1b[" not in err, err
     assert _snapshot(out) == before  # nothing written, nothing half-written, the good artifacts untouched
+    assert _inputs(world["root"]) == inputs  # and nothing beside the inputs
 
 
 def test_the_battery_covers_every_command():
@@ -308,13 +392,24 @@ def test_artifact_set_is_published_together_or_not_at_all(tmp_path, monkeypatch)
 def test_unforeseen_errors_are_one_line_unless_debug(world, monkeypatch, capsys):
     import t2tedge.cli.model_commands as cli
 
+    failure = OSError(28, "No space left on device", "/data/out/model.onnx")
+
     def broken(args):
-        raise OSError(28, "No space left on device", "/data/out/model.onnx")
+        raise failure
 
     monkeypatch.setattr(cli, "cmd_list", broken)
     assert main(["list"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "No space left on device (/data/out/model.onnx)" in err and "--debug" in err
+    assert err.count("\n") == 1 and "no space left on the device being written (/data/out/model.onnx)" in err
+    for code, words in ((13, "permission denied"), (1, "operation not permitted"), (30, "file system is read-only")):
+        failure = OSError(code, "", "/data/out/model.onnx")
+        assert main(["list"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{words}" in err and "(/data/out/model.onnx)" in err
+    failure = OSError(5, "Input/output error", "/data/out/model.onnx")
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Input/output error (/data/out/model.onnx)" in err and "--debug" in err
     with pytest.raises(OSError):
         main(["--debug", "list"])
 
@@ -355,3 +450,18 @@ def test_sigterm_during_quantize_cleans_up(world, tmp_path, sample_dir):
     assert "t2tedge: terminated" in err.decode() and b"Traceback" not in err
     # No folder is left behind (a finished run leaves only a library's small session-ID file in TMPDIR too).
     assert [p for p in temp.iterdir() if p.is_dir()] == [] and list(out.iterdir()) == []
+
+
+def test_quantize_writes_nothing_beside_its_source(world, tmp_path, sample_dir):
+    """ORT's quantizer writes `<model>-inferred.onnx` beside the model it gets: it gets a copy in our staging folder,
+    so the user's folder (read-only, or shared by two runs) holds exactly what it held."""
+    import shutil
+
+    source = tmp_path / "mine" / "mobilenet_v2_100.onnx"
+    source.parent.mkdir()
+    shutil.copy(world["mnv2"], source)
+    before = _snapshot(source.parent)
+    assert main(["quantize", M, "--onnx", str(source), "--calib", str(sample_dir), "--num-calib", "2",
+                 "--method", "minmax", "--weight-rounding", "nearest", "--bias-correction", "off",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert _snapshot(source.parent) == before

@@ -97,5 +97,5 @@ def test_fine_tuned_head_names_its_class_count_and_exports_with_num_classes(stat
     logits = onnx.load(out / "t2t_vit_7.onnx", load_external_data=False).graph.output[0]
     assert [d.dim_value for d in logits.type.tensor_type.shape.dim] == [1, 10]
     proc = subprocess.run([sys.executable, "-m", "t2tedge.cli", "parity", "t2t_vit_7", "--checkpoint", str(path),
-                           "--num-classes", "10", "--data", str(val_dir), "--n", "2"], capture_output=True, text=True)
+                           "--num-classes", "10", "--data", str(val_dir), "--limit", "2"], capture_output=True, text=True)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr

@@ -80,7 +80,7 @@ def test_export_onnx_passes_its_options(recorder, tmp_path, capsys):
     options = call.kwargs["options"]
     assert call.args == ("t2t_vit_7", None) and call.kwargs["out_dir"] == tmp_path
     assert options.opset == 17 and options.dynamic_batch and not options.simplify
-    assert f"wrote {tmp_path / 't2t_vit_7.onnx'} (2.0 MB)" in capsys.readouterr().out
+    assert f"wrote {tmp_path / 't2t_vit_7.onnx'} (2.0 MB, onnxruntime fp32)" in capsys.readouterr().out
 
 
 def test_table4_passes_its_grid(recorder, monkeypatch, tmp_path, capsys, val_dir):

@@ -250,14 +250,18 @@ def test_failed_export_leaves_nothing_and_keeps_the_previous_package(tmp_path, m
     assert not (tmp_path / "t2t_vit_7_w8.mlpackage").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--target", "iOS9"], "unknown Core ML target 'iOS9'"),
-    (["--compress", "w4"], "unknown Core ML compression 'w4'"),
-    (["--compress", "w8a8"], "w8a8 needs activation quantization"),
-    (["--compress", "w8a8", "--target", "iOS17", "--calib", "/nonexistent/calib"], "calibration folder not found"),
+@pytest.mark.parametrize("argv, code, message", [
+    (["--deployment-target", "iOS9"], 2, "invalid choice: 'iOS9'"),
+    (["--palettize", "3"], 2, "invalid choice: '3'"),
+    (["--precision", "int8", "--deployment-target", "iOS16"], 2, "w8a8 needs activation quantization"),
+    (["--precision", "int8", "--calib", "/nonexistent/calib"], 1, "calibration folder not found"),
 ])
-def test_cli_errors_are_one_line(argv, message, tmp_path, capsys):
-    assert main(["export", "coreml", "t2t_vit_7", "--checkpoint", "random", "--out", str(tmp_path)] + argv) == 1
+def test_cli_errors_are_one_line(argv, code, message, tmp_path, capsys):
+    try:
+        returned = main(["export", "coreml", "t2t_vit_7", "--checkpoint", "random", "--out", str(tmp_path)] + argv)
+    except SystemExit as exc:  # argparse's usage errors
+        returned = exc.code
+    assert returned == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert list(tmp_path.iterdir()) == []
@@ -266,10 +270,10 @@ def test_cli_errors_are_one_line(argv, message, tmp_path, capsys):
 def test_cli_empty_calibration_folder(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    argv = ["export", "coreml", "mobilenet_v2_100", "--out", str(tmp_path / "out"), "--compress", "w8a8",
-            "--target", "iOS17", "--calib", str(empty)]
+    argv = ["export", "coreml", "mobilenet_v2_100", "--out", str(tmp_path / "out"), "--precision", "int8",
+            "--calib", str(empty)]
     assert main(argv) == 1
-    assert "no images found" in capsys.readouterr().err
+    assert "no images (" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -73,3 +73,53 @@ def test_split_is_deterministic_and_disjoint(val_dir):
     assert a == b and len(a) == 100 and len(rest) == 1200
     assert not {s.path for s in a} & {s.path for s in rest}
     assert split(samples, 100, seed=4)[0] != a
+
+
+def test_phone_photos_and_16_bit_pngs_evaluate_like_their_upright_8_bit_twins(tmp_path, val_dir, weights_dir):
+    """EXIF orientation is applied and 16-bit grey is scaled, so both give the top-1 of their plain twins (before,
+    the sideways photos and the near-white 16-bit images were evaluated as they were stored)."""
+    from t2tedge.harness.evaluate import evaluate
+    from t2tedge.models import create_model
+    from t2tedge.runtimes.torch_eager import TorchRuntime
+
+    sources = discover(val_dir)[::163][:8]
+    twins = {kind: tmp_path / kind for kind in ("upright", "rotated", "grey8", "grey16")}
+    for sample in sources:
+        wnid = sample.path.parent.name
+        for folder in twins.values():
+            (folder / wnid).mkdir(parents=True, exist_ok=True)
+        with Image.open(sample.path) as img:
+            rgb = img.convert("RGB")
+        rgb.save(twins["upright"] / wnid / f"{sample.path.stem}.png")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone held upright writes it
+        rgb.transpose(Image.Transpose.ROTATE_90).save(twins["rotated"] / wnid / f"{sample.path.stem}.png", exif=exif)
+        grey = np.asarray(rgb.convert("L"))
+        Image.fromarray(grey).save(twins["grey8"] / wnid / f"{sample.path.stem}.png")
+        Image.fromarray(grey.astype(np.uint16) * 257).save(twins["grey16"] / wnid / f"{sample.path.stem}.png")
+    assert Image.open(next((twins["grey16"]).rglob("*.png"))).mode.startswith("I")
+    model = create_model("mobilenet_v2_100", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    runtime = TorchRuntime.load(model)
+    preprocess = get_spec("mobilenet_v2_100").preprocess
+    results = {kind: evaluate(runtime, discover(folder), preprocess, progress=None) for kind, folder in twins.items()}
+    assert results["upright"].top1 >= 0.5  # real weights, real photos: the comparison means something
+    assert results["rotated"].top1 == results["upright"].top1
+    assert (results["rotated"].predictions == results["upright"].predictions).all()
+    assert results["grey16"].top1 == results["grey8"].top1
+    assert (results["grey16"].predictions == results["grey8"].predictions).all()
+
+
+def test_unreadable_calibration_images_are_skipped_while_enough_remain(tmp_path, sample_dir, capsys):
+    from t2tedge.quantize.calibration import calibration_samples
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for source in sorted(sample_dir.iterdir())[:6]:
+        (photos / source.name).write_bytes(source.read_bytes())
+    (photos / "n01440764_empty.jpg").write_bytes(b"")
+    chosen = calibration_samples(photos, 7)
+    assert len(chosen) == 6 and "skipped 1 unreadable calibration images of 7" in capsys.readouterr().err
+    for i in range(6):
+        (photos / f"n01440764_broken{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="7 of 13 calibration images are unreadable, too few readable ones remain"):
+        calibration_samples(photos, 13)

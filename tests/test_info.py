@@ -19,7 +19,7 @@ EXPECTED = {  # params (M), MACs (G)
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_info_matches_paper(name, capsys):
-    assert main(["info", name, "--json"]) == 0
+    assert main(["info", name, "--json", "-"]) == 0
     info = json.loads(capsys.readouterr().out)
     params_m, macs_g = EXPECTED[name]
     assert info["params"] / 1e6 == pytest.approx(params_m, rel=0.05)

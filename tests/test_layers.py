@@ -1,4 +1,4 @@
-"""The package's imports point one way: base -> models -> export -> quantize -> runtimes -> harness -> cli
+"""The package's imports point one way: base -> models -> export -> quantize -> runtimes -> targets -> harness -> cli
 (docs/architecture.md). Every `from t2tedge...` / `import t2tedge...` is checked, including those inside functions."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"core": "t2tedge", "core/cli": "t2tedge.cli", "models": "t2tedge.models", "export": "t2tedge.export", "quantize": "t2tedge.quantize",
-           "runtimes": "t2tedge.runtimes", "harness": "t2tedge.harness"}
-ORDER = ["base", "models", "export", "quantize", "runtimes", "harness", "cli"]
+           "runtimes": "t2tedge.runtimes", "targets": "t2tedge.targets", "harness": "t2tedge.harness"}
+ORDER = ["base", "models", "export", "quantize", "runtimes", "targets", "harness", "cli"]
 
 
 def layer_of(module: str) -> str:

@@ -52,7 +52,7 @@ def test_cli_passes_then_fails_on_corrupted_onnx(val_dir, t2t7_checkpoint, tmp_p
 
     good = export_onnx("t2t_vit_7", t2t7_checkpoint, out_dir=tmp_path, options=OnnxExportOptions(dynamic_batch=True))
     base = ["parity", "t2t_vit_7", "--runtimes", "torch,onnxruntime", "--checkpoint", str(t2t7_checkpoint),
-            "--data", str(val_dir), "--n", "8"]
+            "--data", str(val_dir), "--limit", "8"]
     assert main(base + ["--onnx", str(good), "--json", str(tmp_path / "ok.json")]) == 0
     table = capsys.readouterr().out
     assert "torch vs onnxruntime" in table and "PASS" in table
@@ -80,8 +80,9 @@ def test_runtimes_that_cannot_run_here_are_skipped_with_reason_and_typos_fail(va
     assert set(report["skipped"]) == {"coreml", "tensorrt"} and report["passed"]
     assert "only on macOS" in report["skipped"]["coreml"]
     assert "TensorRT is not installed" in report["skipped"]["tensorrt"]
-    assert main(["parity", "mobilenet_v2_100", "--runtimes", "torch,onnxruntim", "--data", str(val_dir), "--n", "2"]) == 1
-    assert "unknown runtime 'onnxruntim'" in capsys.readouterr().err
+    assert main(["parity", "mobilenet_v2_100", "--runtimes", "torch,onnxruntim", "--data", str(val_dir),
+                 "--limit", "2"]) == 2
+    assert "unknown target 'onnxruntim'" in capsys.readouterr().err
 
 
 def test_compare_metrics_and_tolerances():
@@ -130,7 +131,7 @@ def test_onnxruntime_leaves_the_last_residual_add_out_of_skip_layer_norm(tmp_pat
     import onnxruntime as ort
 
     from t2tedge.export import export_onnx
-    from t2tedge.runtimes.onnxruntime_cpu import disabled_optimizers
+    from t2tedge.ort_session import disabled_optimizers
 
     path = export_onnx("t2t_vit_7", None, out_dir=tmp_path)
 

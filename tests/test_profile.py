@@ -109,6 +109,40 @@ def test_bundle_runs_its_profiler_without_the_installed_package(mnv2_ort, tmp_pa
     assert cell.params is None and cell.macs is None  # counted with torch on the host, not here
 
 
+def test_bundle_names_are_data_not_shell(mnv2_ort, tmp_path):
+    """An artifact whose name holds a space and `$(...)` is profiled on the device, and the name runs nothing."""
+    import shutil
+
+    odd = tmp_path / "my model $(touch PWNED).ort"
+    shutil.copy(mnv2_ort, odd)
+    bundle = tmp_path / "odd.tar.gz"
+    assert main(["export", "bundle", str(odd), "--out", str(bundle)]) == 0
+    device = tmp_path / "device"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(device, filter="data")
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": "2"}
+    done = subprocess.run(["sh", "profile.sh"], cwd=device, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.rglob("PWNED")) and not (device / "PWNED").exists()
+    records = sorted((device / "results").glob("*.json"))
+    assert records and ProfileRecord.read(records[0]).cell.artifact == odd.name
+
+
+def test_bundle_script_fails_on_a_changed_artifact(mnv2_ort, tmp_path):
+    """The device script checks each file against the manifest's size and sha256 and exits non-zero on a mismatch."""
+    bundle = tmp_path / "b.tar.gz"
+    assert main(["export", "bundle", str(mnv2_ort), "--out", str(bundle)]) == 0
+    device = tmp_path / "device"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(device, filter="data")
+    artifact = device / "artifacts" / mnv2_ort.name
+    artifact.write_bytes(artifact.read_bytes()[:-10])  # a copy cut short
+    done = subprocess.run(["sh", "profile.sh"], cwd=device, env={**os.environ, "PYTHON": sys.executable, "RUNS": "2"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "missing or changed since the bundle was made" in done.stderr
+    assert not list((device / "results").glob("*.json"))
+
+
 def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):
     (tmp_path / "model.pt").write_bytes(b"x")
     assert main(["export", "bundle", str(tmp_path / "model.pt"), "--out", str(tmp_path / "b.tar.gz")]) == 1

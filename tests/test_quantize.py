@@ -577,6 +577,6 @@ def test_quantize_and_eval_name_a_missing_or_misrouted_onnx(sample_dir, val_dir,
     # An ONNX file is evaluated on ONNX Runtime unless told otherwise, never silently swapped for the torch model.
     assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--runtime", "torch"]) == 2
     assert "--onnx needs a runtime that runs ONNX files" in capsys.readouterr().err
-    assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--data", str(val_dir), "--limit", "2", "--json"]) == 0
+    assert main(["eval", "mobilenet_v2_100", "--onnx", str(path), "--data", str(val_dir), "--limit", "2", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["runtime"]["runtime"] == "onnxruntime" and report["onnx"] == str(path) and "checkpoint" not in report

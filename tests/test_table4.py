@@ -12,7 +12,7 @@ from conftest import assert_matches_schema
 from t2tedge.cli import main
 from t2tedge.errors import T2TEdgeError
 from t2tedge.harness.table4 import Grid, GridSettings, load_table, merge, write_outputs
-from t2tedge.harness.table4_views import cell_row, parse_markdown_rows, pareto_front
+from t2tedge.harness.table4_views import binomial_half_width, markdown_rows, parse_markdown_rows, pareto_front
 from t2tedge.results import MachineInfo, Table4Result
 
 MODELS, RUNTIMES, PRECISIONS = ("t2t_vit_7", "mobilenet_v2_100"), ("torch", "onnxruntime", "openvino", "coreml"), \
@@ -46,10 +46,11 @@ def test_grid_cells(grid):
     assert mnv2.artifact_bytes < cells[("mobilenet_v2_100", "onnxruntime", "fp32")].artifact_bytes / 2
     assert table.machine.cores and mnv2.paper["top1"] == 72.0
     ov_int8 = cells[("mobilenet_v2_100", "openvino", "int8")]
-    # ONNX Runtime runs the `t2tedge optimize` copy of the INT8 file that OpenVINO runs as it is (quantize --target
-    # openvino chooses ORT's settings), in int8 kernels.
-    assert mnv2.artifact == ov_int8.artifact.removesuffix(".onnx") + ".ort-cpu.onnx"
+    # Each cell runs the file `t2tedge export TARGET --precision P` writes: the QDQ ONNX file for ONNX Runtime, the
+    # IR of the file quantized with OpenVINO's choices for OpenVINO, each in int8 kernels.
+    assert mnv2.artifact == "mobilenet_v2_100_int8.onnx" and ov_int8.artifact == "mobilenet_v2_100_int8.xml"
     assert ov_int8.artifact_sha256 != mnv2.artifact_sha256 and ov_int8.top1_agreement >= 0.8
+    assert ov_int8.artifact_bytes > mnv2.artifact_bytes / 2  # the IR's .bin counts too
     assert "u8 x" in ov_int8.runtime_info["details"]["layers_by_precision"]
     assert cells[("mobilenet_v2_100", "openvino", "fp32")].top1_agreement == 1.0
 
@@ -64,10 +65,20 @@ def test_written_json_reads_back_as_the_same_result(grid):
 
 def test_markdown_matches_json(grid):
     out, table = grid
-    rows = parse_markdown_rows((out / "table4.md").read_text())
-    assert rows == [cell_row(c) for c in table.cells]
-    untrained = [r for r in rows if r[0] == "t2t_vit_7" and r[1] == "torch" and r[2] == "fp32"][0]
-    assert untrained[3] == "untrained"
+    text = (out / "table4.md").read_text()
+    rows = parse_markdown_rows(text)
+    assert rows == markdown_rows(table) and len(rows) == 2 * 3  # two models x three measured runtimes
+    cell = next(c for c in table.cells if c.model == "mobilenet_v2_100" and c.runtime == "onnxruntime"
+                and c.precision == "int8")
+    row = next(r for r in rows if r[:2] == ["mobilenet_v2_100", "onnxruntime"])
+    assert row[-1] == f"{100 * cell.top1:.2f}% / {100 * cell.top1_agreement:.1f}% / {cell.latency_b1.p50_ms:.2f}"
+    assert "Untrained (random weights, accuracy not comparable): t2t_vit_7." in text
+    assert "Core ML predicts only on macOS" in text  # why a cell is missing is said once, below the table
+
+
+def test_binomial_interval():
+    assert binomial_half_width(0.5, 100) == pytest.approx(9.8, abs=0.01)
+    assert binomial_half_width(0.85, 3925) < binomial_half_width(0.85, 100) / 6
 
 
 def test_png_is_written(grid):
@@ -98,6 +109,25 @@ def test_merge_two_machines(grid):
     # Agreement is computed within one machine: the Mac's int8 cell compares with the Mac's fp32 cell.
     mac_int8 = next(c for c in merged.cells if c.machine == mac and c.measured and c.precision == "int8")
     assert mac_int8.reference.endswith("fp32") and mac_int8.top1_agreement is not None
+
+
+def test_merge_keeps_each_cells_toolkit_version_and_refuses_another_schema(grid, tmp_path):
+    from t2tedge import __version__
+    from t2tedge.harness.table4_views import render_markdown
+
+    table = grid[1]
+    pi = MachineInfo(cpu="Cortex-A76", cores=4, system="Linux 6.1", python="3.11.2", hostname_hash="fedcba987654")
+    older = Table4Result(version="0.0.9", machine=pi, data=table.data,
+                         cells=[dataclasses.replace(c, machine=pi, version=None) for c in table.cells])
+    merged = merge([older, table])
+    assert {c.version for c in merged.cells if c.machine == pi} == {"0.0.9"}
+    assert {c.version for c in merged.cells if c.machine == table.machine} == {__version__}
+    assert f"Merged from toolkit versions 0.0.9, {__version__}" in render_markdown(merged)
+    data = json.loads(table.to_json())
+    data["schema"] = "t2tedge.table4/2"
+    (tmp_path / "future.json").write_text(json.dumps(data))
+    with pytest.raises(T2TEdgeError, match="schema 't2tedge.table4/2', expected 't2tedge.table4/1'"):
+        load_table(tmp_path / "future.json")
 
 
 def test_merge_refuses_other_files(tmp_path):
@@ -135,8 +165,7 @@ def test_imagenette_suite_measures_trained_models_and_skips_the_rest(tmp_path):
     assert cells[("t2t_vit_7", "onnxruntime", "int8")].top1_agreement >= 0.8
     skipped = cells[("mobilenet_v2_100", "onnxruntime", "fp32")]
     assert skipped.status == "skipped" and "no Imagenette-trained mobilenet_v2_100" in skipped.reason
-    rows = parse_markdown_rows((out / "table4.md").read_text())
-    assert (out / "table4.png").is_file() and "untrained" not in {row[3] for row in rows}
+    assert (out / "table4.png").is_file() and "Untrained" not in (out / "table4.md").read_text()
 
 
 def test_the_cli_and_profile_need_no_torch(tmp_path, weights_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Sequence
 
@@ -27,7 +28,12 @@ from t2tedge.errors import T2TEdgeError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in the one error style of every other error: one line, exit 2."""
+    """Usage errors in the one error style of every other error: one line, exit 2. No abbreviated flags: `--n`
+    would silently mean `--num-classes`, and a flag means one thing everywhere."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"t2tedge: error: {message} ({self.prog}); see `{self.prog} --help`", file=sys.stderr)
@@ -46,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                         optimize_parser, check_trt_parser, train_parser, table4_parser, runtimes_parser):
         add_parsers(sub)
     return parser
+
+
+# The file-system failures a user can act on, as what happened and what to do; where comes from the error.
+_OS_ERRORS = {
+    errno.ENOSPC: ("no space left on the device being written", "free space there or write elsewhere (--out); "
+                                                                 "nothing half-written was left in place"),
+    errno.EACCES: ("permission denied", "write to a folder you may write, or change the file's permissions"),
+    errno.EPERM: ("operation not permitted (an immutable or protected file?)",
+                  "remove the protection (chattr -i) or write elsewhere (--out)"),
+    errno.EROFS: ("the file system is read-only", "write elsewhere (--out)"),
+}
 
 
 class Terminated(BaseException):
@@ -98,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             terminated = isinstance(interruption, Terminated)
             print(f"t2tedge: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
             return 143 if terminated else 130
+        if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
+            what, advice = _OS_ERRORS[exc.errno]
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"t2tedge: error: {what}{where}; {advice}", file=sys.stderr)
+            return 1
         text = first_line(exc, 300) if str(exc).strip() else ""
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         print(f"t2tedge: error: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else text}"

@@ -13,12 +13,13 @@ from t2tedge.cli.options import (
     comma_list,
     force_arg,
     fraction,
+    given_load_options,
+    load_option_args,
+    load_options_by_target,
     num_classes_arg,
-    openvino_options,
-    precision_hint_arg,
     resolve_checkpoint,
 )
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import T2TEdgeError, UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.paths import shared_path
 
@@ -26,17 +27,19 @@ from t2tedge.paths import shared_path
 def cmd_profile(args: argparse.Namespace) -> int:
     from t2tedge.fileio import atomic_write_text
     from t2tedge.harness.measure import LatencySettings
-    from t2tedge.harness.profile import detect_runtime, profile_artifact
+    from t2tedge.harness.profile import artifact_target, profile_artifact
 
+    target = artifact_target(args.artifact, args.runtime)
+    options = given_load_options(args)
+    target.check_load_options(options, f" ({args.artifact.name})")
+    if args.limit is not None and args.data is None:
+        raise UsageError("--limit counts images of --data; add --data DIR (latency alone needs no images)")
     out = args.out
     if out.suffix == ".json":
         ensure_writable_file(out)
     else:
         ensure_writable_dir(out)
-    runtime = args.runtime or detect_runtime(args.artifact)
-    options = {key: value for key, value in (("compute_units", args.compute_units), ("provider", args.provider),
-                                             ("precision", args.precision)) if value}
-    options.update(openvino_options(args, [runtime]).get(runtime, {}))
+    runtime = target.name
     record = profile_artifact(args.artifact, runtime=runtime, model=args.model, data=args.data, limit=args.limit,
                               settings=LatencySettings(warmup=args.warmup, runs=args.runs), threads=args.threads,
                               force=args.force, **options)
@@ -55,7 +58,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from t2tedge.harness.parity import format_report, run_parity, write_report
 
     runtimes = comma_list(args.runtimes)
-    load_options = openvino_options(args, runtimes)
+    load_options = load_options_by_target(args, runtimes)
     if args.json:
         ensure_writable_file(args.json, "--json", suffix=".json")
     if args.onnx:
@@ -63,9 +66,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
         check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
     checkpoint = resolve_checkpoint(args.model, args.checkpoint)
-    report = run_parity(args.model, runtimes, args.data, n=args.n, batch=args.batch, checkpoint=checkpoint,
+    report = run_parity(args.model, runtimes, args.data, n=args.limit, batch=args.batch, checkpoint=checkpoint,
                         onnx_path=args.onnx, threads=args.threads, load_options=load_options,
-                        **class_override(args))
+                        num_classes=args.num_classes)
     print(format_report(report))
     if args.json:
         write_report(report, args.json)
@@ -77,6 +80,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from t2tedge.quantize import QuantConfig, preset
     from t2tedge.quantize.pipeline import SearchSettings, quantize_model
 
+    searching = args.sensitivity or bool(args.target_agreement)
+    for flag, value in (("--max-float", args.max_float), ("--num-heldout", args.num_heldout)):
+        if value is not None and not searching:
+            raise UsageError(f"{flag} goes with --sensitivity or --target-agreement; without a search nothing reads it")
+    if args.max_float is not None and not args.target_agreement:
+        raise UsageError("--max-float bounds --target-agreement's search; add --target-agreement FRACTION")
     if args.config:
         config = QuantConfig.load(args.config)
     else:
@@ -87,7 +96,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     checkpoint = None if args.onnx is not None else resolve_checkpoint(args.model, args.checkpoint)
     search = SearchSettings(sensitivity=args.sensitivity or bool(args.target_agreement),
                             target_agreement=args.target_agreement, max_float=args.max_float,
-                            num_heldout=args.num_heldout)
+                            num_heldout=args.num_heldout or 200)
     out, report = quantize_model(args.model, config, args.out, calib=args.calib, num_calib=args.num_calib,
                                  seed=args.seed, target=args.target, onnx_path=args.onnx, checkpoint=checkpoint,
                                  exclude=comma_list(args.exclude) if args.exclude else (), search=search,
@@ -125,16 +134,27 @@ def cmd_table4(args: argparse.Namespace) -> int:
         merge,
         write_outputs,
     )
-    from t2tedge.harness.table4_grid import SUITES
+    from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
+    from t2tedge.targets import PRECISIONS, targets
 
-    ensure_writable_dir(args.out)
+    measuring = [flag for flag, value in (("--models", args.models), ("--runtimes", args.runtimes),
+                                          ("--precisions", args.precisions), ("--suite", args.suite),
+                                          ("--data", args.data), ("--limit", args.limit), ("--runs", args.runs),
+                                          ("--num-calib", args.num_calib), ("--threads", args.threads))
+                 if value is not None]
+    if args.merge and measuring:
+        raise UsageError(f"--merge joins measured files and measures nothing; drop {', '.join(measuring)}")
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
+        ensure_writable_dir(args.out)
     else:
-        settings = GridSettings(data=args.data or SUITES[args.suite].data(), limit=args.limit, threads=args.threads,
-                                runs=args.runs, num_calib=args.num_calib, suite=args.suite)
-        table = Grid(comma_list(args.models), comma_list(args.runtimes), comma_list(args.precisions), settings,
-                     args.out).run()
+        suite = args.suite or "imagenet"
+        settings = GridSettings(data=args.data or SUITES[suite].data(), limit=args.limit, threads=args.threads,
+                                runs=args.runs or 50, num_calib=args.num_calib or 256, suite=suite)
+        grid = Grid(comma_list(args.models or ",".join(TABLE4_MODELS)), comma_list(args.runtimes or ",".join(targets())),
+                    comma_list(args.precisions or ",".join(PRECISIONS)), settings, args.out)
+        ensure_writable_dir(args.out)
+        table = grid.run()
     paths = write_outputs(table, args.out)
     measured = sum(c.measured for c in table.cells)
     print(f"{measured} cells measured, {len(table.cells) - measured} skipped; wrote "
@@ -151,17 +171,15 @@ def profile_parser(sub) -> None:
                     "throughput. Writes a profile record (schema t2tedge.profile/1: one Table 4 cell and the "
                     "machine) that `t2tedge table4 --merge` takes.")
     p.add_argument("artifact", type=Path)
-    p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. tensorrt for an .onnx)")
+    p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. openvino or tensorrt for "
+                                      "an .onnx)")
     p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
     p.add_argument("--data", type=Path, help="labelled images: also measure top-1/top-5")
     p.add_argument("--limit", type=at_least(1), help="first N images of --data")
     p.add_argument("--runs", type=at_least(1), default=50, help="timed batch-1 runs (default: %(default)s)")
     p.add_argument("--warmup", type=at_least(0), default=10, help="untimed runs first (default: %(default)s)")
     p.add_argument("--threads", type=at_least(1))
-    p.add_argument("--compute-units", choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"), help="Core ML only")
-    p.add_argument("--provider", choices=("cpu", "xnnpack"), help="onnxruntime execution provider (default: cpu)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT: engine precision for an .onnx")
-    precision_hint_arg(p)
+    load_option_args(p)
     force_arg(p)
     p.add_argument("--out", type=Path, default=Path("results/profile"),
                    help="a .json file, or a folder for <artifact>_<runtime>.json (default: %(default)s)")
@@ -175,12 +193,12 @@ def parity_parser(sub) -> None:
                    help="comma list; the first is the reference (default: %(default)s)")
     checkpoint_arg(p)
     p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder (default: %(default)s)")
-    p.add_argument("--n", type=at_least(1), default=64, help="number of images (default: %(default)s)")
+    p.add_argument("--limit", type=at_least(1), default=64, help="number of images (default: %(default)s)")
     p.add_argument("--batch", type=at_least(1), default=1, help="batch size fed to each runtime (default: %(default)s)")
     p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
-    precision_hint_arg(p)
+    load_option_args(p)
     force_arg(p)
     num_classes_arg(p)
     p.set_defaults(func=cmd_parity)
@@ -226,9 +244,9 @@ def quantize_parser(sub) -> None:
                         "(e.g. 0.99); implies --sensitivity")
     p.add_argument("--max-float", type=at_least(0), metavar="N",
                    help="at most N nodes kept float by --target-agreement (default: 10%% of quantizable nodes)")
-    p.add_argument("--num-heldout", type=at_least(1), default=200,
+    p.add_argument("--num-heldout", type=at_least(1),
                    help="held-out images from --calib (disjoint from calibration) for scoring; near 99%% agreement "
-                        "200 images give a standard error of about 0.9%%, 500 about 0.5%% (default: %(default)s)")
+                        "200 images give a standard error of about 0.9%%, 500 about 0.5%% (default: 200)")
     p.add_argument("--sqnr-threshold", type=float, default=10.0, metavar="DB",
                    help="flag layers whose output SQNR vs fp32 (cumulative, on held-out images) is below this "
                         "(default: %(default)s)")
@@ -245,24 +263,28 @@ def check_trt_parser(sub) -> None:
 
 
 def table4_parser(sub) -> None:
-    from t2tedge.harness.table4_grid import PRECISIONS, RUNTIMES, SUITES, TABLE4_MODELS
+    from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
+    from t2tedge.targets import PRECISIONS, targets
 
-    p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x runtimes x precisions")
-    p.add_argument("--models", default=",".join(TABLE4_MODELS), help="comma list (default: %(default)s)")
-    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma list (default: %(default)s)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list (default: %(default)s)")
-    p.add_argument("--suite", choices=sorted(SUITES), default="imagenet",
+    p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x targets x precisions",
+                       description="Every cell builds its file with the target's build function and the defaults of "
+                                   "`t2tedge export` (static batch 1), then measures that file: accuracy, size, "
+                                   "batch-1 latency. Files and finished cells are cached under --out.")
+    p.add_argument("--models", help=f"comma list (default: {','.join(TABLE4_MODELS)})")
+    p.add_argument("--runtimes", help=f"comma list of targets (default: {','.join(targets())})")
+    p.add_argument("--precisions", help=f"comma list (default: {','.join(PRECISIONS)})")
+    p.add_argument("--suite", choices=sorted(SUITES),
                    help="imagenet: ImageNet weights where they exist (untrained T2T-ViT otherwise), val1300, "
                         "imagenet-sample calibration; imagenette: every model trained from scratch on Imagenette, "
                         "its val, calibrated on its train; models without such weights are skipped "
-                        "(default: %(default)s)")
+                        "(default: imagenet)")
     p.add_argument("--data", type=Path, help="evaluation images (default: the suite's)")
     p.add_argument("--limit", type=at_least(1), help="N images evenly spread over the classes, for quick runs")
-    p.add_argument("--runs", type=at_least(1), default=50, help="timed batch-1 runs per cell after warm-up (default: %(default)s)")
-    p.add_argument("--num-calib", type=at_least(1), default=256,
-                   help="calibration images for the int8 cells, from the suite's calibration folder "
-                        "(default: %(default)s)")
+    p.add_argument("--runs", type=at_least(1), help="timed batch-1 runs per cell after warm-up (default: 50)")
+    p.add_argument("--num-calib", type=at_least(1),
+                   help="calibration images for the int8 cells, from the suite's calibration folder (default: 256)")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
-    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge table4.json files and `t2tedge profile` records instead of measuring")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="merge table4.json files and `t2tedge profile` records instead of measuring")
     p.set_defaults(func=cmd_table4)

@@ -10,13 +10,12 @@ from t2tedge.cli.options import (
     DEFAULT_EVAL_DATA,
     at_least,
     checkpoint_arg,
-    class_override,
     force_arg,
     fraction,
     non_negative_float,
-    openvino_options,
+    load_option_args,
+    load_options_by_target,
     positive_float,
-    precision_hint_arg,
     resolve_checkpoint,
 )
 from t2tedge.errors import UsageError
@@ -55,8 +54,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "paper": vars(spec.paper) if spec.paper else None, "release_url": spec.release_url,
     }
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
+        _check_json_path(args.json)
+        _write_json(args.json, info)
+        if str(args.json) == "-":
+            return 0
     print(f"{args.model} ({spec.family})")
     print(f"  params      {info['params'] / 1e6:.2f} M" + (f"   (paper {spec.paper.params_m} M)" if spec.paper else ""))
     print(f"  MACs        {info['macs'] / 1e9:.3f} G" + (f"   (paper {spec.paper.macs_g} G)" if spec.paper else ""))
@@ -72,42 +73,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from t2tedge.data import discover
     from t2tedge.export.onnx_export import check_onnx_fits
-    from t2tedge.harness.artifacts import build_artifact
+    from t2tedge.harness.artifacts import artifact_for
     from t2tedge.harness.evaluate import evaluate
     from t2tedge.models import get_spec
-    from t2tedge.runtimes import get_runtime
+    from t2tedge.targets import get_target
 
     spec = get_spec(args.model)
-    args.runtime = args.runtime or ("onnxruntime" if args.onnx else "torch")
-    load_options = openvino_options(args, [args.runtime]).get(args.runtime, {})
+    target = get_target(args.runtime or ("onnxruntime" if args.onnx else "torch"))
+    load_options = load_options_by_target(args, [target.name]).get(target.name, {})
+    if args.json:
+        _check_json_path(args.json)
     if args.onnx:
         if args.checkpoint is not None:
             raise UsageError("--onnx files hold their weights; drop --checkpoint")
+        if target.reference:
+            raise UsageError(f"--onnx needs a runtime that runs ONNX files, not {target.name}; "
+                             f"use --runtime onnxruntime (or openvino, tensorrt)")
         check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
     checkpoint = None if args.onnx else resolve_checkpoint(args.model, args.checkpoint)  # the file has its weights
     samples = discover(args.data, num_classes=args.num_classes)
     if args.limit:
         samples = samples[: args.limit]
-    cls = get_runtime(args.runtime)
-    if args.onnx and cls.consumes != "onnx":
-        raise UsageError(f"--onnx needs a runtime that runs ONNX files, not {args.runtime}; "
-                         f"use --runtime onnxruntime (or openvino, tensorrt)")
     with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
-        artifact = build_artifact(cls.consumes, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
-                                  **class_override(args))
-        runtime = cls.load(artifact, threads=args.threads, **load_options)
+        artifact = artifact_for(target, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
+                                num_classes=args.num_classes)
+        runtime = target.load(artifact, threads=args.threads, **load_options)
         result = evaluate(runtime, samples, spec.preprocess, batch=args.batch, progress=f"eval {args.model}")
     report = {"model": args.model, "runtime": runtime.describe().to_dict(), "data": str(args.data),
               "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)", **result.to_dict()}
     if args.onnx:
         del report["checkpoint"]
         report["onnx"] = str(args.onnx)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{args.model} on {args.runtime}: top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  "
-              f"({result.images} images from {args.data})")
+    _write_json(args.json, report)
+    if str(args.json) != "-":
+        print(f"{args.model} on {target.name}: top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  "
+              f"({result.images} images from {args.data})" + (f"; wrote {args.json}" if args.json else ""))
     return 0
+
+
+def _check_json_path(path: Path) -> None:
+    if str(path) != "-":
+        ensure_writable_file(path, "--json", suffix=".json")
+
+
+def _write_json(path: Path | None, data: dict) -> None:
+    """`--json PATH` means the same on every command: write the report there; `-` is standard output."""
+    if path is None:
+        return
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        print(text, end="")
+    else:
+        from t2tedge.fileio import atomic_write_text
+
+        atomic_write_text(path, text)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,10 +149,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
-    from t2tedge.runtimes import available_runtimes
+    from t2tedge.targets import targets
 
-    for name, reason in available_runtimes().items():
-        print(f"{name:<14}{'available' if reason is None else 'unavailable: ' + reason}")
+    print(f"{'target':<13}{'files':<16}{'builds':<20}runs here")
+    for target in targets().values():
+        reason = target.unavailable_reason()
+        builds = ",".join(target.builds) + (" (reference)" if target.reference else "")
+        print(f"{target.name:<13}{' '.join(target.suffixes):<16}{builds:<20}"
+              f"{'yes' if reason is None else 'no: ' + reason}")
     return 0
 
 
@@ -143,7 +166,8 @@ def models_parser(sub) -> None:
 
     p = sub.add_parser("info", help="params, MACs and preprocessing of a model")
     p.add_argument("model")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the facts as JSON to PATH ('-': print "
+                                                              "only the JSON)")
     p.set_defaults(func=cmd_info)
 
 
@@ -160,9 +184,10 @@ def eval_parser(sub) -> None:
     p.add_argument("--limit", type=at_least(1), help="only the first N images")
     p.add_argument("--batch", type=at_least(1), default=32)
     p.add_argument("--threads", type=at_least(1), help="intra-op threads (default: all cores)")
-    precision_hint_arg(p)
+    load_option_args(p)
     force_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON to PATH ('-': print only "
+                                                              "the JSON)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -205,5 +230,6 @@ def train_parser(sub) -> None:
 
 
 def runtimes_parser(sub) -> None:
-    p = sub.add_parser("runtimes", help="list runtime adapters and whether they can run here")
+    p = sub.add_parser("runtimes", help="list the targets: their files, the precisions they build, and whether they "
+                                        "run here")
     p.set_defaults(func=cmd_runtimes)

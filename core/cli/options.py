@@ -62,36 +62,44 @@ def checkpoint_arg(parser: argparse.ArgumentParser) -> None:
                              "plain MODEL its real weights in ../shared/weights if any, else seeded random weights.")
 
 
-def int8_calibration_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--calib", type=Path, help="int8 calibration images (default: ../shared/data/imagenet-sample)")
-    parser.add_argument("--num-calib", type=at_least(1), default=256,
-                        help="int8 calibration images used (default: %(default)s)")
-
-
-def check_calibration_wanted(args: argparse.Namespace) -> None:
-    if args.calib is not None and args.precision != "int8":
-        raise UsageError(f"--calib goes with --precision int8; {args.precision} needs no calibration")
-
-
 def num_classes_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=at_least(1), default=1000,
                         help="classifier size of the checkpoint, for fine-tunes on other label sets (default: %(default)s)")
 
 
-def precision_hint_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision-hint", choices=("f32", "bf16", "f16"),
-                        help="openvino runtime: the precision it may run float ops in (default: f32; OpenVINO's own "
-                             "default is bf16 on CPUs that have it, which moves MobileNetV2's logits to about 20 dB "
-                             "SQNR)")
+def load_option_args(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per load option of any registered target (--provider, --precision-hint, --compute-units, ...); the
+    target that runs the file refuses those it does not take."""
+    from t2tedge.targets import all_load_options
+
+    for option in all_load_options().values():
+        if option.name not in skip:
+            parser.add_argument(option.flag, dest=option.name, choices=option.choices, help=option.help)
 
 
-def openvino_options(args: argparse.Namespace, runtimes: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Per-runtime load options from the command line: --precision-hint belongs to the openvino runtime."""
-    if not args.precision_hint:
-        return {}
-    if "openvino" not in runtimes:
-        raise UsageError("--precision-hint is an option of the openvino runtime; add it with --runtime(s)")
-    return {"openvino": {"precision_hint": args.precision_hint}}
+def given_load_options(args: argparse.Namespace) -> dict[str, str]:
+    from t2tedge.targets import all_load_options
+
+    return {name: getattr(args, name) for name in all_load_options() if getattr(args, name, None) is not None}
+
+
+def load_options_by_target(args: argparse.Namespace, runtimes: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Each given load option goes to the targets among `runtimes` that take it; one no target there takes is
+    refused in one line."""
+    from t2tedge.targets import Option, get_target, targets
+
+    chosen = [get_target(name) for name in runtimes]
+    by_target: dict[str, dict[str, str]] = {}
+    for name, value in given_load_options(args).items():
+        takers = [t for t in chosen if any(o.name == name for o in t.load_options)]
+        if not takers:
+            owners = [t.name for t in targets().values() if any(o.name == name for o in t.load_options)]
+            raise UsageError(f"{Option(name, '').flag} is an option of {', '.join(owners)}, not of "
+                             f"{', '.join(t.name for t in chosen)}; add {owners[0]} with --runtime(s), or drop it")
+        for target in takers:
+            target.check_load_options({name: value})
+            by_target.setdefault(target.name, {})[name] = value
+    return by_target
 
 
 def force_arg(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +108,7 @@ def force_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def class_override(args: argparse.Namespace) -> dict[str, int]:
-    return {"num_classes": args.num_classes} if args.num_classes != 1000 else {}
+    return {"num_classes": args.num_classes} if args.num_classes not in (None, 1000) else {}
 
 
 def resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
@@ -132,7 +140,7 @@ def apply_pretrained_tag(args: argparse.Namespace) -> None:
         tag = get_pretrained(name)
         setattr(args, attribute, tag.model)
         if hasattr(args, "num_classes"):
-            if args.num_classes not in (1000, tag.num_classes):
+            if args.num_classes not in (None, 1000, tag.num_classes):
                 raise UsageError(f"{tag.name} has {tag.num_classes} classes; drop --num-classes {args.num_classes}")
             args.num_classes = tag.num_classes
         if getattr(args, "checkpoint", "absent") is None:

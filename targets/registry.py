@@ -1,0 +1,315 @@
+"""The target registry: one descriptor per deployment target, read by every command and by Table 4.
+
+A target is what a user ships a model to (ONNX Runtime, OpenVINO, TensorRT, Core ML, LiteRT, ExecuTorch). Its
+descriptor holds every fact the rest of the toolkit needs about it: the files its runtime runs and how they are
+recognised, how our metadata is read from them, which files travel with one, the precisions it builds, its typed
+load and export options, and its build function (model + precision + calibration -> the artifact on disk, the call
+`t2tedge export` makes). Stage code stays in `export/`, `quantize/` and `runtimes/`; a descriptor only ties it
+together, so adding a target is one `register(Target(...))` plus its stage modules.
+
+Imports no torch and no runtime library: `t2tedge profile` and bundles run on devices with only the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from t2tedge.errors import DataError, T2TEdgeError, UsageError
+
+# The one precision vocabulary of every command and every output.
+PRECISIONS = ("fp32", "fp16", "w8", "int8")
+PRECISION_MEANINGS = {
+    "fp32": "float32 weights and arithmetic",
+    "fp16": "float16 weights (and arithmetic where the runtime has it)",
+    "w8": "int8 weights; activations float or quantized on the fly",
+    "int8": "static int8 weights and activations, calibrated on real images",
+}
+# Precisions whose build calibrates on images: the only ones that take --calib / --num-calib.
+CALIBRATED = ("int8",)
+DEFAULT_NUM_CALIB = 256
+
+
+@dataclass(frozen=True)
+class Option:
+    """One typed option of a target: a keyword of its build or load function, and the CLI flag that sets it.
+    `precisions`: the precisions it applies to (None: all)."""
+
+    name: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    kind: type = str
+    default: Any = None
+    precisions: tuple[str, ...] | None = None
+    flag_only: bool = False  # a switch (store_true)
+    bounds: tuple[int, int | None] = (1, None)  # an int option's range
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a build function is given: model, precision, weights, calibration and where to write. `source` is an
+    ONNX file to build from instead of the model's weights (targets with `from_onnx`). `exclude`: images never used
+    for calibration (the images a grid evaluates on)."""
+
+    model: str
+    precision: str
+    out_dir: Path
+    checkpoint: Path | None = None
+    source: Path | None = None
+    calib: Path | None = None
+    num_calib: int = DEFAULT_NUM_CALIB
+    seed: int = 0
+    num_classes: int = 1000
+    exclude: tuple[Any, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def overrides(self) -> dict[str, int]:
+        return {"num_classes": self.num_classes} if self.num_classes != 1000 else {}
+
+
+def _no_companions(path: Path) -> tuple[Path, ...]:
+    return ()
+
+
+def _no_metadata(path: Path) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment target. `runtime` names its adapter in `t2tedge.runtimes`; `suffixes` are the files that
+    adapter runs, the first being what `build` writes. `precisions` maps each precision of the vocabulary to None
+    when the target builds it, else the reason it does not. `not_measured_here`: precisions it builds whose files
+    mean nothing on this kind of host (Table 4 skips them with the reason). `reference`: the fp32 reference
+    (torch), not a file users ship: no export command and no bundle."""
+
+    name: str
+    runtime: str
+    summary: str
+    suffixes: tuple[str, ...]
+    precisions: Mapping[str, str | None]
+    build: Callable[[BuildRequest], Path] | None = None
+    read_metadata: Callable[[Path], dict[str, str]] = _no_metadata
+    verify: Callable[[Path], None] | None = None
+    companions: Callable[[Path], tuple[Path, ...]] = _no_companions
+    load_options: tuple[Option, ...] = ()
+    export_options: tuple[Option, ...] = ()
+    validate: Callable[[BuildRequest], None] | None = None
+    open_artifact: Callable[[Path], Any] | None = None
+    summarize: Callable[[Path], str] | None = None  # what `export` says of a written file beyond its size
+    profile_variants: tuple[Mapping[str, str], ...] = ({},)
+    not_measured_here: Mapping[str, str] = field(default_factory=dict)
+    default_precision: str = "fp32"
+    from_onnx: bool = False
+    reference: bool = False
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    out_folder: str = ""  # `export`'s default --out is artifacts/OUT_FOLDER (default: the name)
+    adapter: Callable[[], type] | None = None  # the Runtime class, for adapters outside t2tedge.runtimes
+
+    def __post_init__(self) -> None:
+        unknown = set(self.precisions) - set(PRECISIONS)
+        if unknown:
+            raise T2TEdgeError(f"target {self.name}: precisions {sorted(unknown)} are not in {PRECISIONS}")
+        if self.default_precision not in self.builds:
+            raise T2TEdgeError(f"target {self.name}: default precision {self.default_precision} is not built")
+
+    @property
+    def builds(self) -> tuple[str, ...]:
+        return tuple(p for p in PRECISIONS if p in self.precisions and self.precisions[p] is None)
+
+    def why_not(self, precision: str) -> str | None:
+        """None when this target builds `precision`; else one line saying why not."""
+        if precision not in PRECISIONS:
+            return f"unknown precision {precision!r}; the vocabulary is {', '.join(PRECISIONS)}"
+        if precision in self.builds:
+            return None
+        reason = self.precisions.get(precision) or "not built by this target"
+        return f"{self.name} builds {', '.join(self.builds)}, not {precision}: {reason}"
+
+    @property
+    def default_out(self) -> Path:
+        return Path("artifacts") / (self.out_folder or self.name)
+
+    def runs(self, path: Path) -> bool:
+        return any(str(path).endswith(suffix) for suffix in self.suffixes)
+
+    # Options -------------------------------------------------------------------------------------------------
+    def check_load_options(self, options: Mapping[str, Any], where: str = "") -> None:
+        """Refuse, in one line, a load option this target does not take or a value it does not know."""
+        own = {o.name: o for o in self.load_options}
+        for name, value in options.items():
+            if name not in own:
+                theirs = [t.name for t in targets().values() if any(o.name == name for o in t.load_options)]
+                takes = ", ".join(o.flag for o in self.load_options) or "no runtime options"
+                owner = f"an option of {', '.join(theirs)}" if theirs else "no option of any target"
+                raise UsageError(f"{Option(name, '').flag} is {owner}, not of {self.name}{where}; {self.name} takes "
+                                 f"{takes}")
+            option = own[name]
+            if option.choices and value not in option.choices:
+                raise UsageError(f"{option.flag} {value} is not one of {', '.join(option.choices)} ({self.name})")
+
+    def check_export_options(self, precision: str, options: Mapping[str, Any]) -> None:
+        own = {o.name: o for o in self.export_options}
+        for name, value in options.items():
+            if name not in own:
+                raise UsageError(f"{Option(name, '').flag} is no export option of {self.name}; it takes "
+                                 f"{', '.join(o.flag for o in self.export_options) or 'none'}")
+            option = own[name]
+            if option.precisions and precision not in option.precisions:
+                raise UsageError(f"{option.flag} applies to {self.name} --precision {' or '.join(option.precisions)}, "
+                                 f"not {precision}")
+            if option.choices and value not in option.choices:
+                raise UsageError(f"{option.flag} {value} is not one of {', '.join(option.choices)} ({self.name})")
+
+    def check_request(self, request: BuildRequest, given: Sequence[str] = ()) -> None:
+        """Everything about a build request that can be refused before any work: the precision, the calibration
+        options (`given`: those the user set), the export options, and the target's own rules."""
+        if self.build is None:
+            raise UsageError(f"{self.name} builds no files")
+        reason = self.why_not(request.precision)
+        if reason:
+            raise UsageError(reason)
+        if request.precision not in CALIBRATED:
+            for name in ("calib", "num_calib"):
+                if name in given:
+                    raise UsageError(f"{Option(name, '').flag} goes with --precision int8; {self.name} "
+                                     f"{request.precision} needs no calibration")
+        if request.source is not None:
+            if not self.from_onnx:
+                raise UsageError(f"{self.name} builds from a model name, not from {request.source.name}")
+            for name in ("checkpoint", "num_classes", "calib", "num_calib"):
+                if name in given:
+                    raise UsageError(f"{Option(name, '').flag} goes with a model name; {request.source.name} already "
+                                     f"holds its weights, classes and quantization")
+        self.check_export_options(request.precision, request.options)
+        if self.validate is not None:
+            self.validate(request)
+
+    # Running -------------------------------------------------------------------------------------------------
+    def runtime_class(self):
+        """The runtime adapter class; RuntimeUnavailable (one line) where it cannot run here."""
+        from t2tedge.errors import RuntimeUnavailable
+
+        if self.adapter is None:
+            from t2tedge.runtimes import get_runtime
+
+            return get_runtime(self.runtime)
+        cls = self.adapter()
+        reason = cls.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        return cls
+
+    def unavailable_reason(self) -> str | None:
+        """None when this host runs the target's files; else why not."""
+        from t2tedge.errors import RuntimeUnavailable
+
+        try:
+            self.runtime_class()
+        except RuntimeUnavailable as exc:
+            return str(exc)
+        except T2TEdgeError as exc:  # an adapter that does not import here
+            return str(exc)
+        return None
+
+    def load(self, path: str | os.PathLike, threads: int | None = None, **options: Any):
+        """The artifact at `path` loaded by this target's runtime, with options checked first."""
+        self.check_load_options(options, f" ({Path(path).name})")
+        artifact = self.open_artifact(Path(path)) if self.open_artifact else Path(path)
+        return self.runtime_class().load(artifact, threads=threads, **options)
+
+    def files(self, path: Path) -> tuple[Path, ...]:
+        """The artifact and every file that travels with it (IR weights, sidecar metadata)."""
+        return (path, *self.companions(path))
+
+    def size_bytes(self, path: Path) -> int:
+        """The size a user ships: the artifact and the files that travel with it (an IR's .bin, a sidecar)."""
+        return sum(p.stat().st_size for f in self.files(path)
+                   for p in (f.rglob("*") if f.is_dir() else [f]) if p.is_file())
+
+
+_TARGETS: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    """Add a target (or replace one of the same name). Every command and the Table 4 grid see it from then on."""
+    for other in _TARGETS.values():
+        if other.name != target.name and set(other.aliases + (other.name,)) & set(target.aliases + (target.name,)):
+            raise T2TEdgeError(f"target {target.name}: its name or aliases collide with {other.name}")
+    _TARGETS[target.name] = target
+    return target
+
+
+def unregister(name: str) -> None:
+    _TARGETS.pop(name, None)
+
+
+def _ensure_builtin() -> None:
+    if not _BUILTIN_LOADED:
+        _load_builtin()
+
+
+_BUILTIN_LOADED: list[bool] = []
+
+
+def _load_builtin() -> None:
+    _BUILTIN_LOADED.append(True)
+    import t2tedge.targets.builtin  # noqa: F401  (registers the six targets and the torch reference)
+
+
+def targets() -> dict[str, Target]:
+    """Every registered target by name, the built-in ones first."""
+    _ensure_builtin()
+    return dict(_TARGETS)
+
+
+def get_target(name: str) -> Target:
+    for target in targets().values():
+        if name == target.name or name in target.aliases:
+            return target
+    raise UsageError(f"unknown target {name!r}; known: {', '.join(targets())}")
+
+
+def target_for_file(path: str | os.PathLike) -> Target:
+    """The target whose runtime runs `path`, from its name (the first registered wins: ONNX Runtime for .onnx)."""
+    for target in targets().values():
+        if target.runs(Path(path)):
+            return target
+    raise DataError(f"cannot tell the runtime of {Path(path).name}; known suffixes: {', '.join(known_suffixes())} "
+                    f"(or pass --runtime)")
+
+
+def target_for_runtime(runtime: str) -> Target:
+    """The target a runtime adapter name belongs to (the first registered with that runtime)."""
+    for target in targets().values():
+        if target.runtime == runtime or target.name == runtime:
+            return target
+    raise UsageError(f"unknown runtime {runtime!r}; known: {', '.join(t.runtime for t in targets().values())}")
+
+
+def known_suffixes() -> list[str]:
+    return list(dict.fromkeys(s for t in targets().values() for s in t.suffixes))
+
+
+def all_load_options() -> dict[str, Option]:
+    """Every load option of every target by name, choices merged (the flags `profile`, `eval` and `parity` offer;
+    each target then refuses those it does not take)."""
+    options: dict[str, Option] = {}
+    for target in targets().values():
+        for option in target.load_options:
+            seen = options.get(option.name)
+            if seen is not None:
+                if not (seen.choices and option.choices):
+                    continue
+                option = replace(seen, choices=tuple(dict.fromkeys(seen.choices + option.choices)))
+            options[option.name] = option
+    return options
