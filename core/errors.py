@@ -38,6 +38,18 @@ def first_line(exc: BaseException, limit: int = 200, text: str | None = None) ->
     return lines[0][:limit] if lines else type(exc).__name__
 
 
+def native_message(exc: BaseException, limit: int = 200) -> str:
+    """The line of a native library's exception that says what went wrong: OpenVINO's and other C++ messages start
+    with where they were thrown ("Exception from src/inference/src/cpp/core.cpp:84:", "Check '...' failed at
+    ...:900:") and say why on a later line ("Incorrect weights in bin file!")."""
+    import re
+
+    boilerplate = re.compile(r"^(Exception from \S+:\d+:?|Check '.*' failed at \S+:\d+:?)$")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not boilerplate.match(line)]
+    return (useful[0] if useful else lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def missing_package(module: str, install: str) -> str | None:
     """None when `module` imports; otherwise the one line that says how to install it (`install`: the pip
     argument, e.g. "'t2t-edge[openvino]'")."""

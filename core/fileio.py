@@ -12,13 +12,75 @@ from typing import Iterator
 
 from t2tedge.errors import UsageError
 
+# Every temporary file or folder of ours starts with this and the owning process id, so the next run on the same
+# folder can tell one left behind by a process that is gone (kill -9, a power cut) and remove it.
+STAGING_PREFIX = ".t2tedge-staging-"
+
+
+def _staging_prefix(name: str) -> str:
+    return f"{STAGING_PREFIX}{os.getpid()}-{name}."
+
+
+def _owner_alive(path: Path) -> bool:
+    try:
+        pid = int(path.name[len(STAGING_PREFIX):].split("-", 1)[0])
+    except ValueError:
+        return True  # not named by us after all: leave it
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Remove the staging files and folders of ours in `folder` whose process is gone; returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(f"{STAGING_PREFIX}*"):
+        if _owner_alive(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike, name: str = "work") -> Iterator[Path]:
+    """A staging folder of ours inside `parent` (an output folder, or the temp folder), removed on any exit we
+    control; one a killed process left behind is removed by the next `remove_stale_staging` of `parent`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=_staging_prefix(name), dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def temp_staging_dir(name: str):
+    """`staging_dir` in the system temp folder, for work with no output folder (eval, parity), after removing what
+    killed runs left there."""
+    remove_stale_staging(tempfile.gettempdir())
+    return staging_dir(tempfile.gettempdir(), name)
+
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `destination`; rename it into place only on success."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix or ".tmp", dir=destination.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(destination.name), suffix=suffix or ".tmp",
+                               dir=destination.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -59,7 +121,7 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(destination.name), dir=destination.parent))
     tmp_path = staging / destination.name
     retired = None
     try:
@@ -85,6 +147,7 @@ def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{option} {folder} is a file, not a folder; name a folder")
+    remove_stale_staging(folder)
     existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent

@@ -10,12 +10,16 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from t2tedge.fileio import STAGING_PREFIX, remove_stale_staging
+
 
 @contextlib.contextmanager
 def native_output_captured() -> Iterator[Path]:
     """Send what native code and Python print to stdout/stderr into a file for the duration: the converter writes
     pages of MLIR and absl lines there. The file is handed to the caller, who reads it when something failed."""
-    with tempfile.NamedTemporaryFile(prefix="t2tedge-native-", suffix=".log", delete=False) as log:
+    remove_stale_staging(tempfile.gettempdir())
+    with tempfile.NamedTemporaryFile(prefix=f"{STAGING_PREFIX}{os.getpid()}-native.", suffix=".log",
+                                     delete=False) as log:
         path = Path(log.name)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -7,13 +7,11 @@ QDQ file converts to IR with FakeQuantize ops, which OpenVINO's CPU plugin runs 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import T2TEdgeError, first_line, require_package
-from t2tedge.fileio import publish_together
+from t2tedge.errors import T2TEdgeError, native_message, require_package
+from t2tedge.fileio import publish_together, staging_dir
 from t2tedge.export.onnx_export import read_metadata
 
 WEIGHT_FORMATS = ("fp32", "fp16")
@@ -36,16 +34,12 @@ def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathL
         # against OpenVINO running the same .onnx, and the IR should compute what the .onnx computes there.
         model = ov.Core().read_model(str(source))
     except Exception as exc:  # OpenVINO's converter raises its own types with multi-line texts
-        raise T2TEdgeError(f"OpenVINO cannot convert {source}: {first_line(exc)}") from None
+        raise T2TEdgeError(f"OpenVINO cannot convert {source}: {native_message(exc)}") from None
     for key, value in {**metadata, keys.IR_WEIGHTS: weights, keys.SOURCE_ONNX: source.name}.items():
         model.set_rt_info(value, ["t2tedge", key.removeprefix(keys.PREFIX)])
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
-    try:
+    with staging_dir(destination.parent, destination.stem) as staging:
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=weights == "fp16")
         publish_together({staging / "model.bin": destination.with_suffix(".bin"), staging / "model.xml": destination})
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return destination
 
 
@@ -61,6 +55,6 @@ def export_openvino(source: str, checkpoint: str | os.PathLike | None = None, ou
         return convert_onnx_to_ir(onnx_path, Path(out_dir) / f"{onnx_path.stem}.xml", weights)
     from t2tedge.export.onnx_export import OnnxExportOptions, export_onnx
 
-    with tempfile.TemporaryDirectory(prefix="t2tedge-openvino-") as tmp:
+    with staging_dir(Path(out_dir), "openvino") as tmp:
         onnx_path = export_onnx(source, checkpoint, out_dir=tmp, options=OnnxExportOptions(), **overrides)
         return convert_onnx_to_ir(onnx_path, Path(out_dir) / f"{source}.xml", weights)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from t2tedge import __version__
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
+from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
 from t2tedge.fileio import atomic_path, sha256_file
 from t2tedge.targets import Target, known_suffixes, target_for_file
 

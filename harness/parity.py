@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from t2tedge.data import discover, load_batch, split
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
+from t2tedge.fileio import temp_staging_dir
 from t2tedge.harness.artifacts import artifact_for, takes_onnx
 from t2tedge.models import get_spec
 from t2tedge.targets import get_target
@@ -113,7 +113,7 @@ def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike
     outputs: dict[str, np.ndarray] = {}
     described: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="t2tedge-parity-") as tmp:
+    with temp_staging_dir("parity") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         for target in targets:
             name = target.name

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 from t2tedge import __version__
 from t2tedge.data import discover, evenly_spread
 from t2tedge.errors import RuntimeUnavailable, UsageError
-from t2tedge.fileio import atomic_write_text, publish_together, sha256_file
+from t2tedge.fileio import atomic_write_text, publish_together, sha256_file, staging_dir
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_runtime
 # Re-exported: the grid's vocabulary lives in table4_grid so that it imports without torch.
@@ -219,7 +218,7 @@ def write_outputs(table: Table4Result, out: Path) -> dict[str, Path]:
     paths = {"json": out / "table4.json", "md": out / "table4.md", "png": out / "table4.png"}
     # The data and its views are one set: staged beside them and moved in together, never a new JSON beside an
     # old plot.
-    with tempfile.TemporaryDirectory(prefix=".t2tedge-table4-", dir=out) as tmp:
+    with staging_dir(out, "table4") as tmp:
         staged = {kind: Path(tmp) / path.name for kind, path in paths.items()}
         staged["json"].write_text(table.to_json())
         staged["md"].write_text(render_markdown(table))

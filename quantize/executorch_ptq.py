@@ -28,9 +28,7 @@ from __future__ import annotations
 import collections
 import copy
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +44,7 @@ from t2tedge.export.common import build_model
 from t2tedge.export.executorch_export import (INSTALL, check_delegate, export_program, lower_program, op_name,
                                               program_metadata)
 from t2tedge.export.executorch_form import delegable_form
+from t2tedge.fileio import staging_dir
 from t2tedge.models import get_spec
 from t2tedge.native_output import native_output_captured
 from t2tedge.quantize.calibration import calibration_set, images_of
@@ -249,11 +248,8 @@ def export_executorch_model(model_name: str, checkpoint: str | os.PathLike | Non
     images = images_of(samples, spec.preprocess) if samples else None
     buffer, metadata = build_program(model_name, checkpoint, precision, delegate, images, allow_outside=allow_outside,
                                      progress=progress, calibration_record=chosen, **overrides)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
-    try:
+    with staging_dir(destination.parent, destination.stem) as staging:
         staged = staging / destination.name
         staged.write_bytes(buffer)
         publish_with_sidecar(staged, destination, metadata)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return destination, metadata

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +35,7 @@ from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample
 from t2tedge.errors import DataError, T2TEdgeError, first_line, require_installed
 from t2tedge.export.litert_export import INSTALL, check_layout, convert_fp32, input_metadata
+from t2tedge.fileio import staging_dir
 from t2tedge.models import get_spec
 from t2tedge.native_output import native_output_captured
 from t2tedge.quantize.calibration import calibration_set, images_of
@@ -165,9 +164,7 @@ def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = 
     spec = get_spec(model_name)
     samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if precision == "int8" else ([], {})
     destination = Path(destination) if destination else Path(out_dir) / f"{model_name}{file_suffix(precision)}.tflite"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.stem}.", dir=destination.parent))
-    try:
+    with staging_dir(destination.parent, destination.stem) as staging:
         staged, metadata = convert_fp32(model_name, checkpoint, staging, layout, **overrides)
         if precision != "fp32":
             images = calibration_images(samples, model_name, layout) if precision == "int8" else None
@@ -178,5 +175,3 @@ def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = 
             metadata.update({**input_metadata(layout, precision), keys.QUANTIZATION: report})
             staged = final
         return publish_with_sidecar(staged, destination, metadata), metadata
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

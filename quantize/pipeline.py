@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +17,7 @@ import onnx
 
 from t2tedge.data import Sample, discover_images, load_batch, readable_samples, split
 from t2tedge.errors import DataError
-from t2tedge.fileio import publish_together
+from t2tedge.fileio import publish_together, staging_dir
 from t2tedge.models import get_spec
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
 from t2tedge.quantize.config import QuantConfig
@@ -139,7 +138,7 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
     # Everything is made in a staging folder beside the destination and moved into place together once the
     # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".t2tedge-quantize-", dir=out_dir) as tmp:
+    with staging_dir(out_dir, "quantize") as tmp:
         staged = Path(tmp) / out.name
         fp32 = Path(onnx_path) if onnx_path is not None else export_onnx(
             model_name, checkpoint, out_dir=tmp, options=export_options or OnnxExportOptions(), **overrides)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import T2TEdgeError, first_line, missing_package
+from t2tedge.errors import T2TEdgeError, missing_package, native_message
 from t2tedge.batching import run_in_chunks
 from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
@@ -96,7 +96,7 @@ class OpenVINO(Runtime):
             model = core.read_model(str(path))
             compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line texts
-            raise T2TEdgeError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
+            raise T2TEdgeError(f"OpenVINO cannot load {path}: {native_message(exc)}") from None
         return cls(compiled, str(path), threads, precision_hint, performance_hint, read_openvino_metadata(model))
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:

@@ -7,14 +7,11 @@ imported inside the functions, so this module imports without torch or any runti
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import DataError, T2TEdgeError, UsageError, first_line
+from t2tedge.errors import DataError, T2TEdgeError, UsageError, first_line, native_message
+from t2tedge.fileio import staging_dir
 from t2tedge.targets.registry import BuildRequest, Option, Target, register
 
 ONNX_FILE = "one of our .onnx exports"
@@ -47,17 +44,6 @@ def _int8_onnx(request: BuildRequest, scheme: str, out_dir: Path) -> Path:
                              checkpoint=request.checkpoint, export_options=_onnx_export_options(request),
                              never_calibrate_on=request.exclude, **request.overrides)
     return path
-
-
-@contextmanager
-def _staging(out_dir: Path, name: str) -> Iterator[Path]:
-    """A staging folder of ours inside `out_dir` for intermediate files, removed on any exit."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".t2tedge-{name}-", dir=out_dir))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:
@@ -121,7 +107,7 @@ def _openvino_metadata(path: Path) -> dict[str, str]:
     try:
         return read_openvino_metadata(ov.Core().read_model(str(path)))
     except RuntimeError as exc:
-        raise DataError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
+        raise DataError(f"OpenVINO cannot read {path}: {native_message(exc)}") from None
 
 
 def _verify_openvino(path: Path) -> None:
@@ -170,7 +156,7 @@ def _build_openvino(request: BuildRequest) -> Path:
     tail = "_fp16" if request.precision == "fp16" else ""
     if request.source is not None:
         return convert_onnx_to_ir(request.source, request.out_dir / f"{request.source.stem}{tail}.xml", weights)
-    with _staging(request.out_dir, "openvino") as tmp:
+    with staging_dir(request.out_dir, "openvino") as tmp:
         if request.precision == "int8":
             onnx_file = _int8_onnx(request, "openvino", tmp)
             tail = "_int8"
@@ -199,7 +185,7 @@ def _build_tensorrt(request: BuildRequest) -> Path:
                             min_batch=given.get("min_batch") or 1, opt_batch=given.get("opt_batch") or 1,
                             max_batch=given.get("max_batch") or 8, workspace_mib=given.get("workspace_mib") or 1024,
                             timing_cache=given.get("timing_cache"))
-    with _staging(request.out_dir, "tensorrt") as tmp:
+    with staging_dir(request.out_dir, "tensorrt") as tmp:
         source = request.source
         if source is None and request.precision == "int8" and not options.calibration_cache:
             source = _int8_onnx(request, "tensorrt", tmp)
@@ -358,7 +344,7 @@ def _build_torch(request: BuildRequest) -> Path:
     weights = (f"sha256:{sha256_file(request.checkpoint)}" if request.checkpoint
                else f"untrained (random init, seed {RANDOM_INIT_SEED})")
     destination = request.out_dir / f"{request.model}.pth"
-    with _staging(request.out_dir, "torch") as tmp:
+    with staging_dir(request.out_dir, "torch") as tmp:
         staged = tmp / destination.name
         torch.save({"state_dict": model.state_dict()}, staged)
         metadata = artifact_metadata(request.model, weights, "nchw", "fp32", request.num_classes,

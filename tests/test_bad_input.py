@@ -41,6 +41,11 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["fake_tflite"] = root / "fake.tflite"
     (root / "fake.pte").write_text("not a program\n")
     files["fake_pte"] = root / "fake.pte"
+    from t2tedge.export.openvino_export import convert_onnx_to_ir
+
+    cut = convert_onnx_to_ir(files["mnv2"], root / "cut_ir" / "mobilenet_v2_100.xml")
+    cut.with_suffix(".bin").write_bytes(cut.with_suffix(".bin").read_bytes()[:100_000])
+    files["cut_ir"] = cut
     (root / "nobin.xml").write_text("<?xml version='1.0'?>\n<net name='m' version='11'></net>\n")
     files["nobin"] = root / "nobin.xml"
     (root / "a_file").write_text("I am a file\n")
@@ -169,6 +174,10 @@ CASES = [
      "OpenVINO IR nobin.xml needs its weights nobin.bin beside it"),
     ("bundle of OpenVINO IR without its .bin", ["export", "bundle", "{nobin}", "--out", "{out}/b.tar.gz"], 1,
      "nobin.xml needs nobin.bin beside it"),
+    ("OpenVINO IR with a truncated .bin", ["profile", "{cut_ir}", "--out", "{out}"], 1,
+     "Incorrect weights in bin file!"),
+    ("bundle of OpenVINO IR with a truncated .bin", ["export", "bundle", "{cut_ir}", "--out", "{out}/b.tar.gz"], 1,
+     "cannot bundle mobilenet_v2_100.xml: OpenVINO cannot read"),
     ("truncated checkpoint", ["export", "onnx", M, "--checkpoint", "{truncated}", "--out", "{out}"], 1,
      "is truncated or damaged"),
     ("checkpoint is a folder", ["export", "onnx", M, "--checkpoint", "{ckpt_dir}", "--out", "{out}"], 1,
@@ -465,3 +474,44 @@ def test_quantize_writes_nothing_beside_its_source(world, tmp_path, sample_dir):
                  "--method", "minmax", "--weight-rounding", "nearest", "--bias-correction", "off",
                  "--out", str(tmp_path / "out")]) == 0
     assert _snapshot(source.parent) == before
+
+
+def test_the_next_run_removes_what_a_killed_run_left(world, tmp_path, sample_dir):
+    """kill -9 leaves a quantize run's staging folder in --out (its calibration files are in there, not in TMPDIR);
+    the next command on that --out removes it, and never a staging folder whose process is alive."""
+    temp, out = tmp_path / "tmp", tmp_path / "out"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    process = subprocess.Popen([sys.executable, "-m", "t2tedge.cli", "quantize", M, "--onnx", str(world["mnv2"]),
+                                "--calib", str(sample_dir), "--num-calib", "64", "--out", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.is_dir() and any(out.rglob("*.onnx"))):
+        assert process.poll() is None
+        time.sleep(0.2)
+    process.kill()
+    process.wait(timeout=60)
+    left = [p.name for p in out.iterdir()]
+    assert left and all(name.startswith(".t2tedge-staging-") for name in left)
+    assert not [p for p in temp.iterdir() if p.is_dir()]  # nothing of the calibration went to TMPDIR
+    alive = out / f".t2tedge-staging-{os.getppid()}-export.abc"  # a live process's: kept
+    alive.mkdir()
+    assert main(["profile", str(world["mnv2"]), "--runs", "1", "--warmup", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([alive.name, "mobilenet_v2_100.onnx_onnxruntime.json"])
+
+
+def test_an_error_under_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    import t2tedge.cli.model_commands as cli
+    from tqdm import tqdm
+
+    from t2tedge.errors import DataError
+
+    def failing(args):
+        bar = tqdm(total=10, desc="eval", leave=False)
+        bar.update(3)
+        raise DataError("cannot read image x.jpg: truncated")
+
+    monkeypatch.setattr(cli, "cmd_list", failing)
+    assert main(["list"]) == 1
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert last.lstrip("\x1b[A ").startswith("t2tedge: error: cannot read image x.jpg")

@@ -85,6 +85,13 @@ def _interruption(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _close_progress_bars() -> None:
+    """Close any progress bar still drawn, so the error line starts a line of its own instead of the bar's."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (usage errors raise SystemExit(2) from the parser, as argparse does)."""
     import signal
@@ -99,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except T2TEdgeError as exc:
         if args.debug:
             raise
+        _close_progress_bars()
         print(f"t2tedge: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -110,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen still ends in one line unless --debug asks for the traceback
         if args.debug:
             raise
+        _close_progress_bars()
         interruption = _interruption(exc)
         if interruption is not None:
             terminated = isinstance(interruption, Terminated)

@@ -19,7 +19,7 @@ from t2tedge.cli.options import (
     resolve_checkpoint,
 )
 from t2tedge.errors import UsageError
-from t2tedge.fileio import ensure_writable_file
+from t2tedge.fileio import ensure_writable_file, temp_staging_dir
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -69,7 +69,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import tempfile
 
     from t2tedge.data import discover
     from t2tedge.export.onnx_export import check_onnx_fits
@@ -94,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = discover(args.data, num_classes=args.num_classes)
     if args.limit:
         samples = samples[: args.limit]
-    with tempfile.TemporaryDirectory(prefix="t2tedge-eval-") as tmp:
+    with temp_staging_dir("eval") as tmp:
         artifact = artifact_for(target, args.model, checkpoint, Path(tmp), onnx_path=args.onnx,
                                 num_classes=args.num_classes)
         runtime = target.load(artifact, threads=args.threads, **load_options)
