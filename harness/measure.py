@@ -28,10 +28,22 @@ def measure_runtime(instance: Runtime, samples: Sequence[Sample], preprocess, se
                     progress: str | None = None) -> dict[str, Any]:
     """Top-1/top-5 and predictions (when `samples`), batch-1 latency percentiles, batch-N throughput: the measured
     fields of a `Table4Cell`, as its keyword arguments."""
+    return {**measure_accuracy(instance, samples, preprocess, progress), **measure_speed(instance, preprocess, settings)}
+
+
+def measure_accuracy(instance: Runtime, samples: Sequence[Sample], preprocess,
+                     progress: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5 and predictions on `samples` (none: no fields)."""
+    if not samples:
+        return {}
+    result = evaluate(instance, samples, preprocess, batch=32, progress=progress)
+    return {"top1": result.top1, "top5": result.top5, "images": result.images,
+            "predictions": result.predictions.tolist()}
+
+
+def measure_speed(instance: Runtime, preprocess, settings: LatencySettings) -> dict[str, Any]:
+    """Batch-1 latency percentiles, batch-N throughput and the runtime's description."""
     cell: dict[str, Any] = {}
-    if samples:
-        result = evaluate(instance, samples, preprocess, batch=32, progress=progress)
-        cell.update(top1=result.top1, top5=result.top5, images=result.images, predictions=result.predictions.tolist())
     image = np.zeros((1, 3, preprocess.crop, preprocess.crop), np.float32)
     batch = np.zeros((settings.throughput_batch,) + image.shape[1:], np.float32)
     latency = measure_latency(instance, image, settings.warmup, settings.runs)

@@ -22,7 +22,8 @@ from t2tedge.data import discover, evenly_spread
 from t2tedge.errors import RuntimeUnavailable, UsageError
 from t2tedge.fileio import atomic_write_text, publish_together, sha256_file, staging_dir
 from t2tedge.harness.latency import machine_info
-from t2tedge.harness.measure import LatencySettings, measure_runtime
+from t2tedge.harness.measure import LatencySettings, measure_accuracy, measure_speed
+from t2tedge.harness.timing import time_alone
 # Re-exported: the grid's vocabulary lives in table4_grid so that it imports without torch.
 from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS, Suite  # noqa: F401
 from t2tedge.models import create_model, get_spec
@@ -44,6 +45,9 @@ class GridSettings:
     throughput_batch: int = 8
     num_calib: int = DEFAULT_NUM_CALIB
     suite: str = "imagenet"
+    # Time each cell's file in a process of its own (t2tedge.harness.timing): the grid's process holds every earlier
+    # cell's runtime and thread pools. Off for a target registered only in this process.
+    time_alone: bool = True
 
 
 def _hash_bytes(*parts: bytes) -> str:
@@ -149,8 +153,13 @@ class Grid:
                 pass  # written by an older toolkit: measured again
         instance = target.load(path, threads=self.settings.threads)
         latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
-        cell.update(measure_runtime(instance, self.samples, spec.preprocess, latency,
-                                    progress=f"{model_name} {target.name} {precision}"))
+        cell.update(measure_accuracy(instance, self.samples, spec.preprocess,
+                                     progress=f"{model_name} {target.name} {precision}"))
+        if self.settings.time_alone:
+            del instance  # its thread pools must not run beside the timing
+            cell.update(time_alone(path, target.name, latency, self.settings.threads, self.out))
+        else:
+            cell.update(measure_speed(instance, spec.preprocess, latency))
         reference_model = create_model(model_name, **self._overrides())
         cell.update({
             "status": "measured", "params": count_params(reference_model),

@@ -44,7 +44,7 @@ def _bad_checkpoints(state, tmp_path):
     nan["blocks.3.mlp.fc1.weight"] = nan["blocks.3.mlp.fc1.weight"].clone()
     nan["blocks.3.mlp.fc1.weight"][0, 0] = float("nan")
     return {
-        "truncated": (truncated, "cannot read checkpoint"),
+        "truncated": (truncated, "is truncated or damaged"),
         "wrong_model": (save_official_checkpoint(trained_like_state_dict("t2t_vit_12"), tmp_path / "t12.pth"),
                         "unexpected keys: blocks.7"),
         "renamed_key": (save_official_checkpoint(renamed, tmp_path / "renamed.pth"), "missing keys: blocks.0.attn.qkv.weight"),

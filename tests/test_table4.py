@@ -126,7 +126,8 @@ def test_merge_keeps_each_cells_toolkit_version_and_refuses_another_schema(grid,
     data = json.loads(table.to_json())
     data["schema"] = "t2tedge.table4/2"
     (tmp_path / "future.json").write_text(json.dumps(data))
-    with pytest.raises(T2TEdgeError, match="schema 't2tedge.table4/2', expected 't2tedge.table4/1'"):
+    with pytest.raises(T2TEdgeError, match=r"not a Table 4 result or profile record \(schema 't2tedge.table4/2'; "
+                                           r"expected t2tedge.table4/1"):
         load_table(tmp_path / "future.json")
 
 

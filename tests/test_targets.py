@@ -97,7 +97,7 @@ def test_a_toy_target_added_through_the_registry_shows_up_everywhere(toy, tmp_pa
     from t2tedge.harness.table4 import Grid, GridSettings
 
     grid = Grid(["mobilenet_v2_100"], ["toy"], ["fp32", "int8"],
-                GridSettings(data=val_dir, limit=4, runs=2, warmup=1), tmp_path / "t4")
+                GridSettings(data=val_dir, limit=4, runs=2, warmup=1, time_alone=False), tmp_path / "t4")
     cells = {c.precision: c for c in grid.run().cells}
     assert cells["fp32"].measured and cells["fp32"].artifact == "mobilenet_v2_100.toy"
     assert cells["fp32"].images == 4 and cells["int8"].reason.endswith("toys have no integers")
