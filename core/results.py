@@ -363,6 +363,8 @@ class QuantizeReport(Record):
     ort_disabled_optimizers: list[str]
     layer_sqnr: LayerSqnrReport
     trt_calibration_cache: CalibrationCacheInfo
+    # The target-neutral plan read out of this file ({path, layers}), which the other targets' INT8 builds apply.
+    plan: dict[str, Any] | None = None
     held_out_images: int | None = None
     all_int8: dict[str, Any] | None = None
     sensitivity: list[dict[str, Any]] | None = None

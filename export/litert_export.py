@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -81,11 +81,15 @@ def check_layout(layout: str) -> None:
 
 
 def convert_fp32(model_name: str, checkpoint: str | os.PathLike | None, staging: Path, layout: str = "nhwc",
+                 prepare: Callable[[torch.nn.Module, str], None] | None = None,
                  **overrides: Any) -> tuple[Path, dict[str, Any]]:
-    """The fp32 .tflite of `model_name` in `staging`, and its metadata (not yet published)."""
+    """The fp32 .tflite of `model_name` in `staging`, and its metadata (not yet published). `prepare(model, weights)`
+    may change the model in place first (a quantization plan's grid weights)."""
     check_layout(layout)
     spec = get_spec(model_name)
     model, weights = build_model(model_name, checkpoint, **overrides)
+    if prepare is not None:
+        prepare(model, weights)
     crop = spec.preprocess.crop
     module = ChannelsLast(model).eval() if layout == "nhwc" else model
     sample = torch.zeros(1, crop, crop, 3) if layout == "nhwc" else torch.zeros(1, 3, crop, crop)

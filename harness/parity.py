@@ -4,7 +4,9 @@ Default tolerances per precision of the compared runtime (documented in docs/run
 - fp32: max abs diff <= 1e-4 and top-1 agreement 100%;
 - fp16: cosine >= 0.999 and top-1 agreement >= 99%;
 - bf16: cosine >= 0.99 and top-1 agreement >= 95%;
-- int8: cosine >= 0.98 and top-1 agreement >= 90%.
+- int8: cosine >= 0.98 and top-1 agreement >= 90% (an INT8 file against the fp32 reference);
+- int8 files of two runtimes made from one quantization plan (`--precision int8`): top-1 agreement >= 98% and
+  cosine >= 0.99, set from the spread of kernels' rounding measured in docs/quantization-plan.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.fileio import temp_staging_dir
 from t2tedge.harness.artifacts import artifact_for, takes_onnx
 from t2tedge.models import get_spec
-from t2tedge.targets import get_target
+from t2tedge.targets import BuildRequest, get_target, plan_target
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
@@ -30,6 +32,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # bf16 keeps 8 significant bits: OpenVINO's bf16 path measured 20-44 dB logits SQNR (MobileNetV2, T2T-ViT-7).
     "bf16": {"cosine": 0.99, "top1_agreement": 0.95},
     "int8": {"cosine": 0.98, "top1_agreement": 0.90},
+    # Two runtimes' INT8 files of one plan: what differs is each kernel's rounding and what a runtime did not honour.
+    "int8_vs_int8": {"cosine": 0.99, "top1_agreement": 0.98},
     # LiteRT's dynamic-range int8 (int8 weights, activations quantized per batch by the kernels).
     "w8": {"cosine": 0.98, "top1_agreement": 0.90},
 }
@@ -81,11 +85,50 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32
 
 
 def parity_images(model_name: str, data: str | os.PathLike, n: int, seed: int = 0,
-                  num_classes: int = 1000) -> tuple[np.ndarray, list[str]]:
+                  num_classes: int = 1000) -> tuple[np.ndarray, list[Any]]:
+    """(the images, their samples): `n` drawn from `data` with `seed`."""
     samples = discover(data, num_classes=num_classes)
     chosen, _ = split(samples, min(n, len(samples)), seed=seed)
     images, _ = load_batch(chosen, get_spec(model_name).preprocess)
-    return images, [str(s.path) for s in chosen]
+    return images, list(chosen)
+
+
+def int8_artifacts(targets: Sequence[Any], model_name: str, checkpoint: str | os.PathLike | None, work: Path,
+                   calib: str | os.PathLike | None, num_calib: int, exclude: Sequence[Any], num_classes: int
+                   ) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each target's INT8 file from one plan: the ONNX Runtime QDQ file computes it (calibrated once), targets that
+    run ONNX files take that file, targets with `--plan` apply it; a target that does neither calibrates on its own,
+    which the returned notes say. Returns ({target: file}, {target: how its INT8 was made})."""
+    reference = plan_target()
+    common = dict(model=model_name, precision="int8", checkpoint=Path(checkpoint) if checkpoint else None,
+                  calib=Path(calib) if calib else None, num_calib=num_calib, exclude=tuple(exclude),
+                  num_classes=num_classes)
+    request = BuildRequest(out_dir=work / reference.name, **common)
+    reference.check_request(request)
+    qdq = reference.build(request)
+    from t2tedge.quantize.quantization_plan import plan_path_for
+
+    plan = plan_path_for(qdq)
+    files: dict[str, Path] = {}
+    how: dict[str, str] = {}
+    for target in targets:
+        if target.reference:
+            continue
+        if target.name == reference.name:
+            files[target.name], how[target.name] = qdq, "the plan's own QDQ file"
+            continue
+        if target.from_onnx:
+            request = BuildRequest(out_dir=work / target.name, source=qdq, **{**common, "checkpoint": None})
+            how[target.name] = "built from the plan's QDQ file"
+        elif target.applies_plan:
+            request = BuildRequest(out_dir=work / target.name, options={"plan": str(plan)}, **common)
+            how[target.name] = "applies the plan (--plan)"
+        else:
+            request = BuildRequest(out_dir=work / target.name, **common)
+            how[target.name] = "calibrates on its own: this target does not apply plans yet"
+        target.check_request(request)
+        files[target.name] = target.build(request)
+    return files, how
 
 
 def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
@@ -95,11 +138,14 @@ def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
 def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike, n: int = 64, batch: int = 1,
                checkpoint: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
                threads: int | None = None, workdir: str | os.PathLike | None = None,
-               load_options: dict[str, dict[str, Any]] | None = None, num_classes: int = 1000) -> dict[str, Any]:
+               load_options: dict[str, dict[str, Any]] | None = None, num_classes: int = 1000,
+               precision: str = "fp32", calib: str | os.PathLike | None = None, num_calib: int = 256
+               ) -> dict[str, Any]:
     """Run `runtimes` (targets) on the same images, each on the file `t2tedge export` writes for it; the first is
     the reference. Returns the JSON-ready report. `load_options`: target name -> options for its `load` (e.g.
     {"openvino": {"precision_hint": "bf16"}}), checked before any work. `num_classes`: the checkpoint's classifier
-    size (10 for a fine-tune)."""
+    size (10 for a fine-tune). `precision` int8: every runtime runs its INT8 file of one plan (calibrated on
+    `calib`, never on the compared images), and every pair is compared, not only pairs with the first."""
     if len(runtimes) < 2:
         raise UsageError("parity needs at least two runtimes, e.g. --runtimes torch,onnxruntime")
     targets = [get_target(name) for name in runtimes]
@@ -109,37 +155,53 @@ def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike
     if refused:
         raise UsageError(f"--onnx goes with runtimes that run ONNX files; {', '.join(refused)} build their own from "
                          f"the model (drop --onnx, or leave them out)")
-    images, paths = parity_images(model_name, data, n)
+    if precision not in ("fp32", "int8"):
+        raise UsageError(f"parity compares fp32 or int8 files, not {precision}")
+    if precision == "int8" and (onnx_path is not None or any(t.reference for t in targets)):
+        raise UsageError("parity --precision int8 compares the INT8 files of runtimes users ship: leave out torch "
+                         "and --onnx")
+    images, chosen = parity_images(model_name, data, n)
     outputs: dict[str, np.ndarray] = {}
     described: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    how: dict[str, str] = {}
     with temp_staging_dir("parity") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
+        available = []
         for target in targets:
-            name = target.name
             try:
                 target.runtime_class()
+                available.append(target)
             except RuntimeUnavailable as exc:
-                skipped[name] = str(exc)
-                continue
-            artifact = artifact_for(target, model_name, checkpoint, work,
-                                    onnx_path=None if target.reference else onnx_path, num_classes=num_classes)
+                skipped[target.name] = str(exc)
+        files: dict[str, Path] = {}
+        if precision == "int8":
+            files, how = int8_artifacts(available, model_name, checkpoint, work, calib, num_calib, chosen,
+                                        num_classes)
+        for target in available:
+            name = target.name
+            artifact = files.get(name) or artifact_for(target, model_name, checkpoint, work,
+                                                       onnx_path=None if target.reference else onnx_path,
+                                                       num_classes=num_classes)
             runtime = target.load(artifact, threads=threads, **(load_options or {}).get(name, {}))
             outputs[name] = run_batched(runtime, images, batch)
             described[name] = runtime.describe().to_dict()
     reference = targets[0].name
     if reference not in outputs:
         raise T2TEdgeError(f"the reference runtime {reference!r} is unavailable: {skipped[reference]}")
+    names = [t.name for t in targets if t.name in outputs]
+    compared = ([(a, b) for i, a in enumerate(names) for b in names[i + 1:]] if precision == "int8"
+                else [(reference, b) for b in names[1:]])
     pairs = []
-    for name in [t.name for t in targets[1:]]:
-        if name in outputs:
-            precision = described[name]["precision"]
-            result = compare(outputs[reference], outputs[name], precision)
-            pairs.append(asdict(PairReport(reference=reference, candidate=name, precision=precision, **result)))
+    for first, second in compared:
+        held = described[second]["precision"]
+        tolerance = TOLERANCES["int8_vs_int8"] if precision == "int8" else None
+        result = compare(outputs[first], outputs[second], held, tolerance)
+        pairs.append(asdict(PairReport(reference=first, candidate=second, precision=held, **result)))
     return {
-        "model": model_name, "images": len(images), "batch": batch, "data": str(data),
+        "model": model_name, "images": len(images), "batch": batch, "data": str(data), "precision": precision,
         "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)",
-        "runtimes": described, "skipped": skipped, "pairs": pairs,
+        "runtimes": described, "skipped": skipped, "pairs": pairs, "int8_made": how,
         "passed": all(p["passed"] for p in pairs),
     }
 
@@ -157,6 +219,7 @@ def format_report(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns) - 1)]
     lines = [header] + ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     lines += [f"skipped {name}: {reason}" for name, reason in report["skipped"].items()]
+    lines += [f"int8 {name}: {how}" for name, how in report.get("int8_made", {}).items()]
     return "\n".join(lines)
 
 

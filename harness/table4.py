@@ -29,7 +29,7 @@ from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS, Suite  # noqa: F4
 from t2tedge.models import create_model, get_spec
 from t2tedge.models.complexity import count_macs, count_params
 from t2tedge.results import DataInfo, ResultFormatError, Table4Cell, Table4Result, read_measurements
-from t2tedge.targets import CALIBRATED, DEFAULT_NUM_CALIB, PRECISIONS, BuildRequest, Target, get_target
+from t2tedge.targets import CALIBRATED, DEFAULT_NUM_CALIB, PRECISIONS, BuildRequest, Target, get_target, plan_target
 
 # Beside each built artifact in the grid's cache: which file the build wrote, and from what.
 BUILT_RECORD = "built.json"
@@ -107,6 +107,11 @@ class Grid:
             if all(f.exists() for f in target.files(path)):
                 return path
         request = self.build_request(model_name, precision, checkpoint, folder)
+        if precision == "int8" and target.applies_plan:  # the plan of the grid's ONNX INT8 cell: one calibration
+            from t2tedge.quantize.quantization_plan import plan_path_for
+
+            reference = self.artifact(model_name, plan_target(), precision, checkpoint)
+            request = dataclasses.replace(request, options={"plan": str(plan_path_for(reference))})
         target.check_request(request)
         path = target.build(request)
         atomic_write_text(built, json.dumps({"artifact": path.name, "recipe": json.loads(recipe)}, indent=1) + "\n")

@@ -148,6 +148,149 @@ def quantize_static(program: torch.export.ExportedProgram, family: str, images: 
     return export_program(converted, torch.from_numpy(np.ascontiguousarray(images[:1])))
 
 
+def _weight_path(node: torch.fx.Node) -> str | None:
+    """The module path of a convolution's or linear's weight parameter (`blocks.0.mlp.fc1`), if it is one."""
+    if node.op != "call_function" or node.target not in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+        return None
+    weight = node.args[1] if len(node.args) > 1 else None
+    if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr" or not str(weight.target).endswith("weight"):
+        return None
+    return str(weight.target).rsplit(".", 1)[0]
+
+
+_CLAMPS = ("hardtanh", "relu", "clamp")
+
+
+def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """XNNPACK's asymmetric int8 (scale, zero point) of a real range; the range of a uint8 or symmetric int8
+    reference gives back the same grid."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = float(np.float32((hi - lo) / 255.0)) or 1e-8
+    return scale, int(np.clip(-128 + round(-lo / scale), -128, 127))
+
+
+def _plan_quantizer(plan: Any) -> Any:
+    from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
+                                                     QuantizationSpec, Quantizer)
+
+    class PlannedWeightObserver(PerChannelMinMaxObserver):
+        """Per-channel symmetric int8 weights whose scales are the plan's (its weights are already on that grid)."""
+
+        def __init__(self, scales: tuple[float, ...] = (), **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.planned_scales = torch.tensor(scales, dtype=torch.float32)
+
+        def calculate_qparams(self):
+            return self.planned_scales, torch.zeros(len(self.planned_scales), dtype=torch.int64)
+
+    def fixed(lo: float, hi: float) -> Any:
+        scale, zero = activation_qparams(lo, hi)
+        return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero, quant_min=-128,
+                                            quant_max=127, qscheme=torch.per_tensor_affine)
+
+    def weight_spec(layer: str) -> Any:
+        scales = tuple(float(s) for s in plan.arrays[f"{layer}.scale"])
+        return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, ch_axis=0,
+                                qscheme=torch.per_channel_symmetric,
+                                observer_or_fake_quant_ctr=PlannedWeightObserver.with_args(scales=scales))
+
+    class PlanQuantizer(Quantizer):
+        """Annotates exactly the plan's layers: the input on its planned range, the weights on the plan's grid, the
+        output (or the ReLU6/ReLU after it) on its planned range; biases and every other op stay float."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.applied: list[str] = []
+            self.deviations: list[dict[str, str]] = []
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for node in model.graph.nodes:
+                name = _weight_path(node) or ""
+                layer = plan.layers.get(name)
+                if layer is None:
+                    continue
+                output = layer.output_range or layer.requantization_range
+                if output is None:  # XNNPACK's static int8 kernels requantize their output; no range for it
+                    self.deviations.append({"layer": name, "what": "float: XNNPACK's int8 kernel needs an output "
+                                            "range and the plan keeps this output float without one"})
+                    continue
+                if layer.output_range is None:
+                    self.deviations.append({"layer": name, "what": "requantization inserted: output on the "
+                                            "plan's calibrated range after the bias (the reference keeps it "
+                                            "float)"})
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={node.args[0]: fixed(*layer.input_range), node.args[1]: weight_spec(name)},
+                    output_qspec=None, _annotated=True)
+                users = list(node.users)
+                clamp = users[0] if len(users) == 1 and any(k in op_name(users[0]) for k in _CLAMPS) else None
+                if clamp is None:
+                    node.meta["quantization_annotation"].output_qspec = fixed(*output)
+                else:
+                    clamp.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={}, output_qspec=fixed(*output), _annotated=True)
+                self.applied.append(name)
+            _fuse_pads(model)
+            return model
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            return None
+
+    return PlanQuantizer()
+
+
+def quantize_with_plan(module: nn.Module, plan: Any, sample: torch.Tensor) -> tuple[torch.export.ExportedProgram,
+                                                                                     dict[str, Any]]:
+    """PT2E int8 of `module` (its planned layers already holding the plan's grid weights and biases) with the plan's
+    ranges and scales: no calibration. Returns the program re-exported for lowering and what it did not honour."""
+    with native_output_captured():
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        graph = export_program(module, sample).module()
+        quantizer = _plan_quantizer(plan)
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            prepared(sample)
+        converted = convert_pt2e(prepared)
+    seen = set(quantizer.applied) | {d["layer"] for d in quantizer.deviations}
+    deviations = quantizer.deviations + [{"layer": name, "what": "not in this program's graph; float"}
+                                         for name in plan.layers if name not in seen]
+    deviations += [{"layer": name, "what": "quantized in the reference file only (no module behind it); float"}
+                   for name in plan.reference_only]
+    return export_program(converted, sample), {"layers_applied": len(quantizer.applied), "deviations": deviations}
+
+
+def program_qparams(program: torch.export.ExportedProgram) -> list[dict[str, Any]]:
+    """Read back each static int8 convolution and linear of a quantized program, in graph order: its int8 weights,
+    their scales, and its input's (scale, zero point)."""
+    signature = program.graph_signature
+    lifted = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
+              **signature.inputs_to_lifted_tensor_constants}
+    stored = {**dict(program.named_parameters()), **dict(program.named_buffers()), **program.constants}
+
+    def value(node: Any) -> Any:
+        if isinstance(node, torch.fx.Node) and node.op == "placeholder" and node.name in lifted:
+            return stored[lifted[node.name]]
+        if isinstance(node, torch.fx.Node) and node.op == "get_attr":
+            return getattr(program.graph_module, str(node.target))
+        return node
+
+    found = []
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in (torch.ops.aten.conv2d.default,
+                                                              torch.ops.aten.linear.default):
+            continue
+        act, weight = node.args[0], node.args[1]
+        if _is_zero_pad(act):
+            act = act.args[0]
+        if "dequantize" not in op_name(act) or "dequantize" not in op_name(weight):
+            continue
+        found.append({"weight": torch.as_tensor(value(weight.args[0])).detach().numpy(),
+                      "weight_scale": torch.as_tensor(value(weight.args[1])).detach().numpy().astype(np.float32),
+                      "input_scale": float(act.args[1]), "input_zero_point": int(act.args[2])})
+    return found
+
+
 def quantize_dynamic(module: nn.Module) -> nn.Module:
     """A copy of `module` with every nn.Linear int8 per-channel, activations quantized per token at run time."""
     quantized = copy.deepcopy(module)
@@ -193,29 +336,44 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
 
 def build_program(model_name: str, checkpoint: str | os.PathLike | None, precision: str, delegate: str,
                   images: np.ndarray | None = None, allow_outside: bool = False, progress: bool = True,
-                  calibration_record: dict[str, Any] | None = None,
+                  calibration_record: dict[str, Any] | None = None, plan: Any = None,
                   **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     """(the .pte bytes, their metadata) of `model_name` at `precision`; a quantized program's metadata holds its
-    report, with `calibration_record` (how the images were chosen) when given."""
+    report, with `calibration_record` (how the images were chosen) when given. int8 with `plan` (a QuantPlan)
+    applies it; without, XNNPACKQuantizer calibrates on `images` on its own (the peer the benchmarks compare)."""
     spec = get_spec(model_name)
     model, weights = build_model(model_name, checkpoint, **overrides)
+    if plan is not None:
+        from t2tedge.quantize.quantization_plan import apply_plan_weights, check_plan_fits
+
+        check_plan_fits(plan, model_name, weights)
+        apply_plan_weights(model, plan)
     module = delegable_form(model)
     crop = spec.preprocess.crop
     sample = torch.zeros(1, 3, crop, crop)
     report: dict[str, Any] = {}
+    honoured: dict[str, Any] = {}
     if precision == "w8":
         module = quantize_dynamic(module)
-    program = export_program(module, sample)
-    if precision == "int8":
-        program = quantize_static(program, spec.family, images, progress=progress)
+    if precision == "int8" and plan is not None:
+        program, honoured = quantize_with_plan(module, plan, sample)
+    else:
+        program = export_program(module, sample)
+        if precision == "int8":
+            program = quantize_static(program, spec.family, images, progress=progress)
     if precision != "fp32":
         ops = op_precisions(program)
         quantizer = ("torchao Int8DynamicActivationIntxWeightConfig (8da8w)" if precision == "w8" else
+                     "the quantization plan through PT2E (fixed ranges, the plan's int8 weights and biases)"
+                     if plan is not None else
                      "XNNPACKQuantizer (PT2E, per-channel, ReLU6 outputs on their own range, zero pads folded into "
                      "convolutions)")
         report = {"precision": precision, "quantizer": quantizer,
                   "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
                   **({"calibration": calibration_record} if calibration_record else {})}
+        if plan is not None:
+            report.update({"plan": {"source": plan.source, "calibration": plan.calibration,
+                                    "layers": len(plan.layers), **honoured}})
     buffer, delegation = lower_program(program, delegate, allow_outside=allow_outside)
     metadata = program_metadata(model_name, weights, precision, overrides.get("num_classes", 1000), delegate)
     metadata[keys.DELEGATION] = delegation
@@ -229,10 +387,11 @@ def export_executorch_model(model_name: str, checkpoint: str | os.PathLike | Non
                             delegate: str = "xnnpack", calib: str | os.PathLike | None = None,
                             num_calib: int = DEFAULT_NUM_CALIB, seed: int = 0, exclude: Sequence[Sample] = (),
                             calibration: Sequence[Sample] | None = None, destination: str | os.PathLike | None = None,
-                            allow_outside: bool = False, progress: bool = True,
+                            allow_outside: bool = False, progress: bool = True, plan: Any = None,
                             **overrides: Any) -> tuple[Path, dict[str, Any]]:
     """`MODEL[_precision][_coreml].pte` and its sidecar JSON, moved into place together. Returns (path, metadata).
-    int8 calibrates on `num_calib` images drawn from `calib` (never any of `exclude`), or on `calibration` as given."""
+    int8 applies `plan` (a QuantPlan) when given; else it calibrates on `num_calib` images drawn from `calib`
+    (never any of `exclude`), or on `calibration` as given."""
     check_delegate(delegate)
     if precision not in EXECUTORCH_PRECISIONS:
         raise T2TEdgeError(f"unknown ExecuTorch precision {precision!r}; choose {', '.join(EXECUTORCH_PRECISIONS)}")
@@ -241,13 +400,14 @@ def export_executorch_model(model_name: str, checkpoint: str | os.PathLike | Non
                            "weights on iOS use `t2tedge export coreml --compress w8`")
     require_installed("executorch", INSTALL)
     spec = get_spec(model_name)
-    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if precision == "int8" else ([], {})
+    calibrating = precision == "int8" and plan is None
+    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if calibrating else ([], {})
     destination = (Path(destination) if destination
                    else Path(out_dir) / f"{model_name}{file_suffix(precision, delegate)}.pte")
     destination.parent.mkdir(parents=True, exist_ok=True)
     images = images_of(samples, spec.preprocess) if samples else None
     buffer, metadata = build_program(model_name, checkpoint, precision, delegate, images, allow_outside=allow_outside,
-                                     progress=progress, calibration_record=chosen, **overrides)
+                                     progress=progress, calibration_record=chosen, plan=plan, **overrides)
     with staging_dir(destination.parent, destination.stem) as staging:
         staged = staging / destination.name
         staged.write_bytes(buffer)

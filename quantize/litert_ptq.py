@@ -146,6 +146,155 @@ def quantize_tflite(fp32: Path, destination: Path, precision: str, family: str,
             "conversion_ops": ops["conversion"]}
 
 
+PLANNED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+OP_SCOPE_LENGTH = 10000  # ai-edge-quantizer's tfl_flatbuffer_utils.get_op_scope max_length
+
+
+def scope_module_paths(tensor_name: str) -> list[str]:
+    """The module paths in a litert-torch tensor name, one per `;`-separated scope (a fused tensor names each module
+    it came from): `.../MobileNetV2_model/...Sequential_features/...InvertedResidual_1/...Sequential_conv/
+    ...Conv2d_1;` -> [`features.1.conv.1`] (each scope step is `package.Class_attribute`)."""
+    paths = []
+    for scope in tensor_name.split(";"):
+        parts = scope.split("/")
+        start = next((i + 1 for i, part in enumerate(parts) if part.endswith("_model")), None)
+        if start is not None:
+            paths.append(".".join(part.rsplit(".", 1)[-1].split("_", 1)[1] for part in parts[start:] if "_" in part))
+    return paths
+
+
+def _planned_layer(plan: Any, weight: dict[str, Any], interpreter: Any, taken: set[str]) -> str | None:
+    """The plan layer behind a weight tensor: by the module path in its name (a ModuleList adds no scope, so
+    `0.attn.qkv` is `blocks.0.attn.qkv`), else by its values, which are the plan's grid whatever the layout (the
+    export form computes T2T-ViT's projection as a convolution under the scope of its parent)."""
+    free = [name for name in plan.layers if name not in taken]
+    for path in scope_module_paths(weight["name"]):
+        found = [name for name in free if name == path or name.endswith("." + path)]
+        if len(found) == 1:
+            return found[0]
+    try:
+        values = interpreter.get_tensor(weight["index"])
+    except ValueError:
+        return None
+    if values.dtype != np.float32:
+        return None
+    channels = values.shape[3] if values.ndim == 4 and values.shape[0] == 1 else values.shape[0]
+    rows = np.sort((np.moveaxis(values, 3, 0) if values.shape[0] == 1 and values.ndim == 4 else values)
+                   .reshape(channels, -1), axis=1)
+    for name in free:
+        grid = plan.weight_grid(name)
+        if grid.shape[0] == channels and grid.size == values.size and np.allclose(
+                np.sort(grid.reshape(channels, -1), axis=1), rows, rtol=1e-6, atol=1e-7):
+            return name
+    return None
+
+
+def _qsv(lo: float, hi: float) -> dict[str, np.ndarray]:
+    return {"min": np.array([lo], dtype=np.float32), "max": np.array([hi], dtype=np.float32)}
+
+
+def plan_calibration(tflite: str | os.PathLike, plan: Any) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                                      list[str], list[dict[str, str]]]:
+    """What ai-edge-quantizer needs to apply `plan` to the fp32 file `tflite` (whose planned layers already hold the
+    plan's grid weights): a recipe quantizing exactly the planned layers (one entry per op, by its scope), and the
+    calibration result it reads ranges from: the plan's ranges for their inputs and outputs, the plan's scales as
+    each weight's per-channel range. Returns (recipe, calibration result, layers applied, deviations)."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(tflite),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    config = {"activation_tensor_config": _tensor_config(8, "INT", "TENSORWISE", symmetric=False),
+              "weight_tensor_config": _tensor_config(8, "INT"), "compute_precision": "INTEGER",
+              "explicit_dequantize": False}
+    recipe, qsvs, applied, deviations = [], {}, [], []
+    for op in interpreter._get_ops_details():  # the public API lists no ops; this is what the analyzer reads
+        if op["op_name"] not in PLANNED_OPS or len(op["inputs"]) < 2:
+            continue
+        weight = tensors[op["inputs"][1]]
+        name = _planned_layer(plan, weight, interpreter, set(applied))
+        if name is None:
+            continue
+        layer = plan.layers[name]
+        output = layer.output_range or layer.requantization_range
+        if output is None:
+            deviations.append({"layer": name, "what": "float: LiteRT's int8 kernel needs an output range and the plan "
+                                                      "keeps this output float without one"})
+            continue
+        if layer.output_range is None:
+            deviations.append({"layer": name, "what": "requantization inserted: output on the plan's calibrated "
+                                                      "range after the bias (the reference keeps it float)"})
+        scales = plan.arrays[f"{name}.scale"].astype(np.float32)
+        channel_axis = 3 if op["op_name"] == "DEPTHWISE_CONV_2D" else 0
+        shape = [1] * len(weight["shape"])
+        shape[channel_axis] = len(scales)
+        qsvs[weight["name"]] = {"min": (-127.0 * scales).reshape(shape), "max": (127.0 * scales).reshape(shape)}
+        qsvs[tensors[op["inputs"][0]]["name"]] = _qsv(*layer.input_range)
+        out_name = tensors[op["outputs"][0]]["name"]
+        qsvs[out_name] = _qsv(*output)
+        scope = f"{out_name};"[:OP_SCOPE_LENGTH]  # how ai-edge-quantizer names an op: its outputs, ';'-ended, cut
+        recipe.append({"regex": f"^{re.escape(scope)}$", "operation": op["op_name"],
+                       "algorithm_key": "min_max_uniform_quantize", "op_config": config})
+        applied.append(name)
+    deviations += [{"layer": name, "what": "not in this file's graph; float"} for name in plan.layers
+                   if name not in applied and name not in {d["layer"] for d in deviations}]
+    deviations += [{"layer": name, "what": "quantized in the reference file only (no module behind it); float"}
+                   for name in plan.reference_only]
+    return recipe, qsvs, applied, deviations
+
+
+def quantize_tflite_with_plan(fp32: Path, destination: Path, plan: Any) -> dict[str, Any]:
+    """Write the int8 file of `plan` applied to `fp32` through ai-edge-quantizer, with no calibration; the report."""
+    require_installed("ai_edge_quantizer", INSTALL)
+    recipe, qsvs, applied, deviations = plan_calibration(fp32, plan)
+    if not recipe:
+        raise T2TEdgeError(f"no layer of {fp32.name} is in the quantization plan (made for {plan.model})")
+    with native_output_captured():
+        from ai_edge_quantizer import quantizer
+
+        engine = quantizer.Quantizer(str(fp32))
+        engine.load_quantization_recipe(recipe)
+    try:
+        with native_output_captured(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            engine.quantize(qsvs, enable_progress_report=False).export_model(str(destination), overwrite=True)
+    except Exception as exc:  # the quantizer raises plain Exceptions and RuntimeErrors
+        raise T2TEdgeError(f"LiteRT int8 quantization with the plan failed: {first_line(exc)}") from None
+    ops = op_precisions(destination)
+    return {"precision": "int8", "quantizer": "ai-edge-quantizer, the quantization plan's ranges and int8 weights",
+            "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
+            "conversion_ops": ops["conversion"],
+            "plan": {"source": plan.source, "calibration": plan.calibration, "layers": len(plan.layers),
+                     "layers_applied": len(applied), "deviations": deviations}}
+
+
+def file_qparams(tflite: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read back each int8 convolution and fully connected op of a file, in file order: its int8 weights (output
+    channel first), their scales, and its input's (scale, zero point)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(tflite),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in PLANNED_OPS:
+            continue
+        source, weight = tensors[op["inputs"][0]], tensors[op["inputs"][1]]
+        if np.dtype(source["dtype"]) != np.int8 or np.dtype(weight["dtype"]) != np.int8:
+            continue
+        values = interpreter.get_tensor(weight["index"])
+        if op["op_name"] == "DEPTHWISE_CONV_2D":
+            values = np.moveaxis(values, 3, 0)
+        found.append({"op": op["op_name"], "weight": values,
+                      "weight_scale": weight["quantization_parameters"]["scales"].astype(np.float32),
+                      "input_scale": float(source["quantization_parameters"]["scales"][0]),
+                      "input_zero_point": int(source["quantization_parameters"]["zero_points"][0])})
+    return found
+
+
 def calibration_images(samples: Sequence[Sample], model_name: str, layout: str) -> np.ndarray:
     return images_of(samples, get_spec(model_name).preprocess, layout)
 
@@ -155,21 +304,33 @@ def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = 
                         layout: str = "nhwc", calib: str | os.PathLike | None = None,
                         num_calib: int = DEFAULT_NUM_CALIB, seed: int = 0, exclude: Sequence[Sample] = (),
                         calibration: Sequence[Sample] | None = None, destination: str | os.PathLike | None = None,
-                        **overrides: Any) -> tuple[Path, dict[str, Any]]:
+                        plan: Any = None, **overrides: Any) -> tuple[Path, dict[str, Any]]:
     """`MODEL[_precision].tflite` and its sidecar JSON, moved into place together. Returns (path, metadata).
-    int8 calibrates on `num_calib` images drawn from `calib` (never any of `exclude`), or on `calibration` as given."""
+    int8 applies `plan` (a QuantPlan) when given; else it calibrates on `num_calib` images drawn from `calib`
+    (never any of `exclude`), or on `calibration` as given."""
     check_layout(layout)
     if precision not in LITERT_PRECISIONS:
         raise T2TEdgeError(f"unknown LiteRT precision {precision!r}; choose {', '.join(LITERT_PRECISIONS)}")
     spec = get_spec(model_name)
-    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if precision == "int8" else ([], {})
+    calibrating = precision == "int8" and plan is None
+    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if calibrating else ([], {})
     destination = Path(destination) if destination else Path(out_dir) / f"{model_name}{file_suffix(precision)}.tflite"
+    prepare = None
+    if precision == "int8" and plan is not None:
+        from t2tedge.quantize.quantization_plan import apply_plan_weights, check_plan_fits
+
+        def prepare(model: Any, weights: str) -> None:
+            check_plan_fits(plan, model_name, weights)
+            apply_plan_weights(model, plan)
     with staging_dir(destination.parent, destination.stem) as staging:
-        staged, metadata = convert_fp32(model_name, checkpoint, staging, layout, **overrides)
+        staged, metadata = convert_fp32(model_name, checkpoint, staging, layout, prepare=prepare, **overrides)
         if precision != "fp32":
-            images = calibration_images(samples, model_name, layout) if precision == "int8" else None
             final = staging / f"{destination.stem}.quantized.tflite"
-            report = quantize_tflite(staged, final, precision, spec.family, images)
+            if prepare is not None:
+                report = quantize_tflite_with_plan(staged, final, plan)
+            else:
+                images = calibration_images(samples, model_name, layout) if precision == "int8" else None
+                report = quantize_tflite(staged, final, precision, spec.family, images)
             if chosen:
                 report["calibration"] = chosen
             metadata.update({**input_metadata(layout, precision), keys.QUANTIZATION: report})

@@ -7,6 +7,8 @@ cache, and publish model, report and cache together.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -15,12 +17,14 @@ from typing import Any, Callable, Sequence
 
 import onnx
 
+from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample, discover_images, load_batch, readable_samples, split
 from t2tedge.errors import DataError
 from t2tedge.fileio import publish_together, staging_dir
 from t2tedge.models import get_spec
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
 from t2tedge.quantize.config import QuantConfig
+from t2tedge.quantize.quantization_plan import arrays_path, plan_from_qdq, plan_path_for
 from t2tedge.quantize.ptq import quantize_onnx
 from t2tedge.results import CalibrationCacheInfo, CalibrationInfo, LayerSqnrReport, QuantizeReport
 
@@ -109,6 +113,51 @@ def search_mixed_precision(fp32: Path, out: Path, reader, config: QuantConfig, h
     return report, config
 
 
+def requantization_ranges(fp32: Path, qdq: Path, reader, config: QuantConfig, workdir: Path
+                          ) -> dict[str, tuple[float, float]]:
+    """For each int8 layer whose output the QDQ file keeps float: the range of that output after its bias Add,
+    calibrated like every other range (`config.method`, asymmetric), keyed by the layer's output tensor. Targets
+    whose int8 kernels requantize every output (XNNPACK in LiteRT and ExecuTorch) quantize there."""
+    import json
+
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from t2tedge.export.onnx_export import read_metadata
+    from t2tedge.onnx_graph import consumers
+    from t2tedge.quantize.ranges import write_ranges
+
+    kept_float = json.loads(read_metadata(str(qdq)).get(keys.FLOAT_OUTPUT_RANGES, "{}"))
+    if not kept_float or reader is None:
+        return {}
+    readers = consumers(onnx.load(str(fp32), load_external_data=False).graph)
+    after_bias = {name: readers[name][0].output[0] for name in kept_float
+                  if len(readers.get(name, [])) == 1 and readers[name][0].op_type == "Add"}
+    cache = workdir / "requantization_ranges.json"
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrator prints a line per window
+        write_ranges(fp32, reader, ["Add"], cache, config.method, symmetric=False, percentile=config.percentile)
+    ranges = load_tensors_data(cache).data
+    return {name: (float(ranges[out].range_value[0]), float(ranges[out].range_value[1]))
+            for name, out in after_bias.items() if out in ranges}
+
+
+def write_plan(qdq: Path, destination: Path, model_name: str, checkpoint, *, calibration: dict[str, Any],
+               recipe: dict[str, Any], requantization: dict[str, tuple[float, float]] | None = None,
+               **overrides: Any) -> int:
+    """Read the plan out of the QDQ file `qdq`, in the module names of `model_name`, and save it at `destination`
+    (and its arrays beside it). Returns how many layers it plans."""
+    from t2tedge.export.common import build_model
+    from t2tedge.export.onnx_export import read_metadata
+
+    model, _ = build_model(model_name, checkpoint, **overrides)
+    weights = read_metadata(str(qdq)).get(keys.WEIGHTS, "")
+    plan = plan_from_qdq(qdq, model.eval(), model_name=model_name, weights=weights, calibration=calibration,
+                         recipe=recipe, requantization=requantization)
+    plan.save(destination)
+    return len(plan.layers)
+
+
 def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -157,11 +206,19 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
         layers = report_layer_sqnr(plan["quantized_nodes"], fp32, staged, held_out[0][:LAYER_SQNR_IMAGES],
                                    sqnr_threshold, held_out[2], warn)
         cache_tensors = write_calibration_cache(staged, staged.with_suffix(".trt.cache"))
+        plan_file = plan_path_for(out)
+        staged_plan = Path(tmp) / plan_file.name
+        requantization = requantization_ranges(fp32, staged, reader, config, Path(tmp))
+        layers_planned = write_plan(staged, staged_plan, model_name, checkpoint, calibration=CalibrationInfo(
+            folder=str(calib), images=len(samples), seed=seed).to_dict(), recipe=config.to_dict(),
+            requantization=requantization, **overrides)
         report = QuantizeReport(**{
             **plan, "model": model_name, "destination": str(out), "target": target, "config": config.to_dict(),
             "calibration": CalibrationInfo(folder=str(calib), images=len(samples), seed=seed), "layer_sqnr": layers,
-            "trt_calibration_cache": CalibrationCacheInfo(path=str(cache), tensors=cache_tensors)})
+            "trt_calibration_cache": CalibrationCacheInfo(path=str(cache), tensors=cache_tensors),
+            "plan": {"path": str(plan_file), "layers": layers_planned}})
         staged.with_suffix(".json").write_text(report.to_json())
         publish_together({staged: out, staged.with_suffix(".trt.cache"): cache,
-                          staged.with_suffix(".json"): out.with_suffix(".json")})
+                          staged.with_suffix(".json"): out.with_suffix(".json"), staged_plan: plan_file,
+                          arrays_path(staged_plan): arrays_path(plan_file)})
     return out, report

@@ -19,7 +19,7 @@ from t2tedge.runtimes.base import Runtime, RuntimeDescription
 
 class TensorRT(Runtime):
     name = "tensorrt"
-    consumes = "onnx"  # an .onnx (built here with `precision=`) or a prebuilt .engine / .plan
+    consumes = "onnx"  # an .onnx (built here with `engine_precision=`) or a prebuilt .engine / .plan
 
     def __init__(self, engine, path: str, precision: str) -> None:
         import torch
@@ -51,7 +51,7 @@ class TensorRT(Runtime):
         return None
 
     @classmethod
-    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, precision: str = "fp16",
+    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, engine_precision: str = "fp16",
              **options: Any) -> "TensorRT":
         import tensorrt as trt
 
@@ -60,7 +60,8 @@ class TensorRT(Runtime):
         path = Path(artifact)
         if path.suffix == ".onnx":
             with tempfile.TemporaryDirectory() as tmp:
-                built = build_engine(path, Path(tmp) / "model.engine", EngineOptions(precision=precision, **options))
+                built = build_engine(path, Path(tmp) / "model.engine",
+                                     EngineOptions(precision=engine_precision, **options))
                 data = built.engine_path.read_bytes()
         elif path.is_file():
             data = path.read_bytes()
@@ -70,7 +71,7 @@ class TensorRT(Runtime):
         engine = trt.Runtime(logger).deserialize_cuda_engine(data)
         if engine is None:
             raise T2TEdgeError(f"TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
-        return cls(engine, str(path), precision)
+        return cls(engine, str(path), engine_precision)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch

@@ -2,8 +2,8 @@
 
 from t2tedge.targets.registry import (CALIBRATED, DEFAULT_NUM_CALIB, PRECISION_MEANINGS, PRECISIONS, BuildRequest,
                                       Option, Target, all_load_options, get_target, known_suffixes, register, targets,
-                                      target_for_file, target_for_runtime, unregister)
+                                      plan_target, target_for_file, target_for_runtime, unregister)
 
 __all__ = ["CALIBRATED", "DEFAULT_NUM_CALIB", "PRECISION_MEANINGS", "PRECISIONS", "BuildRequest", "Option", "Target",
            "all_load_options", "get_target", "known_suffixes", "register", "targets", "target_for_file",
-           "target_for_runtime", "unregister"]
+           "plan_target", "target_for_runtime", "unregister"]

@@ -267,10 +267,11 @@ def _validate_litert(request: BuildRequest) -> None:
 def _build_litert(request: BuildRequest) -> Path:
     from t2tedge.quantize.litert_ptq import export_litert_model
 
-    return export_litert_model(request.model, request.checkpoint, out_dir=request.out_dir,
-                               precision=request.precision, layout=request.options.get("layout") or "nhwc",
-                               calib=request.calib, num_calib=request.num_calib, seed=request.seed,
-                               exclude=request.exclude, **request.overrides)[0]
+    with staging_dir(request.out_dir, "plan") as tmp:
+        plan = _quantization_plan(request, tmp) if request.precision == "int8" else None
+        return export_litert_model(request.model, request.checkpoint, out_dir=request.out_dir,
+                                   precision=request.precision, layout=request.options.get("layout") or "nhwc",
+                                   plan=plan, **request.overrides)[0]
 
 
 def _verify_litert(path: Path) -> None:
@@ -301,14 +302,27 @@ def _validate_executorch(request: BuildRequest) -> None:
     require_installed("executorch", "'t2t-edge[executorch]'")
 
 
+def _quantization_plan(request: BuildRequest, workdir: Path):
+    """The plan an INT8 build applies: `--plan FILE`, else the one the ONNX Runtime INT8 build computes from the
+    same calibration images (MSE ranges, GPTQ weights, corrected biases)."""
+    from t2tedge.quantize.quantization_plan import load_plan, plan_path_for
+
+    given = request.options.get("plan")
+    if given:
+        return load_plan(given)
+    return load_plan(plan_path_for(_int8_onnx(request, "onnxruntime", workdir)))
+
+
 def _build_executorch(request: BuildRequest) -> Path:
     from t2tedge.quantize.executorch_ptq import export_executorch_model
 
-    return export_executorch_model(request.model, request.checkpoint, out_dir=request.out_dir,
-                                   precision=request.precision, delegate=request.options.get("delegate") or "xnnpack",
-                                   calib=request.calib, num_calib=request.num_calib, seed=request.seed,
-                                   exclude=request.exclude, allow_outside=bool(request.options.get("allow_outside")),
-                                   progress=request.progress, **request.overrides)[0]
+    with staging_dir(request.out_dir, "plan") as tmp:
+        plan = _quantization_plan(request, tmp) if request.precision == "int8" else None
+        return export_executorch_model(request.model, request.checkpoint, out_dir=request.out_dir,
+                                       precision=request.precision,
+                                       delegate=request.options.get("delegate") or "xnnpack",
+                                       allow_outside=bool(request.options.get("allow_outside")),
+                                       progress=request.progress, plan=plan, **request.overrides)[0]
 
 
 def _verify_executorch(path: Path) -> None:
@@ -403,6 +417,9 @@ ONNX_EXPORT_OPTIONS = (
            flag_only=True),
     Option("no_simplify", "skip onnxsim", flag_only=True),
 )
+PLAN_OPTION = Option("plan", "apply this quantization plan (MODEL_int8.plan.json, written beside every `export "
+                             "onnxruntime --precision int8` file) instead of calibrating (default: the plan that "
+                             "build computes from --calib)", precisions=("int8",))
 CPU_FP16 = "fp16 arithmetic is measured on a GPU (TensorRT) or an Apple device (Core ML)"
 
 register(Target(
@@ -416,7 +433,7 @@ register(Target(
                 "w8": "ONNX Runtime's dynamic int8 is not built here; ship int8"},
     build=_build_onnxruntime, read_metadata=_onnx_metadata, verify=_verify_onnx,
     load_options=(Option("provider", "onnxruntime execution provider (default: cpu)", ("cpu", "xnnpack")),),
-    export_options=ONNX_EXPORT_OPTIONS, validate=_validate_onnxruntime, out_folder="onnx",
+    export_options=ONNX_EXPORT_OPTIONS, validate=_validate_onnxruntime, out_folder="onnx", computes_plan=True,
     profile_variants=({}, {"provider": "xnnpack"}),
 ))
 
@@ -445,7 +462,7 @@ register(Target(
                 "symmetric) or from an ONNX file. Exit 2 without TensorRT.",
     precisions={"fp32": None, "fp16": None, "int8": None, "w8": "TensorRT takes weight-only int8 as Q/DQ; ship int8"},
     build=_build_tensorrt, verify=_verify_engine,
-    load_options=(Option("precision", "tensorrt: engine precision when it builds one from an .onnx",
+    load_options=(Option("engine_precision", "tensorrt: engine precision when it builds one from an .onnx",
                          ("fp32", "fp16", "int8")),),
     export_options=(
         Option("calib_cache", "TensorRT 10 calibration cache written by `t2tedge quantize` (int8 from an fp32 file)",
@@ -488,14 +505,14 @@ register(Target(
     name="litert", runtime="litert", suffixes=(".tflite",),
     summary="LiteRT (TensorFlow Lite) .tflite for Android, with a metadata sidecar",
     description="litert-torch converts (NHWC float32 input by default); ai-edge-quantizer quantizes: fp16 "
-                "weights, w8 (dynamic-range int8), int8 (full-integer PTQ calibrated on --calib; T2T-ViT keeps "
-                "LayerNorm, softmax, GELU and attention matmuls float).",
+                "weights, w8 (dynamic-range int8), int8 (the quantization plan's ranges and int8 weights: the "
+                "layers the ONNX INT8 file quantizes, docs/quantization-plan.md).",
     precisions={"fp32": None, "fp16": None, "w8": None, "int8": None},
     not_measured_here={"fp16": "XNNPACK computes fp16-weight files in fp32 on x86; fp16 arithmetic is measured on an "
                                "Arm phone (t2tedge export bundle)"},
     build=_build_litert, read_metadata=_sidecar_metadata, verify=_verify_litert, companions=_sidecar,
     summarize=_summarize_litert,
-    export_options=(Option("layout", "input layout (default: nhwc)", ("nhwc", "nchw")),),
+    export_options=(Option("layout", "input layout (default: nhwc)", ("nhwc", "nchw")), PLAN_OPTION),
     validate=_validate_litert,
 ))
 
@@ -503,8 +520,9 @@ register(Target(
     name="executorch", runtime="executorch", suffixes=(".pte",),
     summary="ExecuTorch .pte program for Android/iOS, delegated to XNNPACK (or Core ML)",
     description="torch.export, then ExecuTorch's lowering to the XNNPACK delegate (T2T-ViT in a form XNNPACK takes "
-                "whole). w8 = int8 weights, activations quantized per token at run time; int8 = static PT2E with "
-                "XNNPACKQuantizer calibrated on --calib.",
+                "whole). w8 = int8 weights, activations quantized per token at run time; int8 = static PT2E applying "
+                "the quantization plan: the ONNX INT8 file's ranges, int8 weights and biases "
+                "(docs/quantization-plan.md).",
     precisions={"fp32": None, "w8": None, "int8": None,
                 "fp16": "ExecuTorch's fp16 XNNPACK kernels need an Arm CPU with fp16 arithmetic; not built here"},
     build=_build_executorch, read_metadata=_sidecar_metadata, verify=_verify_executorch, companions=_sidecar,
@@ -513,6 +531,7 @@ register(Target(
         Option("delegate", "xnnpack (CPU, Android and iOS) or coreml (iOS/macOS, fp32 only) (default: xnnpack)",
                ("xnnpack", "coreml")),
         Option("allow_outside", "write the program even if some ops stay outside the delegate", flag_only=True),
+        PLAN_OPTION,
     ),
     validate=_validate_executorch,
 ))

@@ -109,6 +109,8 @@ class Target:
     not_measured_here: Mapping[str, str] = field(default_factory=dict)
     default_precision: str = "fp32"
     from_onnx: bool = False
+    # Its INT8 build writes the quantization plan the other targets apply (quantize/quantization_plan.py).
+    computes_plan: bool = False
     reference: bool = False
     aliases: tuple[str, ...] = ()
     description: str = ""
@@ -183,6 +185,13 @@ class Target:
                 if name in given:
                     raise UsageError(f"{Option(name, '').flag} goes with --precision int8; {self.name} "
                                      f"{request.precision} needs no calibration")
+        if request.options.get("plan"):
+            for name in ("calib", "num_calib"):
+                if name in given:
+                    raise UsageError(f"{Option(name, '').flag} and --plan exclude each other: the plan holds its "
+                                     f"calibration")
+            if not Path(request.options["plan"]).is_file():
+                raise DataError(f"quantization plan not found: {request.options['plan']}")
         if request.source is not None:
             if not self.from_onnx:
                 raise UsageError(f"{self.name} builds from a model name, not from {request.source.name}")
@@ -226,6 +235,11 @@ class Target:
         self.check_load_options(options, f" ({Path(path).name})")
         artifact = self.open_artifact(Path(path)) if self.open_artifact else Path(path)
         return self.runtime_class().load(artifact, threads=threads, **options)
+
+    @property
+    def applies_plan(self) -> bool:
+        """Whether its INT8 build takes a quantization plan (`--plan`) instead of calibrating."""
+        return any(option.name == "plan" for option in self.export_options)
 
     def files(self, path: Path) -> tuple[Path, ...]:
         """The artifact and every file that travels with it (IR weights, sidecar metadata)."""
@@ -286,6 +300,11 @@ def target_for_file(path: str | os.PathLike) -> Target:
             return target
     raise DataError(f"cannot tell the runtime of {Path(path).name}; known suffixes: {', '.join(known_suffixes())} "
                     f"(or pass --runtime)")
+
+
+def plan_target() -> Target:
+    """The target whose INT8 build computes the quantization plan."""
+    return next(t for t in targets().values() if t.computes_plan)
 
 
 def target_for_runtime(runtime: str) -> Target:

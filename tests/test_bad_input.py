@@ -78,7 +78,8 @@ def _out_with_good_artifacts(root: Path, name: str) -> Path:
     out = root / "outs" / name
     out.mkdir(parents=True)
     for artifact in ("mobilenet_v2_100.onnx", "mobilenet_v2_100_int8.onnx", "mobilenet_v2_100_int8.json",
-                     "mobilenet_v2_100_int8.trt.cache", "t2t_vit_7.onnx", "table4.json", "cell.json", "x.pth",
+                     "mobilenet_v2_100_int8.trt.cache", "mobilenet_v2_100_int8.plan.json",
+                     "mobilenet_v2_100_int8.plan.npz", "t2t_vit_7.onnx", "table4.json", "cell.json", "x.pth",
                      "mobilenet_v2_100.tflite", "mobilenet_v2_100.tflite.json", "mobilenet_v2_100_int8.tflite",
                      "mobilenet_v2_100_int8.tflite.json"):
         (out / artifact).write_bytes(GOOD)
@@ -250,8 +251,8 @@ CASES = [
     # 8. options that do not apply to what the command will do: one line, exit 2, before any work
     ("profile .onnx --compute-units", ["profile", "{mnv2}", "--compute-units", "CPU_ONLY", "--out", "{out}"], 2,
      "--compute-units is an option of coreml, not of onnxruntime"),
-    ("profile .pte --precision", ["profile", "{fake_pte}", "--precision", "int8", "--out", "{out}"], 2,
-     "--precision is an option of tensorrt, not of executorch"),
+    ("profile .pte --engine-precision", ["profile", "{fake_pte}", "--engine-precision", "int8", "--out", "{out}"], 2,
+     "--engine-precision is an option of tensorrt, not of executorch"),
     ("profile .onnx --precision-hint", ["profile", "{mnv2}", "--precision-hint", "bf16", "--out", "{out}"], 2,
      "--precision-hint is an option of openvino, not of onnxruntime"),
     ("profile .tflite --provider", ["profile", "{fake_tflite}", "--provider", "xnnpack", "--out", "{out}"], 2,
@@ -358,6 +359,7 @@ def test_calibration_takes_any_folder_of_photos(world, tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert "calibrating on all 5 images" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["mobilenet_v2_100_int8.json", "mobilenet_v2_100_int8.onnx",
+                                                     "mobilenet_v2_100_int8.plan.json", "mobilenet_v2_100_int8.plan.npz",
                                                      "mobilenet_v2_100_int8.trt.cache"]
     report = json.loads((out / "mobilenet_v2_100_int8.json").read_text())
     assert report["calibration"]["images"] == 5 and report["layer_sqnr"]["scored_on"].startswith("calibration")

@@ -105,7 +105,7 @@ def test_static_int8_through_the_cli_keeps_predictions(mnv2_int8, weights_dir, v
     assert meta["t2tedge.input_shape"] == [1, 3, 224, 224] and len(meta["t2tedge.class_order"]) == 1000
     report = meta["t2tedge.quantization"]
     assert report["int8_ops"]["conv2d"] == 52 and report["int8_ops"]["hardtanh_"] == 35  # ReLU6 fused, int8
-    assert report["float_ops"].get("hardtanh_", 0) == 0 and report["calibration"]["images"] == 16
+    assert report["float_ops"].get("hardtanh_", 0) == 0 and report["plan"]["calibration"]["images"] == 16
     runtime = ExecuTorch.load(mnv2_int8, threads=2)
     assert runtime.describe().details["delegate_calls"] == 1 and runtime.describe().details["ops_outside_delegate"] == 0
     images, _ = parity_images(M, val_dir, 32)

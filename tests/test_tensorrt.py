@@ -90,7 +90,7 @@ def test_engine_matches_onnxruntime(gpu, t2t7_dynbatch, tmp_path, precision, max
     assert result.engine_path.is_file() and timing.is_file() and result.log
     batch = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
     reference = OnnxRuntimeCPU.load(t2t7_dynbatch).run(batch)
-    runtime = gpu.load(result.engine_path, precision=precision)
+    runtime = gpu.load(result.engine_path, engine_precision=precision)
     for size in (1, 8):
         out = runtime.run(batch[:size])
         assert np.isfinite(out).all() and np.abs(out - reference[:size]).max() < max_abs

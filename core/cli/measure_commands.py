@@ -58,6 +58,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from t2tedge.harness.parity import format_report, run_parity, write_report
 
     runtimes = comma_list(args.runtimes)
+    if args.precision != "int8" and (args.calib is not None or args.num_calib != 256):
+        raise UsageError("--calib and --num-calib go with --precision int8")
     load_options = load_options_by_target(args, runtimes)
     if args.json:
         ensure_writable_file(args.json, "--json", suffix=".json")
@@ -68,7 +70,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.model, args.checkpoint)
     report = run_parity(args.model, runtimes, args.data, n=args.limit, batch=args.batch, checkpoint=checkpoint,
                         onnx_path=args.onnx, threads=args.threads, load_options=load_options,
-                        num_classes=args.num_classes)
+                        num_classes=args.num_classes, precision=args.precision, calib=args.calib,
+                        num_calib=args.num_calib)
     print(format_report(report))
     if args.json:
         write_report(report, args.json)
@@ -196,6 +199,12 @@ def parity_parser(sub) -> None:
     p.add_argument("--limit", type=at_least(1), default=64, help="number of images (default: %(default)s)")
     p.add_argument("--batch", type=at_least(1), default=1, help="batch size fed to each runtime (default: %(default)s)")
     p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 files (default), or each runtime's INT8 file of one quantization plan, compared pairwise")
+    p.add_argument("--calib", type=Path, metavar="DIR",
+                   help="int8: calibration images for the plan (default: ../shared/data/imagenet-sample)")
+    p.add_argument("--num-calib", type=at_least(1), default=256, metavar="N",
+                   help="int8: calibration images drawn (default: %(default)s)")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     load_option_args(p)
