@@ -114,7 +114,7 @@ def int8_artifacts(targets: Sequence[Any], model_name: str, checkpoint: str | os
     for target in targets:
         if target.reference:
             continue
-        if target.name == reference.name:
+        if target is reference:
             files[target.name], how[target.name] = qdq, "the plan's own QDQ file"
             continue
         if target.from_onnx:

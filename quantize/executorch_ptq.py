@@ -170,6 +170,8 @@ def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
 
 
 def _plan_quantizer(plan: Any) -> Any:
+    from t2tedge.quantize.quantization_plan import layer_output
+
     from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
                                                      QuantizationSpec, Quantizer)
@@ -210,15 +212,11 @@ def _plan_quantizer(plan: Any) -> Any:
                 layer = plan.layers.get(name)
                 if layer is None:
                     continue
-                output = layer.output_range or layer.requantization_range
-                if output is None:  # XNNPACK's static int8 kernels requantize their output; no range for it
-                    self.deviations.append({"layer": name, "what": "float: XNNPACK's int8 kernel needs an output "
-                                            "range and the plan keeps this output float without one"})
+                output, deviation = layer_output(plan, name, "XNNPACK")
+                if deviation is not None:
+                    self.deviations.append(deviation)
+                if output is None:
                     continue
-                if layer.output_range is None:
-                    self.deviations.append({"layer": name, "what": "requantization inserted: output on the "
-                                            "plan's calibrated range after the bias (the reference keeps it "
-                                            "float)"})
                 node.meta["quantization_annotation"] = QuantizationAnnotation(
                     input_qspec_map={node.args[0]: fixed(*layer.input_range), node.args[1]: weight_spec(name)},
                     output_qspec=None, _annotated=True)
@@ -243,6 +241,8 @@ def quantize_with_plan(module: nn.Module, plan: Any, sample: torch.Tensor) -> tu
                                                                                      dict[str, Any]]:
     """PT2E int8 of `module` (its planned layers already holding the plan's grid weights and biases) with the plan's
     ranges and scales: no calibration. Returns the program re-exported for lowering and what it did not honour."""
+    from t2tedge.quantize.quantization_plan import unhonoured
+
     with native_output_captured():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -252,11 +252,7 @@ def quantize_with_plan(module: nn.Module, plan: Any, sample: torch.Tensor) -> tu
         with torch.no_grad():
             prepared(sample)
         converted = convert_pt2e(prepared)
-    seen = set(quantizer.applied) | {d["layer"] for d in quantizer.deviations}
-    deviations = quantizer.deviations + [{"layer": name, "what": "not in this program's graph; float"}
-                                         for name in plan.layers if name not in seen]
-    deviations += [{"layer": name, "what": "quantized in the reference file only (no module behind it); float"}
-                   for name in plan.reference_only]
+    deviations = unhonoured(plan, quantizer.applied, quantizer.deviations)
     return export_program(converted, sample), {"layers_applied": len(quantizer.applied), "deviations": deviations}
 
 

@@ -203,6 +203,8 @@ def plan_calibration(tflite: str | os.PathLike, plan: Any) -> tuple[list[dict[st
 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    from t2tedge.quantize.quantization_plan import layer_output, unhonoured
+
     interpreter = Interpreter(model_path=str(tflite),
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
@@ -218,14 +220,11 @@ def plan_calibration(tflite: str | os.PathLike, plan: Any) -> tuple[list[dict[st
         if name is None:
             continue
         layer = plan.layers[name]
-        output = layer.output_range or layer.requantization_range
+        output, deviation = layer_output(plan, name, "LiteRT")
+        if deviation is not None:
+            deviations.append(deviation)
         if output is None:
-            deviations.append({"layer": name, "what": "float: LiteRT's int8 kernel needs an output range and the plan "
-                                                      "keeps this output float without one"})
             continue
-        if layer.output_range is None:
-            deviations.append({"layer": name, "what": "requantization inserted: output on the plan's calibrated "
-                                                      "range after the bias (the reference keeps it float)"})
         scales = plan.arrays[f"{name}.scale"].astype(np.float32)
         channel_axis = 3 if op["op_name"] == "DEPTHWISE_CONV_2D" else 0
         shape = [1] * len(weight["shape"])
@@ -238,10 +237,7 @@ def plan_calibration(tflite: str | os.PathLike, plan: Any) -> tuple[list[dict[st
         recipe.append({"regex": f"^{re.escape(scope)}$", "operation": op["op_name"],
                        "algorithm_key": "min_max_uniform_quantize", "op_config": config})
         applied.append(name)
-    deviations += [{"layer": name, "what": "not in this file's graph; float"} for name in plan.layers
-                   if name not in applied and name not in {d["layer"] for d in deviations}]
-    deviations += [{"layer": name, "what": "quantized in the reference file only (no module behind it); float"}
-                   for name in plan.reference_only]
+    deviations = unhonoured(plan, applied, deviations)
     return recipe, qsvs, applied, deviations
 
 

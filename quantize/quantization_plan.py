@@ -305,6 +305,30 @@ def _bias_of(node: onnx.NodeProto, graph: onnx.GraphProto, inits, producers, con
     return None
 
 
+def layer_output(plan: QuantPlan, name: str, runtime: str) -> tuple[tuple[float, float] | None, dict[str, str] | None]:
+    """(the range a target whose int8 kernels requantize every output gives layer `name`'s output, the deviation from
+    the plan that is): the plan's output range; else its requantization range, a requantization inserted; else None,
+    the layer stays float."""
+    layer = plan.layers[name]
+    if layer.output_range is not None:
+        return layer.output_range, None
+    if layer.requantization_range is not None:
+        return layer.requantization_range, {"layer": name, "what": "requantization inserted: output on the plan's "
+                                            "calibrated range after the bias (the reference keeps it float)"}
+    return None, {"layer": name, "what": f"float: {runtime}'s int8 kernel needs an output range and the plan keeps "
+                                         f"this output float without one"}
+
+
+def unhonoured(plan: QuantPlan, applied: list[str], deviations: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`deviations` and every other plan layer a target did not quantize: absent from its graph, or quantized in the
+    reference file only."""
+    seen = set(applied) | {d["layer"] for d in deviations}
+    return (deviations + [{"layer": name, "what": "not in this file's graph; float"} for name in plan.layers
+                          if name not in seen]
+            + [{"layer": name, "what": "quantized in the reference file only (no module behind it); float"}
+               for name in plan.reference_only])
+
+
 def check_plan_fits(plan: QuantPlan, model_name: str, weights: str) -> None:
     """A plan replaces the model's weights with its own int8 ones: refuse one made for another model or weights."""
     if plan.model != model_name or (plan.weights and plan.weights != weights):

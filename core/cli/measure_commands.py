@@ -22,6 +22,7 @@ from t2tedge.cli.options import (
 from t2tedge.errors import T2TEdgeError, UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.paths import shared_path
+from t2tedge.targets import DEFAULT_NUM_CALIB
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from t2tedge.harness.parity import format_report, run_parity, write_report
 
     runtimes = comma_list(args.runtimes)
-    if args.precision != "int8" and (args.calib is not None or args.num_calib != 256):
+    if args.precision != "int8" and (args.calib is not None or args.num_calib is not None):
         raise UsageError("--calib and --num-calib go with --precision int8")
     load_options = load_options_by_target(args, runtimes)
     if args.json:
@@ -71,7 +72,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     report = run_parity(args.model, runtimes, args.data, n=args.limit, batch=args.batch, checkpoint=checkpoint,
                         onnx_path=args.onnx, threads=args.threads, load_options=load_options,
                         num_classes=args.num_classes, precision=args.precision, calib=args.calib,
-                        num_calib=args.num_calib)
+                        num_calib=args.num_calib or DEFAULT_NUM_CALIB)
     print(format_report(report))
     if args.json:
         write_report(report, args.json)
@@ -203,8 +204,8 @@ def parity_parser(sub) -> None:
                    help="fp32 files (default), or each runtime's INT8 file of one quantization plan, compared pairwise")
     p.add_argument("--calib", type=Path, metavar="DIR",
                    help="int8: calibration images for the plan (default: ../shared/data/imagenet-sample)")
-    p.add_argument("--num-calib", type=at_least(1), default=256, metavar="N",
-                   help="int8: calibration images drawn (default: %(default)s)")
+    p.add_argument("--num-calib", type=at_least(1), metavar="N",
+                   help=f"int8: calibration images drawn (default: {DEFAULT_NUM_CALIB})")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     load_option_args(p)
