@@ -49,7 +49,7 @@ def naive_program(name: str, checkpoint, overrides: dict, destination: Path) -> 
     """The export form lowered as it is (what a user tries first): its delegation report."""
     model, _ = build_model(name, checkpoint, **overrides)
     crop = get_spec(name).preprocess.crop
-    buffer, report = lower_program(export_program(model, torch.zeros(1, 3, crop, crop)), "xnnpack", allow_outside=True)
+    buffer, report, _ = lower_program(export_program(model, torch.zeros(1, 3, crop, crop)), "xnnpack", allow_outside=True)
     destination.write_bytes(buffer)
     return report
 
@@ -67,7 +67,7 @@ def plain_peer(name: str, checkpoint, overrides: dict, calibration: np.ndarray, 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     program = export_program(delegable_form(model), torch.from_numpy(calibration[:1]))
     quantized = quantize_static(program, get_spec(name).family, calibration, progress=False, quantizer=quantizer)
-    buffer, _ = lower_program(quantized, "xnnpack", allow_outside=True)
+    buffer, _, _ = lower_program(quantized, "xnnpack", allow_outside=True)
     destination.write_bytes(buffer)
 
 

@@ -30,6 +30,12 @@ class RuntimeUnavailable(T2TEdgeError):
     exit_code = 2
 
 
+class OpTimingUnavailable(T2TEdgeError):
+    """`t2tedge profile --ops` on a runtime whose library reports no per-op times."""
+
+    exit_code = 2
+
+
 def first_line(exc: BaseException, limit: int = 200, text: str | None = None) -> str:
     """The first non-empty line of `exc`'s message (or of `text`, a cleaned copy of it), at most `limit`
     characters; the exception's type name when there is none. Third-party libraries raise with pages of context

@@ -53,6 +53,7 @@ SOURCE_ONNX = "t2tedge.source_onnx"
 QUANTIZATION = "t2tedge.quantization"  # the quantization report of an int8 .tflite or .pte
 DELEGATE = "t2tedge.delegate"  # xnnpack or coreml
 DELEGATION = "t2tedge.delegation"  # ops per delegate, delegate calls, ops left outside
+OP_PATHS = "t2tedge.op_paths"  # per delegate call, its ops and their module paths (t2tedge profile --ops)
 COREML_DELEGATE = "t2tedge.coreml"  # the Core ML delegate's settings inside a .pte
 
 ALL = tuple(value for name, value in sorted(globals().items()) if name.isupper() and name not in ("PREFIX", "ALL"))

@@ -5,6 +5,7 @@
 | `QuantizeReport` | `t2tedge.quantize-report/1` | `MODEL_int8[_target].json` beside the INT8 model |
 | `Table4Result` (rows: `Table4Cell`) | `t2tedge.table4/1` | `table4.json` |
 | `ProfileRecord` (one `Table4Cell`) | `t2tedge.profile/1` | what `t2tedge profile` writes; merges into a table |
+| `OpProfileRecord` (rows: `OpTime`) | `t2tedge.op-profile/1` | what `t2tedge profile --ops` writes |
 
 `to_dict()` gives the JSON form; `from_dict()` checks it field by field and names the first field that is wrong.
 The schema files in `docs/schemas/` are `json_schema(cls)` written out; a test keeps them equal to the classes, so
@@ -305,6 +306,76 @@ class ProfileRecord(Record):
         return Table4Result(version=self.version, machine=self.machine, data=self.data, cells=[self.cell])
 
 
+# ---- per-op profiles -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpTime(Record):
+    """One op as the runtime's profiler reports it: `ms` its mean time per traced run, `block` the model block it
+    belongs to (None: no block claims it), `precision` fp32, fp16, bf16, int8, convert (quantize, dequantize,
+    type conversion) or unknown."""
+
+    name: str
+    op_type: str
+    block: str | None
+    precision: str
+    ms: float
+    module_path: str = ""
+
+
+@dataclass
+class TimeShare(Record):
+    """A rollup row: the ops of one block, op type or precision; `share` of the op time."""
+
+    name: str
+    ms: float
+    share: float
+    ops: int
+
+
+@dataclass
+class OpProfileRecord(Record):
+    """`t2tedge profile ARTIFACT --ops`: start-up, memory and steady-state latency of one artifact, then every op's
+    time from the runtime's own profiler over `runs` runs, with rollups by block, op type and precision.
+    `op_timing` is "measured", or why the runtime reports no per-op times (then the op fields are empty and
+    `runtime_info` holds what it does report). `wall_ms`: mean wall time of the profiled runs themselves;
+    `outside_ops`: what their time outside the ops is. `import_ms`: importing the runtime library in a fresh
+    Python process (apart from `load_ms`, the file's load and compile). Memory: the process's resident set, before load,
+    its high-water mark over the load, and over the load and the timed runs."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.op-profile/1"
+    version: str
+    machine: MachineInfo
+    model: str
+    runtime: str
+    runtime_version: str
+    precision: str
+    artifact: str
+    artifact_bytes: int
+    threads: int | None
+    load_ms: float
+    first_run_ms: float
+    latency_b1: LatencyStats
+    rss_before_load_mb: float
+    load_peak_rss_mb: float
+    peak_rss_mb: float
+    op_timing: str
+    runs: int
+    family: str | None = None
+    import_ms: float | None = None
+    arena_mb: float | None = None
+    profiler: str | None = None
+    wall_ms: float | None = None
+    op_sum_ms: float | None = None
+    outside_ops: str = ""
+    ops: list[OpTime] = field(default_factory=list)
+    blocks: list[TimeShare] = field(default_factory=list)
+    op_types: list[TimeShare] = field(default_factory=list)
+    precisions: list[TimeShare] = field(default_factory=list)
+    unclaimed: list[str] = field(default_factory=list)
+    runtime_info: dict[str, Any] = field(default_factory=dict)
+
+
 # ---- quantization ---------------------------------------------------------------------------------------------
 
 
@@ -371,7 +442,7 @@ class QuantizeReport(Record):
     mixed_precision: dict[str, Any] | None = None
 
 
-RESULT_TYPES: tuple[type[Record], ...] = (QuantizeReport, Table4Result, ProfileRecord)
+RESULT_TYPES: tuple[type[Record], ...] = (QuantizeReport, Table4Result, ProfileRecord, OpProfileRecord)
 
 
 def schema_file_name(cls: type[Record]) -> str:

@@ -71,6 +71,24 @@ def delegation_report(edge_program: Any) -> dict[str, Any]:
             "delegated_ops": dict(sorted(delegated.items())), "ops_outside_delegate": dict(sorted(outside.items()))}
 
 
+def delegated_op_paths(edge_program: Any) -> list[list[list[str]]]:
+    """Per delegate call, in execution order, the ops it took in graph order as `[op, module path]`: a `.pte` keeps
+    no module names, and ExecuTorch's profiler names XNNPACK's operators only by type, so `t2tedge profile --ops`
+    matches its events to these (runtimes/executorch.py). The path is the innermost module of the node's
+    `nn_module_stack` ("" for the model's top level)."""
+    from executorch.exir.lowered_backend_module import get_lowered_submodules
+
+    calls = []
+    for _, lowered, _ in get_lowered_submodules(edge_program.exported_program().graph_module):
+        ops = []
+        for node in lowered.original_module.graph.nodes:
+            if node.op == "call_function" and op_name(node) not in BOOKKEEPING:
+                stack = list((node.meta.get("nn_module_stack") or {}).values())
+                ops.append([op_name(node), stack[-1][0] if stack else ""])
+        calls.append(ops)
+    return calls
+
+
 def format_delegation(report: dict[str, Any]) -> str:
     outside = report["ops_outside_delegate"]
     where = ", ".join(f"{backend} x{n}" for backend, n in report["backends"].items()) or "none"
@@ -89,8 +107,9 @@ def export_program(module: torch.nn.Module, sample: torch.Tensor) -> torch.expor
 
 
 def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_outside: bool = False,
-                  ) -> tuple[bytes, dict[str, Any]]:
-    """The `.pte` bytes of `program` lowered to `delegate`, and its delegation report. Refuses a program with
+                  ) -> tuple[bytes, dict[str, Any], list[list[list[str]]]]:
+    """The `.pte` bytes of `program` lowered to `delegate`, its delegation report and its delegated ops' module
+    paths (`delegated_op_paths`). Refuses a program with
     computation left outside the delegate, naming the ops, unless `allow_outside`."""
     check_delegate(delegate)
     require_installed("executorch", INSTALL)
@@ -105,6 +124,7 @@ def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_ou
         except Exception as exc:  # partitioners and backends raise plain assertions and RuntimeErrors
             raise T2TEdgeError(f"ExecuTorch lowering to {delegate} failed: {first_line(exc)}") from None
         report = delegation_report(edge)
+        op_paths = delegated_op_paths(edge)
         if report["ops_outside_delegate"] and not allow_outside:
             raise T2TEdgeError(f"{delegate} did not take every op ({format_delegation(report)}); nothing written "
                                f"(--allow-outside-delegate writes it anyway, run by ExecuTorch's portable kernels)")
@@ -112,7 +132,7 @@ def lower_program(program: torch.export.ExportedProgram, delegate: str, allow_ou
             buffer = edge.to_executorch().buffer
         except Exception as exc:
             raise T2TEdgeError(f"ExecuTorch program serialization failed: {first_line(exc)}") from None
-    return buffer, {"delegate": delegate, **report}
+    return buffer, {"delegate": delegate, **report}, op_paths
 
 
 def program_metadata(model_name: str, weights: str, precision: str, num_classes: int, delegate: str) -> dict[str, Any]:

@@ -29,7 +29,8 @@ RUNNER = """#!/bin/sh
 # Profile every artifact of this bundle on this device (t2t-edge {version}).
 # Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino
 # | ai-edge-litert | executorch (with torch).
-# Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N.
+# Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N; OPS=1 adds per-op profiles
+# (NAME.ops.json, t2tedge.op-profile/1; `t2tedge profile --compare` draws them on the host).
 cd "$(dirname "$0")" || exit 1
 PYTHONPATH=. exec "${{PYTHON:-python3}}" -c 'import sys; from t2tedge.harness.bundle import run_bundle; sys.exit(run_bundle("."))'
 """
@@ -150,6 +151,18 @@ def run_bundle(root: str | os.PathLike) -> int:
                 failures += 1
                 continue
             atomic_write_text(root / "results" / _record_name(artifact["name"], options), record.to_json())
+            if os.environ.get("OPS") == "1":
+                from t2tedge.harness.op_profile import profile_ops
+
+                try:
+                    ops = profile_ops(root / "artifacts" / artifact["name"], runtime=artifact["runtime"],
+                                      runs=int(runs), threads=int(threads) if threads else None, **options)
+                except T2TEdgeError as exc:
+                    print(f"t2tedge: error: {exc}", file=sys.stderr)
+                    failures += 1
+                    continue
+                name = _record_name(artifact["name"], options).removesuffix(".json") + ".ops.json"
+                atomic_write_text(root / "results" / name, ops.to_json())
     print(f"results in {(root / 'results').resolve()}; merge them on the host: t2tedge table4 --merge "
           f"results/table4.json <these files>")
     return 1 if failures else 0

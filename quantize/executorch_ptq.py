@@ -370,9 +370,10 @@ def build_program(model_name: str, checkpoint: str | os.PathLike | None, precisi
         if plan is not None:
             report.update({"plan": {"source": plan.source, "calibration": plan.calibration,
                                     "layers": len(plan.layers), **honoured}})
-    buffer, delegation = lower_program(program, delegate, allow_outside=allow_outside)
+    buffer, delegation, op_paths = lower_program(program, delegate, allow_outside=allow_outside)
     metadata = program_metadata(model_name, weights, precision, overrides.get("num_classes", 1000), delegate)
     metadata[keys.DELEGATION] = delegation
+    metadata[keys.OP_PATHS] = op_paths
     if report:
         metadata[keys.QUANTIZATION] = report
     return buffer, metadata

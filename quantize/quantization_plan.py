@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import DataError
+from t2tedge.op_blocks import module_path
 
 PLAN_VERSION = 1
 PLAN_SUFFIX = ".plan.json"
@@ -144,17 +145,6 @@ def load_plan(path: str | os.PathLike) -> QuantPlan:
                      recipe=data.get("recipe", {}), layers=layers, arrays=arrays,
                      float_layers=list(data.get("float_layers", [])),
                      reference_only=list(data.get("reference_only", [])), source=data.get("source", ""))
-
-
-def module_path(node_name: str) -> str:
-    """The module path of a node of our TorchScript-traced exports: `/features/features.1/conv/conv.0/conv.0.0/Conv`
-    -> `features.1.conv.0.0` (each scope names its child relative to the scope before it)."""
-    parts: list[str] = []
-    previous = None
-    for scope in node_name.strip("/").split("/")[:-1]:
-        parts.append(scope[len(previous) + 1:] if previous and scope.startswith(previous + ".") else scope)
-        previous = scope
-    return ".".join(parts)
 
 
 def _flat(array: np.ndarray) -> np.ndarray:

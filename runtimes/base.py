@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError
+from t2tedge.errors import OpTimingUnavailable, RuntimeUnavailable, T2TEdgeError
 
 
 @dataclass
@@ -30,12 +30,51 @@ class RuntimeDescription:
         return asdict(self)
 
 
+@dataclass
+class TracedOp:
+    """One op of a run as the runtime's own profiler reports it: `ms` is its mean time per run, `module_path` the
+    model module it came from ("" when nothing names one), `precision` fp32, fp16, int8 or convert (a quantize,
+    dequantize or type conversion)."""
+
+    name: str
+    op_type: str
+    precision: str
+    ms: float
+    module_path: str = ""
+
+
+@dataclass
+class OpTrace:
+    """What `Runtime.trace_ops` measured: every op, the mean wall time of the same runs, the runtime's own memory
+    figure where it reports one, and what the time outside the ops is."""
+
+    profiler: str
+    ops: list[TracedOp]
+    wall_ms: float
+    runs: int
+    arena_mb: float | None = None
+    outside_ops: str = ""
+
+
+def steady_runs(wall: list[float], keep: float = 0.9) -> list[int]:
+    """The runs an op trace averages over: all but the slowest tenth by wall time. A thread descheduled between two
+    ops (a virtual machine's neighbour) lengthens the run's wall time and no op's, which would read as time
+    outside the ops."""
+    order = sorted(range(len(wall)), key=wall.__getitem__)
+    return sorted(order[:max(1, round(len(wall) * keep))])
+
+
 class Runtime(ABC):
     """Load an artifact, run a batch (numpy NCHW float32 in, numpy logits out), describe itself."""
 
     name: ClassVar[str]
     # What the adapter loads: "torch" (an nn.Module), "onnx" (a .onnx path) or "coreml" (.mlpackage).
     consumes: ClassVar[str]
+    # The runtime's own per-op profiler that `trace_ops` reads, or None; then `no_op_timing` says what it lacks.
+    op_profiler: ClassVar[str | None] = None
+    no_op_timing: ClassVar[str] = "this runtime reports no per-op times"
+    # The modules its load imports: `t2tedge profile --ops` times their import apart from the file's load.
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -51,6 +90,13 @@ class Runtime(ABC):
 
     @abstractmethod
     def describe(self) -> RuntimeDescription: ...
+
+    @classmethod
+    def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,
+                  **options: Any) -> OpTrace:
+        """Load `artifact` with the runtime's profiler on, run `batch` `warmup` + `runs` times, and read every op's
+        time over the `runs`. Adapters with an `op_profiler` override it."""
+        raise OpTimingUnavailable(f"{cls.name}: {cls.no_op_timing}")
 
 
 _ADAPTERS: dict[str, type[Runtime]] = {}

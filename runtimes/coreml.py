@@ -24,6 +24,9 @@ class CoreML(Runtime):
 
     name = "coreml"
     consumes = "coreml"
+    no_op_timing = ("coremltools reports no per-layer times (Xcode's Core ML performance report and Instruments "
+                    "do, on a Mac or iPhone)")
+    libraries = ("coremltools",)
 
     def __init__(self, mlmodel, path: str, compute_units: str, load_seconds: float) -> None:
         self.mlmodel = mlmodel

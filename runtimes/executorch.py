@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from t2tedge import metadata_keys as keys
 from t2tedge.batching import run_in_chunks
 from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
-from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs
 from t2tedge.sidecar import read_sidecar
 
 INSTALL = "'t2t-edge[executorch]'"
@@ -50,9 +52,91 @@ def program_instructions(path: str | os.PathLike) -> dict[str, Any]:
     return {"delegate_calls": dict(calls), "kernels_outside_delegate": dict(kernels)}
 
 
+# ExecuTorch's profiler names XNNPACK's operators by type ("Fully Connected (NC, QS8, QC8W) GEMM #12"); a program
+# keeps no node names, so events are matched, in order, to the ops the export stamped (`t2tedge.op_paths`) through
+# the XNNPACK operator each edge op becomes.
+_XNNPACK_OPERATOR = {
+    "aten.convolution.default": "Convolution", "aten.linear.default": "Fully Connected",
+    "aten.addmm.default": "Fully Connected", "aten.mm.default": "Fully Connected",
+    "aten.bmm.default": "Batch Matrix Multiply", "aten.view_copy.default": "Static Reshape",
+    "aten.squeeze_copy.dims": "Static Reshape", "aten.unsqueeze_copy.default": "Static Reshape",
+    "aten.permute_copy.default": "Transpose", "aten.add.Tensor": "Add", "aten.sub.Tensor": "Subtract",
+    "aten.mul.Tensor": "Multiply", "aten.div.Tensor": "Divide", "aten.slice_copy.Tensor": "Slice",
+    "aten.rsqrt.default": "Reciprocal Square Root", "aten._softmax.default": "Softmax", "aten.exp.default": "Exp",
+    "aten.max.dim": "Max Pooling", "aten.clamp.default": "Clamp", "aten.hardtanh.default": "Clamp",
+    "aten.cat.default": "Copy", "dim_order_ops._clone_dim_order.default": "Copy",
+    "aten.mean.dim": "Global Average Pooling", "aten.avg_pool2d.default": "Average Pooling",
+}
+# XNNPACK runs a 1x1 convolution as a Fully Connected operator: both match either.
+_DENSE = ("Convolution", "Fully Connected")
+# Edge ops XNNPACK folds into the operators around them (weight dequantization, q/dq pairs between int8
+# operators, zero pads); left out of the matching. Convert events that remain take the path of the op before.
+_FOLDED = ("quantized_decomposed.", "aten.constant_pad_nd")
+# ETDump events that span others (a whole run, a delegate call) or happen at load: not ops.
+_SPANS = ("Method::execute", "DELEGATE_CALL", "Method::init", "Program::load_method")
+
+
+def _operator_kind(event_name: str) -> str:
+    """`Fully Connected (NC, QS8, QC8W) GEMM #12` -> `Fully Connected`."""
+    return event_name.split(" #")[0].split(" (")[0]
+
+
+def _xnnpack_precision(event_name: str, program_precision: str) -> str:
+    """fp32, fp16, int8 or convert from an XNNPACK operator's datatype tag; untagged elementwise operators
+    (`Add (ND)`) run in the program's float precision, or an unknown one in a quantized program."""
+    kind = _operator_kind(event_name)
+    tags = event_name.split(" (", 1)[1].split(")")[0].split(", ") if " (" in event_name else []
+    if kind == "Convert":
+        return "convert"
+    if any(tag.startswith("Q") or tag == "X8" for tag in tags):  # QS8, QU8, QC8, QC8W, QD8: quantized types
+        return "int8"
+    if "F16" in tags:
+        return "fp16"
+    if "F32" in tags or "X32" in tags or program_precision == "fp32":
+        return "fp32"
+    return "unknown"
+
+
+def match_events(events: list[str], stamped: list[list[str]]) -> list[str]:
+    """The module path of each profiler event (in execution order): the longest common subsequence of the events'
+    operator kinds and the XNNPACK operators of the stamped `[edge op, module path]` list pairs them; an event with
+    no edge op of its own (a layout Transpose, a Convert between int8 and float operators) takes the path of the
+    matched event before it."""
+    stamped = [(op, path) for op, path in stamped if not op.startswith(_FOLDED)]
+    if not stamped:
+        return [""] * len(events)
+    kinds = ["Dense" if kind in _DENSE else kind for kind in map(_operator_kind, events)]
+    expected = ["Dense" if kind in _DENSE else kind for kind in (_XNNPACK_OPERATOR.get(op, op) for op, _ in stamped)]
+    n, m = len(expected), len(kinds)
+    # lengths[i][j]: LCS of expected[i:] and kinds[j:].
+    lengths = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below = lengths[i], lengths[i + 1]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if expected[i] == kinds[j] else max(below[j], row[j + 1])
+    matched: list[str | None] = [None] * m
+    i = j = 0
+    while i < n and j < m:
+        if expected[i] == kinds[j]:
+            matched[j] = stamped[i][1]
+            i, j = i + 1, j + 1
+        elif lengths[i + 1][j] >= lengths[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    paths, previous = [], next((p for p in matched if p is not None), "")
+    for path in matched:
+        previous = path if path is not None else previous
+        paths.append(previous)
+    return paths
+
+
 class ExecuTorch(Runtime):
     name = "executorch"
     consumes = "pte"
+    op_profiler = "ExecuTorch ETDump read by executorch.devtools.Inspector (XNNPACK operator events)"
+    libraries = ("torch", "executorch.runtime", "executorch.extension.pybindings.portable_lib",
+                 "executorch.exir._serialize._program")
 
     def __init__(self, method, path: str, threads: int | None, metadata: dict[str, Any],
                  instructions: dict[str, Any]) -> None:
@@ -103,6 +187,54 @@ class ExecuTorch(Runtime):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_chunks(self._infer, self.input_shape[0], np.ascontiguousarray(batch, dtype=np.float32))[0]
+
+    @classmethod
+    def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,
+                  **options: Any) -> OpTrace:
+        """XNNPACK's per-operator events (and any portable kernel's) from an ETDump of `warmup` + `runs` runs, read
+        by ExecuTorch's Inspector; the warm-up runs are cut. Module paths: `match_events` over the sidecar's
+        `t2tedge.op_paths` (programs exported without it get none)."""
+        import tempfile
+
+        import torch
+
+        instance = cls.load(artifact, threads=threads)  # checks the file and the backends first
+        with native_output_captured():
+            from executorch.devtools import Inspector
+            from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+            module = _load_for_executorch(str(artifact), enable_etdump=True, debug_buffer_size=0)
+            tensor = torch.from_numpy(np.ascontiguousarray(batch[: instance.input_shape[0]], dtype=np.float32))
+            for _ in range(warmup):
+                module.forward([tensor])
+            wall = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                module.forward([tensor])
+                wall.append(time.perf_counter() - start)
+            with tempfile.TemporaryDirectory(prefix="t2tedge-etdump-") as tmp:
+                dump = Path(tmp) / "profile.etdump"
+                module.write_etdump_result_to_file(str(dump))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "Output Buffer not found": we ask for no tensor data
+                    inspector = Inspector(etdump_path=str(dump))
+        execute = next((block for block in inspector.event_blocks if block.name == "Execute"), None)
+        events = [e for e in (execute.events if execute else []) if e.name not in _SPANS and e.perf_data is not None]
+        stamped = [op for call in instance.metadata.get(keys.OP_PATHS, []) for op in call]
+        delegated = [e for e in events if e.is_delegated_op]
+        paths = dict(zip(map(id, delegated), match_events([e.name for e in delegated], stamped)))
+        precision = instance.metadata.get(keys.PRECISION, "fp32")
+        kept = steady_runs(wall)
+        ops = []
+        for event in events:
+            raw = event.perf_data.raw
+            timed = [raw[warmup + i] for i in kept] if len(raw) == warmup + runs else raw
+            kind = _operator_kind(event.name) if event.is_delegated_op else event.name
+            ops.append(TracedOp(event.name, kind, _xnnpack_precision(event.name, precision) if event.is_delegated_op
+                                else precision, float(np.mean(timed)), paths.get(id(event), "")))
+        return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean([wall[i] for i in kept])),
+                       runs=runs, outside_ops="XNNPACK between operators (its runtime's setup and thread-pool dispatch) and "
+                                   "ExecuTorch's method call around the delegate")
 
     def describe(self) -> RuntimeDescription:
         from executorch.version import __version__ as version

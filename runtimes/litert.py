@@ -57,6 +57,9 @@ def ops_outside_delegate(ops: list[dict[str, Any]], outputs: list[int]) -> colle
 class LiteRT(Runtime):
     name = "litert"
     consumes = "tflite"
+    no_op_timing = ("ai-edge-litert's Python API (Interpreter, CompiledModel, tools/benchmark_litert_model.py) "
+                    "reports no per-op times; LiteRT's C++ benchmark_model --enable_op_profiling does, on the device. "
+                    "Recorded instead: XNNPACK delegation and the ops left outside it")
 
     def __init__(self, interpreter, path: str, threads: int | None, xnnpack: bool, metadata: dict[str, Any]) -> None:
         self.interpreter = interpreter

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+import json
 import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +15,8 @@ import numpy as np
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.ort_session import disabled_optimizers, run_in_fixed_batches
-from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.op_blocks import module_path
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
@@ -39,9 +45,23 @@ def _session_graph(artifact: str | os.PathLike,
     return (proto.SerializeToString() if moved else str(artifact)), contrib, quantized, moved
 
 
+# Ops that only move a tensor between precisions.
+CONVERT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast")
+
+
+def _op_precision(op_type: str, input_types: list[dict[str, Any]]) -> str:
+    """fp32, fp16, int8 or convert, from an ORT profile event's op and input element types."""
+    if op_type in CONVERT_OPS:
+        return "convert"
+    types = {kind for entry in input_types for kind in entry}
+    return "int8" if types & {"int8", "uint8"} else "fp16" if "float16" in types else "fp32"
+
+
 class OnnxRuntimeCPU(Runtime):
     name = "onnxruntime"
     consumes = "onnx"
+    op_profiler = "ONNX Runtime session profiling (SessionOptions.enable_profiling), node kernel times"
+    libraries = ("onnxruntime",)
 
     def __init__(self, session, path: str, threads: int | None, optimization: str, provider: str = "cpu",
                  disabled: list[str] | None = None, fusions: dict[str, int] | None = None,
@@ -66,12 +86,13 @@ class OnnxRuntimeCPU(Runtime):
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
-             provider: str = "cpu", unsigned_weights: bool | None = None,
+             provider: str = "cpu", unsigned_weights: bool | None = None, profile_dir: Path | None = None,
              **options: Any) -> "OnnxRuntimeCPU":
         """`artifact` is a .onnx or an ORT-format .ort file, run as it is on disk (ORT-only fusions are a file of their
         own: `t2tedge optimize`, export/ort_optimize.py); `provider` is cpu or xnnpack. `unsigned_weights`: give an
         INT8 graph's int8 weights to the session as uint8 (exact; t2tedge.ort_int8_weights); None: only on an x86 CPU
-        without VNNI, where ORT's u8 x s8 kernels saturate (what the README tells users to do there too)."""
+        without VNNI, where ORT's u8 x s8 kernels saturate (what the README tells users to do there too).
+        `profile_dir`: turn ORT's profiler on, writing its trace and the optimized graph it runs there (`trace_ops`)."""
         import onnxruntime as ort
 
         from t2tedge.ort_int8_weights import int8_dot_may_saturate
@@ -94,6 +115,10 @@ class OnnxRuntimeCPU(Runtime):
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if profile_dir is not None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(profile_dir / "ort_profile")
+            opts.optimized_model_filepath = str(profile_dir / "optimized.onnx")
         providers: list[Any] = ["CPUExecutionProvider"]
         if provider == "xnnpack":
             # XNNPACK keeps its own thread pool; ORT's intra-op pool then stays at one thread to avoid contention.
@@ -112,6 +137,51 @@ class OnnxRuntimeCPU(Runtime):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_fixed_batches(self.session, self.input_name, self.fixed_batch, batch)[0]
+
+    @classmethod
+    def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,
+                  **options: Any) -> OpTrace:
+        """Node kernel times from ORT's profiler over `runs` runs after `warmup` (each event placed in its run by
+        the run's start; `steady_runs`); each node's module path from the optimized graph the session ran (fused
+        nodes keep a scope in their outputs or inputs)."""
+        import onnx
+
+        from t2tedge.op_blocks import graph_module_paths
+
+        with tempfile.TemporaryDirectory(prefix="t2tedge-ort-profile-") as tmp:
+            instance = cls.load(artifact, threads=threads, profile_dir=Path(tmp), **options)
+            for _ in range(warmup):
+                instance.run(batch)
+            wall = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                instance.run(batch)
+                wall.append(time.perf_counter() - start)
+            events = json.loads(Path(instance.session.end_profiling()).read_text())
+            optimized = Path(tmp) / "optimized.onnx"
+            graph = onnx.load(str(optimized), load_external_data=False).graph if optimized.is_file() else None
+        paths = graph_module_paths([(n.name, module_path(n.name), n.input, n.output) for n in graph.node]) if graph is not None else {}
+        starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+        kept = steady_runs(wall)
+        kept_starts = {starts[warmup + i] for i in kept} if len(starts) == warmup + runs else set()
+        totals: dict[str, list[Any]] = {}
+        for event in events:
+            if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+                continue
+            run_start = starts[bisect.bisect_right(starts, event["ts"]) - 1] if starts else None
+            if kept_starts and run_start not in kept_starts:
+                continue
+            name, args = event["name"][:-len("_kernel_time")], event.get("args", {})
+            entry = totals.setdefault(name, [args.get("op_name", "?"), _op_precision(args.get("op_name", ""),
+                                                                                   args.get("input_type_shape", [])), 0])
+            entry[2] += event["dur"]
+        counted = len(kept) if kept_starts else warmup + runs
+        ops = [TracedOp(name, op_type, precision, micros / counted / 1e3, paths.get(name, module_path(name)))
+               for name, (op_type, precision, micros) in totals.items()]
+        wall = [wall[i] for i in kept] if kept_starts else wall
+        return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean(wall)), runs=runs,
+                       outside_ops="session.run overhead: feeding inputs, copying outputs, the thread pool between "
+                                   "kernels")
 
     def describe(self) -> RuntimeDescription:
         import onnxruntime as ort

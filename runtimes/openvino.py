@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import numpy as np
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, missing_package, native_message
 from t2tedge.batching import run_in_chunks
-from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.op_blocks import graph_module_paths, module_path
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs
 
 # OpenVINO's INFERENCE_PRECISION_HINT values, as the CLI's --precision-hint takes them.
 PRECISION_HINTS = ("f32", "bf16", "f16")
@@ -47,9 +49,25 @@ def read_openvino_metadata(model) -> dict[str, str]:
     return meta
 
 
+# Executed layers that only quantize, dequantize or convert a tensor.
+CONVERT_LAYERS = ("Convert", "FakeQuantize")
+
+
+def _layer_precision(name: str, layer_type: str, exec_type: str) -> str:
+    """fp32, fp16, bf16, int8 or convert, from a performance counter's layer type and kernel (`jit_gemm_I8`,
+    `brgconv_avx2_f32`)."""
+    if layer_type in CONVERT_LAYERS or name.endswith(("QuantizeLinear", "DequantizeLinear")):
+        return "convert"
+    kernel = exec_type.lower()
+    return ("int8" if kernel.endswith(("i8", "u8")) else "bf16" if kernel.endswith("bf16") else
+            "fp16" if kernel.endswith("f16") else "fp32")
+
+
 class OpenVINO(Runtime):
     name = "openvino"
     consumes = "onnx"  # an .onnx file, or IR (.xml with its .bin beside it)
+    op_profiler = "OpenVINO performance counters (PERF_COUNT), executed layers' real time"
+    libraries = ("openvino",)
 
     def __init__(self, compiled, path: str, threads: int | None, precision_hint: str, performance_hint: str,
                  metadata: dict[str, str]) -> None:
@@ -71,9 +89,10 @@ class OpenVINO(Runtime):
 
     @classmethod
     def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, precision_hint: str = "f32",
-             performance_hint: str = "LATENCY", **options: Any) -> "OpenVINO":
+             performance_hint: str = "LATENCY", perf_counters: bool = False, **options: Any) -> "OpenVINO":
         """`precision_hint`: f32 (default), bf16 or f16, the precision OpenVINO may run float ops in; an INT8
-        file's quantized ops run in int8 under any hint. `threads`: INFERENCE_NUM_THREADS (None: all cores)."""
+        file's quantized ops run in int8 under any hint. `threads`: INFERENCE_NUM_THREADS (None: all cores).
+        `perf_counters`: compile with PERF_COUNT on (`trace_ops`)."""
         import openvino as ov
 
         if precision_hint not in PRECISION_HINTS:
@@ -90,6 +109,8 @@ class OpenVINO(Runtime):
         core = ov.Core()
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint,
                                   "PERFORMANCE_HINT": performance_hint}
+        if perf_counters:
+            config["PERF_COUNT"] = True
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -105,6 +126,48 @@ class OpenVINO(Runtime):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_chunks(self._infer, self.fixed_batch, np.ascontiguousarray(batch, dtype=np.float32))[0]
+
+    @classmethod
+    def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,
+                  **options: Any) -> OpTrace:
+        """Each executed layer's real time from the performance counters, read after every one of `runs` runs
+        (the counters hold the last inference); its module path from its own name, else from the original layers
+        OpenVINO fused into it."""
+        instance = cls.load(artifact, threads=threads, perf_counters=True, **options)
+        nodes = []
+        for op in instance.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            original = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info.keys() else []
+            producers = [value.get_node().get_friendly_name() for value in op.input_values()]
+            # A layer OpenVINO made (MVN_523) is named by the original layers fused into it, else by its producers.
+            named = module_path(op.get_friendly_name()) or next((p for p in map(module_path, original) if p), "")
+            nodes.append((op.get_friendly_name(), named, producers, [op.get_friendly_name()]))
+        paths = graph_module_paths(nodes)
+        for _ in range(warmup):
+            instance.run(batch)
+        wall: list[float] = []
+        per_run: list[dict[str, float]] = []
+        kinds: dict[str, tuple[str, str]] = {}
+        for _ in range(runs):
+            start = time.perf_counter()
+            instance.run(batch)
+            wall.append(time.perf_counter() - start)
+            layers: dict[str, float] = {}
+            for layer in instance.request.get_profiling_info():
+                if layer.status == layer.Status.EXECUTED:
+                    layers[layer.node_name] = layers.get(layer.node_name, 0.0) + layer.real_time.total_seconds()
+                    kinds[layer.node_name] = (layer.node_type, layer.exec_type)
+            per_run.append(layers)
+        kept = steady_runs(wall)
+        totals: dict[str, float] = collections.defaultdict(float)
+        for i in kept:
+            for name, seconds in per_run[i].items():
+                totals[name] += seconds
+        wall = [wall[i] for i in kept]
+        ops = [TracedOp(name, kinds[name][0], _layer_precision(name, *kinds[name]), 1e3 * seconds / len(kept),
+                        paths.get(name, module_path(name))) for name, seconds in totals.items()]
+        return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean(wall)), runs=runs,
+                       outside_ops="infer() overhead: setting the input, waiting for the stream, the output copy")
 
     def execution_precisions(self) -> dict[str, int]:
         """How many executed layers of the compiled graph run in each precision (I8, FP32, BF16, ...)."""

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 
 from t2tedge.errors import T2TEdgeError
-from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp
 
 
 class TensorRT(Runtime):
     name = "tensorrt"
     consumes = "onnx"  # an .onnx (built here with `engine_precision=`) or a prebuilt .engine / .plan
+    op_profiler = "TensorRT IProfiler on the execution context (per-layer times, execute_v2)"
+    libraries = ("tensorrt", "torch")
 
     def __init__(self, engine, path: str, precision: str) -> None:
         import torch
@@ -91,6 +93,43 @@ class TensorRT(Runtime):
         self.stream.synchronize()
         self.last_gpu_ms = start.elapsed_time(end)
         return output.cpu().numpy()
+
+    @classmethod
+    def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,
+                  **options: Any) -> OpTrace:
+        """Per-layer times from an `IProfiler` on the context (TensorRT reports them after each synchronous run);
+        a fused layer is named by the ONNX nodes in it (`/blocks.3/attn/qkv/MatMul + /blocks.3/attn/Add`), the
+        first of which gives its module path. Precision: unknown (the engine inspector would say; not read)."""
+        import time
+
+        import tensorrt as trt
+
+        from t2tedge.op_blocks import module_path
+
+        instance = cls.load(artifact, threads=threads, **options)
+        totals: dict[str, float] = {}
+
+        class LayerTimes(trt.IProfiler):
+            recording = False
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                if self.recording:
+                    totals[layer_name] = totals.get(layer_name, 0.0) + ms
+
+        profiler = LayerTimes()
+        instance.context.profiler = profiler
+        for _ in range(warmup):
+            instance.run(batch)
+        profiler.recording = True
+        wall = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            instance.run(batch)
+            wall.append(time.perf_counter() - start)
+        ops = [TracedOp(name, "layer", "unknown", ms / runs, module_path(name.split(" + ")[0]))
+               for name, ms in totals.items()]
+        return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean(wall)), runs=runs,
+                       outside_ops="host-device copies of input and logits, stream synchronisation")
 
     def describe(self) -> RuntimeDescription:
         import tensorrt as trt

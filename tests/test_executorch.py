@@ -149,7 +149,7 @@ def test_ops_left_outside_the_delegate_are_named_unless_allowed():
                              torch.zeros(1, 4, 8))
     with pytest.raises(T2TEdgeError, match=r"xnnpack did not take every op \(.*1 outside: aten\.native_layer_norm"):
         lower_program(program, "xnnpack")
-    buffer, report = lower_program(program, "xnnpack", allow_outside=True)
+    buffer, report, _ = lower_program(program, "xnnpack", allow_outside=True)
     assert buffer[4:6] == b"ET" and report["ops_outside_delegate"] == {"aten.native_layer_norm.default": 1}
 
 
@@ -195,3 +195,33 @@ def test_runtime_refuses_other_files(tmp_path):
         ExecuTorch.load(tmp_path / "model.onnx")
     with pytest.raises(T2TEdgeError, match="program file not found"):
         ExecuTorch.load(tmp_path / "missing.pte")
+
+
+def test_ops_profile_matches_xnnpack_events_to_t2t_vit_blocks(t2t_programs):
+    from t2tedge.harness.op_profile import claimed_share, profile_ops
+
+    record = profile_ops(t2t_programs["fp32"], runs=3, warmup=1, threads=2)
+    assert record.op_timing == "measured" and record.profiler.startswith("ExecuTorch ETDump")
+    assert 0.5 < record.op_sum_ms / record.wall_ms <= 1.15, (record.op_sum_ms, record.wall_ms)
+    assert claimed_share(record) >= 0.95, record.unclaimed[:10]
+    blocks = {row.name for row in record.blocks}
+    assert {"tokens_to_token.soft_split0", "tokens_to_token.attention1", "blocks.6.mlp", "head"} <= blocks, blocks
+    # 20 bmm ops in the program: XNNPACK's batch matrix multiplies, matched to the attention blocks
+    bmm = [op for op in record.ops if op.op_type == "Batch Matrix Multiply"]
+    assert len(bmm) == 20 and all(op.block.endswith(("attn", "attention1", "attention2")) for op in bmm), \
+        {op.block for op in bmm}
+
+
+def test_ops_profile_of_an_int8_program_names_int8_and_converts(mnv2_int8, tmp_path, capsys):
+    from t2tedge.harness.op_profile import claimed_share
+    from t2tedge.results import OpProfileRecord
+
+    out = tmp_path / "ops.json"
+    assert main(["profile", str(mnv2_int8), "--ops", "--runs", "3", "--warmup", "1", "--threads", "2",
+                 "--out", str(out)]) == 0
+    record = OpProfileRecord.read(out)
+    assert claimed_share(record) >= 0.95, record.unclaimed[:10]
+    precisions = {row.name: row.share for row in record.precisions}
+    assert precisions.get("int8", 0) > 0.5 and "convert" in precisions, precisions
+    convolutions = [op for op in record.ops if op.op_type in ("Convolution", "Fully Connected")]
+    assert len(convolutions) == 53 and len({op.block for op in convolutions}) == 20  # features.0-18, classifier

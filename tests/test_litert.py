@@ -176,3 +176,16 @@ def test_runtime_refuses_other_files(tmp_path):
         LiteRT.load(tmp_path / "model.onnx")
     with pytest.raises(T2TEdgeError, match="model file not found"):
         LiteRT.load(tmp_path / "missing.tflite")
+
+
+def test_ops_profile_says_litert_reports_no_op_times(mnv2_int8, tmp_path, capsys):
+    from t2tedge.results import OpProfileRecord
+
+    out = tmp_path / "ops.json"
+    assert main(["profile", str(mnv2_int8), "--ops", "--runs", "3", "--warmup", "1", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert len(line.splitlines()) == 1 and "no per-op times" in line
+    record = OpProfileRecord.read(out)
+    assert record.ops == [] and "benchmark_model" in record.op_timing and record.op_sum_ms is None
+    assert record.runtime_info["delegate_partitions"] >= 1 and record.peak_rss_mb > 0  # what LiteRT does report
+    assert not out.with_suffix(".png").exists()

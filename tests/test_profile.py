@@ -148,3 +148,61 @@ def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):
     assert main(["export", "bundle", str(tmp_path / "model.pt"), "--out", str(tmp_path / "b.tar.gz")]) == 1
     assert "cannot bundle model.pt" in capsys.readouterr().err
     assert not (tmp_path / "b.tar.gz").exists()
+
+
+def _traced(record) -> None:
+    """What every per-op record of a runtime with a profiler must hold (time and memory are the bench's numbers)."""
+    from t2tedge.harness.op_profile import claimed_share
+
+    assert record.op_timing == "measured" and record.ops and record.profiler
+    assert 0.5 < record.op_sum_ms / record.wall_ms <= 1.15, (record.op_sum_ms, record.wall_ms)
+    assert claimed_share(record) >= 0.95, record.unclaimed[:10]
+    assert sorted(record.unclaimed) == sorted(op.name for op in record.ops if op.block is None)
+    assert record.load_ms > 0 and record.first_run_ms > 0 and record.peak_rss_mb >= record.load_peak_rss_mb > 0
+
+
+@pytest.fixture(scope="module")
+def t2t_onnx(subject, tmp_path_factory):
+    return export_onnx("t2t_vit_7", subject.checkpoint, out_dir=tmp_path_factory.mktemp("t2t_ops"),
+                       num_classes=subject.num_classes)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_ops_profile_maps_t2t_vit_ops_to_its_blocks(t2t_onnx, runtime, tmp_path, capsys):
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from t2tedge.results import OpProfileRecord
+
+    out = tmp_path / "t2t.json"
+    assert main(["profile", str(t2t_onnx), "--runtime", runtime, "--ops", "--runs", "5", "--warmup", "2",
+                 "--threads", "2", "--out", str(out)]) == 0
+    assert "blocks claim" in capsys.readouterr().out
+    record = OpProfileRecord.read(out)
+    _traced(record)
+    blocks = {row.name for row in record.blocks}
+    assert {"tokens_to_token.attention1", "tokens_to_token.attention2", "blocks.0.attn", "blocks.6.mlp",
+            "head"} <= blocks, blocks
+    assert {row.name for row in record.precisions} <= {"fp32", "convert"}
+    assert out.with_suffix(".md").is_file()
+
+
+def test_ops_profile_of_mobilenet_and_in_a_bundle_without_torch(mnv2_onnx, mnv2_ort, tmp_path):
+    from t2tedge.harness.op_profile import profile_ops
+    from t2tedge.results import OpProfileRecord
+
+    record = profile_ops(mnv2_onnx, runs=5, warmup=2, threads=2)
+    _traced(record)
+    assert {"features.0", "features.17", "classifier.1"} <= {row.name for row in record.blocks}
+    bundle = tmp_path / "device.tar.gz"
+    assert main(["export", "bundle", str(mnv2_ort), "--out", str(bundle)]) == 0
+    with tarfile.open(bundle) as tar:
+        tar.extractall(tmp_path / "device", filter="data")
+    (tmp_path / "device" / "torch").mkdir()
+    (tmp_path / "device" / "torch" / "__init__.py").write_text("raise ImportError('no torch on this device')\n")
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": "3", "OPS": "1"}
+    done = subprocess.run(["sh", "profile.sh"], cwd=tmp_path / "device", env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    (ops,) = (tmp_path / "device" / "results").glob("*.ops.json")
+    on_device = OpProfileRecord.read(ops)
+    assert on_device.runs == 3 and on_device.model == "mobilenet_v2_100" and on_device.ops

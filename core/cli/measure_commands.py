@@ -30,6 +30,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from t2tedge.harness.measure import LatencySettings
     from t2tedge.harness.profile import artifact_target, profile_artifact
 
+    if args.compare:
+        return _compare_profiles(args)
+    if args.artifact is None:
+        raise UsageError("name an artifact to profile, or --compare A.json B.json")
+    if args.ops:
+        return _profile_ops(args)
     target = artifact_target(args.artifact, args.runtime)
     options = given_load_options(args)
     target.check_load_options(options, f" ({args.artifact.name})")
@@ -52,6 +58,75 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"{cell.model} {runtime} {cell.precision} ({cell.runtime_info['device']}): batch-1 p50 "
           f"{latency.p50_ms:.2f} ms (min {latency.min_ms:.2f}, p90 {latency.p90_ms:.2f}, p99 "
           f"{latency.p99_ms:.2f}), batch-8 {cell.throughput_b8_ips:.1f} img/s{accuracy}; wrote {out}")
+    return 0
+
+
+def _views_out(out: Path, stem: str) -> Path:
+    """The .json (or .md) file `out` names, else `out`/`stem`.json; its folder writable."""
+    if out.suffix in (".json", ".md"):
+        ensure_writable_file(out)
+        return out.with_suffix(".json")
+    ensure_writable_dir(out)
+    return out / f"{stem}.json"
+
+
+def _write_views(json_path: Path, markdown: str, records: list) -> str:
+    """Markdown beside `json_path`, and the PNG where matplotlib is installed; what was written, in words."""
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.harness.op_profile_views import render_bars
+
+    atomic_write_text(json_path.with_suffix(".md"), markdown)
+    written = [json_path.with_suffix(".md")]
+    if any(r.ops for r in records):
+        try:
+            render_bars(records, json_path.with_suffix(".png"))
+            written.append(json_path.with_suffix(".png"))
+        except ImportError:
+            pass
+    return ", ".join(map(str, written))
+
+
+def _profile_ops(args: argparse.Namespace) -> int:
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.harness.op_profile import claimed_share, profile_ops
+    from t2tedge.harness.op_profile_views import render_markdown
+    from t2tedge.harness.profile import artifact_target
+
+    if args.data is not None or args.limit is not None:
+        raise UsageError("--ops times ops on one fixed input; accuracy (--data, --limit) is a plain `t2tedge profile`")
+    if args.force or args.model:
+        raise UsageError("--ops profiles the model the file names; --model and --force go with a plain profile")
+    target = artifact_target(args.artifact, args.runtime)
+    options = given_load_options(args)
+    target.check_load_options(options, f" ({args.artifact.name})")
+    out = _views_out(args.out, f"{args.artifact.name}_{target.name}.ops")
+    record = profile_ops(args.artifact, runtime=target.name, runs=args.runs, warmup=args.warmup,
+                         threads=args.threads, **options)
+    atomic_write_text(out, record.to_json())
+    views = _write_views(out, render_markdown(record), [record])
+    head = (f"{record.model} {record.runtime} {record.precision}: load {record.load_ms:.0f} ms, first run "
+            f"{record.first_run_ms:.1f} ms, p50 {record.latency_b1.p50_ms:.2f} ms, peak RSS {record.peak_rss_mb:.0f} MB")
+    if record.op_sum_ms:
+        top = ", ".join(f"{b.name} {100 * b.share:.0f}%" for b in record.blocks[:3])
+        print(f"{head}; {len(record.ops)} ops, {record.op_sum_ms:.2f} of {record.wall_ms:.2f} ms wall, blocks claim "
+              f"{100 * claimed_share(record):.1f}% (top: {top}); wrote {out}, {views}")
+    else:
+        print(f"{head}; no per-op times: {record.op_timing}; wrote {out}, {views}")
+    return 0
+
+
+def _compare_profiles(args: argparse.Namespace) -> int:
+    from t2tedge.harness.op_profile_views import render_compare_markdown
+    from t2tedge.results import OpProfileRecord
+
+    if args.artifact is not None or args.ops:
+        raise UsageError("--compare reads two op-profile records; it takes no artifact and no --ops")
+    first, second = (OpProfileRecord.read(path) for path in args.compare)
+    stem = f"compare_{args.compare[0].stem}_vs_{args.compare[1].stem}"
+    out = _views_out(args.out, stem)
+    views = _write_views(out, render_compare_markdown(first, second), [first, second])
+    print(render_compare_markdown(first, second).split("## Time per block")[0].strip().splitlines()[0])
+    print(f"wrote {views}")
     return 0
 
 
@@ -173,8 +248,16 @@ def profile_parser(sub) -> None:
                     "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt, .xml: openvino, .tflite: litert, .pte: "
                     "executorch): warm-up, then --runs timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 "
                     "throughput. Writes a profile record (schema t2tedge.profile/1: one Table 4 cell and the "
-                    "machine) that `t2tedge table4 --merge` takes.")
-    p.add_argument("artifact", type=Path)
+                    "machine) that `t2tedge table4 --merge` takes. With --ops: load and first-inference time, "
+                    "peak memory, then every op's time from the runtime's own profiler (ONNX Runtime, OpenVINO, "
+                    "ExecuTorch; TensorRT on a GPU) mapped to model blocks, op types and precisions (schema "
+                    "t2tedge.op-profile/1, with .md and .png views). --compare A.json B.json puts two such records "
+                    "side by side, per block.")
+    p.add_argument("artifact", type=Path, nargs="?")
+    p.add_argument("--ops", action="store_true",
+                   help="per-op and per-block times, start-up and peak memory (the runtime's own profiler)")
+    p.add_argument("--compare", type=Path, nargs=2, metavar=("A.json", "B.json"),
+                   help="compare two --ops records (fp32 vs INT8, runtime vs runtime, two machines)")
     p.add_argument("--runtime", help="override the runtime chosen from the suffix (e.g. openvino or tensorrt for "
                                       "an .onnx)")
     p.add_argument("--model", help="model name, when the artifact carries no t2tedge metadata")
