@@ -167,7 +167,10 @@ class OpenVINO(Runtime):
         ops = [TracedOp(name, kinds[name][0], _layer_precision(name, *kinds[name]), 1e3 * seconds / len(kept),
                         paths.get(name, module_path(name))) for name, seconds in totals.items()]
         return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean(wall)), runs=runs,
-                       outside_ops="infer() overhead: setting the input, waiting for the stream, the output copy")
+                       outside_ops="infer() overhead: setting the input, waiting for the stream, the output copy; "
+                                   "the counters can also sum above the wall time (T2T-ViT-7 fp32, 2 threads: "
+                                   "1.1-1.25x over 5-20 runs), which they would not if OpenVINO ran layers one by "
+                                   "one and timed exactly the run just made")
 
     def execution_precisions(self) -> dict[str, int]:
         """How many executed layers of the compiled graph run in each precision (I8, FP32, BF16, ...)."""

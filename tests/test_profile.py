@@ -150,12 +150,18 @@ def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):
     assert not (tmp_path / "b.tar.gz").exists()
 
 
+# OpenVINO's performance counters of a T2T-ViT-7 fp32 run summed to 0.82-1.15x of that run's wall time, and to
+# 1.10-1.25x over 5-20 runs (2 threads, AMD EPYC Zen 3); the 100-run means of make profile-report: 0.93-1.07x.
+MAX_OP_OVER_WALL = {"openvino": 1.3}
+
+
 def _traced(record) -> None:
     """What every per-op record of a runtime with a profiler must hold (time and memory are the bench's numbers)."""
     from t2tedge.harness.op_profile import claimed_share
 
     assert record.op_timing == "measured" and record.ops and record.profiler
-    assert 0.5 < record.op_sum_ms / record.wall_ms <= 1.15, (record.op_sum_ms, record.wall_ms)
+    assert 0.5 < record.op_sum_ms / record.wall_ms <= MAX_OP_OVER_WALL.get(record.runtime, 1.15), \
+        (record.op_sum_ms, record.wall_ms)
     assert claimed_share(record) >= 0.95, record.unclaimed[:10]
     assert sorted(record.unclaimed) == sorted(op.name for op in record.ops if op.block is None)
     assert record.load_ms > 0 and record.first_run_ms > 0 and record.peak_rss_mb >= record.load_peak_rss_mb > 0
