@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -54,6 +55,22 @@ class OpTrace:
     runs: int
     arena_mb: float | None = None
     outside_ops: str = ""
+
+
+def timed_runs(run: Callable[[], Any], runs: int, warmup: int,
+               after: Callable[[], None] | None = None) -> list[float]:
+    """Seconds of each of `runs` calls of `run` after `warmup` untimed ones, for an op trace (harness.latency
+    times the steady state); `after` runs after each timed call, outside its time (reading per-run counters)."""
+    for _ in range(warmup):
+        run()
+    wall = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        wall.append(time.perf_counter() - start)
+        if after is not None:
+            after()
+    return wall
 
 
 def steady_runs(wall: list[float], keep: float = 0.9) -> list[int]:

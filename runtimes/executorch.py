@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from t2tedge import metadata_keys as keys
 from t2tedge.batching import run_in_chunks
 from t2tedge.errors import T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
 from t2tedge.sidecar import read_sidecar
 
 INSTALL = "'t2t-edge[executorch]'"
@@ -205,13 +204,7 @@ class ExecuTorch(Runtime):
 
             module = _load_for_executorch(str(artifact), enable_etdump=True, debug_buffer_size=0)
             tensor = torch.from_numpy(np.ascontiguousarray(batch[: instance.input_shape[0]], dtype=np.float32))
-            for _ in range(warmup):
-                module.forward([tensor])
-            wall = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                module.forward([tensor])
-                wall.append(time.perf_counter() - start)
+            wall = timed_runs(lambda: module.forward([tensor]), runs, warmup)
             with tempfile.TemporaryDirectory(prefix="t2tedge-etdump-") as tmp:
                 dump = Path(tmp) / "profile.etdump"
                 module.write_etdump_result_to_file(str(dump))

@@ -6,7 +6,6 @@ import bisect
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from t2tedge import metadata_keys as keys
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.ort_session import disabled_optimizers, run_in_fixed_batches
 from t2tedge.op_blocks import module_path
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
@@ -150,13 +149,7 @@ class OnnxRuntimeCPU(Runtime):
 
         with tempfile.TemporaryDirectory(prefix="t2tedge-ort-profile-") as tmp:
             instance = cls.load(artifact, threads=threads, profile_dir=Path(tmp), **options)
-            for _ in range(warmup):
-                instance.run(batch)
-            wall = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                instance.run(batch)
-                wall.append(time.perf_counter() - start)
+            wall = timed_runs(lambda: instance.run(batch), runs, warmup)
             events = json.loads(Path(instance.session.end_profiling()).read_text())
             optimized = Path(tmp) / "optimized.onnx"
             graph = onnx.load(str(optimized), load_external_data=False).graph if optimized.is_file() else None

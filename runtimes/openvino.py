@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, missing_package, native_message
 from t2tedge.batching import run_in_chunks
 from t2tedge.op_blocks import graph_module_paths, module_path
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
 
 # OpenVINO's INFERENCE_PRECISION_HINT values, as the CLI's --precision-hint takes them.
 PRECISION_HINTS = ("f32", "bf16", "f16")
@@ -143,21 +142,18 @@ class OpenVINO(Runtime):
             named = module_path(op.get_friendly_name()) or next((p for p in map(module_path, original) if p), "")
             nodes.append((op.get_friendly_name(), named, producers, [op.get_friendly_name()]))
         paths = graph_module_paths(nodes)
-        for _ in range(warmup):
-            instance.run(batch)
-        wall: list[float] = []
         per_run: list[dict[str, float]] = []
         kinds: dict[str, tuple[str, str]] = {}
-        for _ in range(runs):
-            start = time.perf_counter()
-            instance.run(batch)
-            wall.append(time.perf_counter() - start)
+
+        def read_counters() -> None:
             layers: dict[str, float] = {}
             for layer in instance.request.get_profiling_info():
                 if layer.status == layer.Status.EXECUTED:
                     layers[layer.node_name] = layers.get(layer.node_name, 0.0) + layer.real_time.total_seconds()
                     kinds[layer.node_name] = (layer.node_type, layer.exec_type)
             per_run.append(layers)
+
+        wall = timed_runs(lambda: instance.run(batch), runs, warmup, after=read_counters)
         kept = steady_runs(wall)
         totals: dict[str, float] = collections.defaultdict(float)
         for i in kept:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from t2tedge.errors import T2TEdgeError
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp
+from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, timed_runs
 
 
 class TensorRT(Runtime):
@@ -100,8 +100,6 @@ class TensorRT(Runtime):
         """Per-layer times from an `IProfiler` on the context (TensorRT reports them after each synchronous run);
         a fused layer is named by the ONNX nodes in it (`/blocks.3/attn/qkv/MatMul + /blocks.3/attn/Add`), the
         first of which gives its module path. Precision: unknown (the engine inspector would say; not read)."""
-        import time
-
         import tensorrt as trt
 
         from t2tedge.op_blocks import module_path
@@ -121,11 +119,7 @@ class TensorRT(Runtime):
         for _ in range(warmup):
             instance.run(batch)
         profiler.recording = True
-        wall = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            instance.run(batch)
-            wall.append(time.perf_counter() - start)
+        wall = timed_runs(lambda: instance.run(batch), runs, 0)
         ops = [TracedOp(name, "layer", "unknown", ms / runs, module_path(name.split(" + ")[0]))
                for name, ms in totals.items()]
         return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean(wall)), runs=runs,
