@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
-	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=...)"
+	@echo "make export-onnx  export the five Table 4 models to $(OUT)/onnx (OUT=..., PRECISION=fp16|int8)"
 	@echo "make export-coreml  T2T-ViT-7/12 .mlpackage to artifacts/coreml (OUT=, ALL=1 adds the MobileNets,"
 	@echo "                    CHECKPOINT=path or WEIGHTS=random, PRECISION=fp32|fp16|w8|int8, PALETTIZE=6|4, TARGET=iOS17)"
 	@echo "make export-openvino  OpenVINO IR of the five models to $(OUT)/openvino (PRECISION=fp16|int8)"
@@ -52,7 +52,7 @@ test-slow: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 export-onnx: setup
-	@for m in $(MODELS); do $(T2TEDGE) export onnx $$m --out $(OUT)/onnx || exit 1; done
+	@for m in $(MODELS); do $(T2TEDGE) export onnx $$m --out $(OUT)/onnx $(if $(PRECISION),--precision $(PRECISION)) || exit 1; done
 
 # Core ML: OUT given on the command line is the package folder itself; by default artifacts/coreml. Without
 # CHECKPOINT or WEIGHTS, T2T-ViTs take their official release weights (the MODEL.official tag, downloaded once).

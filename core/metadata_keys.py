@@ -27,6 +27,11 @@ VERSION = "t2tedge.version"  # the toolkit that wrote the file
 OPSET = "t2tedge.opset"
 SIMPLIFIER = "t2tedge.simplifier"
 
+# FP16 ONNX (export onnxruntime --precision fp16, the file strongly typed TensorRT engines are built from).
+FP16_KEPT_FP32 = "t2tedge.fp16_kept_fp32"  # node -> why it stays fp32 (JSON)
+FP16_CHECKED_IMAGES = "t2tedge.fp16_checked_images"  # real images the activation range check ran on
+FP16_CONVERTER = "t2tedge.fp16_converter"  # the converter and its version
+
 # INT8 QDQ models (t2tedge quantize).
 QUANT_CONFIG = "t2tedge.quant_config"  # the QuantConfig that made the file (JSON)
 SOURCE_FP32 = "t2tedge.source_fp32"  # the fp32 ONNX file it was quantized from

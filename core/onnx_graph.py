@@ -1,5 +1,5 @@
 """ONNX graph helpers every layer shares: who writes and who reads each tensor (the two lookups every Q/DQ rewrite
-starts from), whether a model is quantized, and dropping initializers nothing reads."""
+starts from), whether a model is quantized or fp16, and dropping initializers nothing reads."""
 
 from __future__ import annotations
 
@@ -35,6 +35,32 @@ def has_qdq(model: str | os.PathLike | onnx.ModelProto) -> bool:
     if not hasattr(model, "graph"):
         model = onnx.load(str(model), load_external_data=False)
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+               onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.DOUBLE: "float64"}
+
+
+def float_types(model: str | os.PathLike | onnx.ModelProto) -> dict[str, int]:
+    """How many of the graph's float initializers are of each float type, e.g. {"float16": 181, "float32": 2}."""
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model), load_external_data=False)
+    counts: dict[str, int] = {}
+    for init in model.graph.initializer:
+        name = FLOAT_TYPES.get(init.data_type)
+        if name:
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def onnx_precision(model: str | os.PathLike | onnx.ModelProto) -> str:
+    """The precision of the vocabulary an ONNX file of ours holds: int8 (Q/DQ), fp16 (mostly fp16 weights), fp32."""
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model), load_external_data=False)
+    if has_qdq(model):
+        return "int8"
+    counts = float_types(model)
+    return "fp16" if counts.get("float16", 0) > counts.get("float32", 0) else "fp32"
 
 
 def contrib_op_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 | class | schema id | file |
 | --- | --- | --- |
-| `QuantizeReport` | `t2tedge.quantize-report/1` | `MODEL_int8[_target].json` beside the INT8 model |
+| `QuantizeReport` | `t2tedge.quantize-report/2` | `MODEL_int8[_target].json` beside the INT8 model |
 | `Table4Result` (rows: `Table4Cell`) | `t2tedge.table4/1` | `table4.json` |
 | `ProfileRecord` (one `Table4Cell`) | `t2tedge.profile/1` | what `t2tedge profile` writes; merges into a table |
 | `OpProfileRecord` (rows: `OpTime`) | `t2tedge.op-profile/1` | what `t2tedge profile --ops` writes |
@@ -401,10 +401,12 @@ class LayerSqnrReport(Record):
 
 @dataclass
 class CalibrationCacheInfo(Record):
-    """The TensorRT calibration cache written beside the model, and how many tensors it gives ranges for."""
+    """The TensorRT calibration cache written beside a `--target tensorrt` model, how many tensors it gives ranges
+    for, and what reads it (TensorRT 10's implicit INT8 only: TensorRT 11 reads no cache)."""
 
     path: str
     tensors: int
+    reader: str
 
 
 @dataclass
@@ -413,7 +415,7 @@ class QuantizeReport(Record):
     calibrated on, and (with a search) the sensitivity ranking and the nodes kept float to reach an agreement
     target."""
 
-    SCHEMA: ClassVar[str] = "t2tedge.quantize-report/1"
+    SCHEMA: ClassVar[str] = "t2tedge.quantize-report/2"
     model: str
     destination: str
     target: str
@@ -433,7 +435,8 @@ class QuantizeReport(Record):
     float_nodes_behind_dequantize: list[str]
     ort_disabled_optimizers: list[str]
     layer_sqnr: LayerSqnrReport
-    trt_calibration_cache: CalibrationCacheInfo
+    # Only for --target tensorrt: TensorRT 10's implicit INT8 reads it (TensorRT 11 builds the QDQ file itself).
+    trt_calibration_cache: CalibrationCacheInfo | None = None
     # The target-neutral plan read out of this file ({path, layers}), which the other targets' INT8 builds apply.
     plan: dict[str, Any] | None = None
     held_out_images: int | None = None

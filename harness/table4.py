@@ -29,7 +29,7 @@ from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS, Suite  # noqa: F4
 from t2tedge.models import create_model, get_spec
 from t2tedge.models.complexity import count_macs, count_params
 from t2tedge.results import DataInfo, ResultFormatError, Table4Cell, Table4Result, read_measurements
-from t2tedge.targets import CALIBRATED, DEFAULT_NUM_CALIB, PRECISIONS, BuildRequest, Target, get_target, plan_target
+from t2tedge.targets import DEFAULT_NUM_CALIB, PRECISIONS, BuildRequest, Target, get_target, plan_target
 
 # Beside each built artifact in the grid's cache: which file the build wrote, and from what.
 BUILT_RECORD = "built.json"
@@ -97,8 +97,8 @@ class Grid:
         weights = sha256_file(checkpoint) if checkpoint else "untrained"
         recipe = json.dumps({"version": __version__, "target": target.name, "model": model_name,
                              "precision": precision, "weights": weights, "num_classes": self.suite.num_classes,
-                             "calibration": str(self.suite.calibration_folder()) if precision in CALIBRATED else None,
-                             "num_calib": self.settings.num_calib if precision in CALIBRATED else None},
+                             "calibration": str(self.suite.calibration_folder()) if precision in target.calibrated else None,
+                             "num_calib": self.settings.num_calib if precision in target.calibrated else None},
                             sort_keys=True)
         folder = self.artifacts / target.name / f"{model_name}_{precision}_{_hash_bytes(recipe.encode())[:12]}"
         built = folder / BUILT_RECORD

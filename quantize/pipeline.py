@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import onnx
 
 from t2tedge import metadata_keys as keys
@@ -29,6 +30,10 @@ from t2tedge.quantize.ptq import quantize_onnx
 from t2tedge.results import CalibrationCacheInfo, CalibrationInfo, LayerSqnrReport, QuantizeReport
 
 LAYER_SQNR_IMAGES = 8
+# TensorRT 10's implicit INT8 reads this cache; TensorRT 11 removed implicit INT8 and reads none.
+TRT10_CACHE_SUFFIX = ".trt10.cache"
+TRT10_CACHE_READER = ("TensorRT 10 implicit INT8 only (trtexec --int8 --calib=FILE, or t2tedge export tensorrt FP32.onnx "
+                      "--precision int8 --calib-cache FILE); TensorRT 11 reads no cache and builds the QDQ file")
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,13 @@ def search_mixed_precision(fp32: Path, out: Path, reader, config: QuantConfig, h
 
 def requantization_ranges(fp32: Path, qdq: Path, reader, config: QuantConfig, workdir: Path
                           ) -> dict[str, tuple[float, float]]:
-    """For each int8 layer whose output the QDQ file keeps float: the range of that output after its bias Add,
-    calibrated like every other range (`config.method`, asymmetric), keyed by the layer's output tensor. Targets
-    whose int8 kernels requantize every output (XNNPACK in LiteRT and ExecuTorch) quantize there."""
+    """For each int8 layer whose output the QDQ file keeps float, the range a target that requantizes every output
+    (XNNPACK in LiteRT and ExecuTorch) quantizes it on, keyed by the layer's output tensor:
+    - after its bias Add: calibrated like every other range (`config.method`, asymmetric);
+    - a layer without a bias (T2T-ViT's qkv): the min-max range of its output. Its clipped stand-in (the symmetric
+      amax of the clipped range) cut the q/k values the Performer's exp amplifies: requantizing the 7 qkv outputs
+      on it cost 0.6 pt of top-1 agreement (T2T-ViT-7 subject, 800 Imagenette val images, ONNX Runtime with the
+      Q/DQ pairs XNNPACK would insert: benchmarks/requantization_cost.py), on min-max nothing."""
     import json
 
     from onnxruntime.quantization.calibrate import load_tensors_data
@@ -132,14 +141,27 @@ def requantization_ranges(fp32: Path, qdq: Path, reader, config: QuantConfig, wo
     readers = consumers(onnx.load(str(fp32), load_external_data=False).graph)
     after_bias = {name: readers[name][0].output[0] for name in kept_float
                   if len(readers.get(name, [])) == 1 and readers[name][0].op_type == "Add"}
-    cache = workdir / "requantization_ranges.json"
-    if hasattr(reader, "rewind"):
-        reader.rewind()
-    with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrator prints a line per window
-        write_ranges(fp32, reader, ["Add"], cache, config.method, symmetric=False, percentile=config.percentile)
-    ranges = load_tensors_data(cache).data
-    return {name: (float(ranges[out].range_value[0]), float(ranges[out].range_value[1]))
-            for name, out in after_bias.items() if out in ranges}
+    without_bias = [name for name in kept_float if name not in after_bias]
+
+    def calibrated(op_types: list[str], method: str, file: str) -> dict:
+        if hasattr(reader, "rewind"):
+            reader.rewind()
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrator prints a line per window
+            write_ranges(fp32, reader, op_types, workdir / file, method, symmetric=False,
+                         percentile=config.percentile)
+        return load_tensors_data(workdir / file).data
+
+    def low_high(data) -> tuple[float, float]:
+        return float(np.min(data.range_value[0])), float(np.max(data.range_value[1]))
+
+    found: dict[str, tuple[float, float]] = {}
+    if after_bias:
+        ranges = calibrated(["Add"], config.method, "requantization_ranges.json")
+        found.update({name: low_high(ranges[out]) for name, out in after_bias.items() if out in ranges})
+    if without_bias:
+        ranges = calibrated(["MatMul", "Gemm"], "minmax", "requantization_ranges_minmax.json")
+        found.update({name: low_high(ranges[name]) for name in without_bias if name in ranges})
+    return found
 
 
 def write_plan(qdq: Path, destination: Path, model_name: str, checkpoint, *, calibration: dict[str, Any],
@@ -169,10 +191,10 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
                    sqnr_threshold: float = 10.0, say: Callable[[str], None] = print,
                    warn: Callable[[str], None] = _warn, export_options=None, never_calibrate_on: Sequence[Sample] = (),
                    **overrides: Any) -> tuple[Path, QuantizeReport]:
-    """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and TensorRT calibration cache, moved into place
-    together. `onnx_path`: an fp32 export of ours (else `model_name` is exported with `checkpoint` and
-    `export_options`, by default those of `t2tedge export onnx`: static batch 1, so the INT8 file has the fp32 file's
-    shapes). `exclude`: op types or node names kept float. `never_calibrate_on`: images that calibration never draws
+    """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and plan (and, for `target="tensorrt"`, the
+    calibration cache TensorRT 10's implicit INT8 reads, `.trt10.cache`), moved into place together. `onnx_path`:
+    an fp32 export of ours (else `model_name` is exported with `checkpoint` and `export_options`, by default those
+    of `t2tedge export onnx`: static batch 1, so the INT8 file has the fp32 file's shapes). `exclude`: op types or node names kept float. `never_calibrate_on`: images that calibration never draws
     (a grid's evaluation images). Returns (model path, report)."""
     from t2tedge.export import OnnxExportOptions, export_onnx
     from t2tedge.quantize.tensorrt_checks import write_calibration_cache
@@ -183,7 +205,7 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
     if len(samples) < num_calib:
         warn(f"note: calibrating on all {len(samples)} images under {calib} (--num-calib {num_calib} asked for more)")
     out = out_dir / output_name(model_name, target)
-    cache = out.with_suffix(".trt.cache")
+    cache = out.with_suffix(TRT10_CACHE_SUFFIX) if target == "tensorrt" else None
     # Everything is made in a staging folder beside the destination and moved into place together once the
     # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +227,11 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
             plan = quantize_onnx(fp32, staged, reader, config)
         layers = report_layer_sqnr(plan["quantized_nodes"], fp32, staged, held_out[0][:LAYER_SQNR_IMAGES],
                                    sqnr_threshold, held_out[2], warn)
-        cache_tensors = write_calibration_cache(staged, staged.with_suffix(".trt.cache"))
+        staged_cache = staged.with_suffix(TRT10_CACHE_SUFFIX)
+        cache_info = None
+        if cache is not None:
+            cache_info = CalibrationCacheInfo(path=str(cache), tensors=write_calibration_cache(staged, staged_cache),
+                                              reader=TRT10_CACHE_READER)
         plan_file = plan_path_for(out)
         staged_plan = Path(tmp) / plan_file.name
         requantization = requantization_ranges(fp32, staged, reader, config, Path(tmp))
@@ -215,10 +241,10 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
         report = QuantizeReport(**{
             **plan, "model": model_name, "destination": str(out), "target": target, "config": config.to_dict(),
             "calibration": CalibrationInfo(folder=str(calib), images=len(samples), seed=seed), "layer_sqnr": layers,
-            "trt_calibration_cache": CalibrationCacheInfo(path=str(cache), tensors=cache_tensors),
+            "trt_calibration_cache": cache_info,
             "plan": {"path": str(plan_file), "layers": layers_planned}})
         staged.with_suffix(".json").write_text(report.to_json())
-        publish_together({staged: out, staged.with_suffix(".trt.cache"): cache,
+        publish_together({staged: out, **({staged_cache: cache} if cache is not None else {}),
                           staged.with_suffix(".json"): out.with_suffix(".json"), staged_plan: plan_file,
                           arrays_path(staged_plan): arrays_path(plan_file)})
     return out, report

@@ -304,7 +304,7 @@ def layer_output(plan: QuantPlan, name: str, runtime: str) -> tuple[tuple[float,
         return layer.output_range, None
     if layer.requantization_range is not None:
         return layer.requantization_range, {"layer": name, "what": "requantization inserted: output on the plan's "
-                                            "calibrated range after the bias (the reference keeps it float)"}
+                                            "calibrated requantization range (the reference keeps it float)"}
     return None, {"layer": name, "what": f"float: {runtime}'s int8 kernel needs an output range and the plan keeps "
                                          f"this output float without one"}
 

@@ -1,5 +1,6 @@
-"""What TensorRT will make of an ONNX graph, checked on the CPU: parser support and Q/DQ placement,
-plus the INT8 calibration cache that implicit-quantization builds (`trtexec --int8 --calib=`) read.
+"""What TensorRT will make of an ONNX graph, checked on the CPU: parser support, Q/DQ placement, the graph's float
+types and fp16 range hazards (a strongly typed engine runs the file's own types), plus the INT8 calibration cache
+that TensorRT 10's implicit-quantization builds (`trtexec --int8 --calib=`) read.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class TrtReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     qdq_pairs: int = 0
+    float_types: dict[str, int] = field(default_factory=dict)  # float initializers per type
+    fp16_hazards: list[str] = field(default_factory=list)  # values fp16 cannot hold
+    checked_images: int = 0  # real images the activation ranges were read on
 
     @property
     def ok(self) -> bool:
@@ -98,6 +102,41 @@ def check_tensorrt(proto: onnx.ModelProto) -> TrtReport:
                 if scale is not None and scale.size > 1 and axis != WEIGHT_AXIS[consumer.op_type]:
                     report.errors.append(f"{where}: per-channel axis {axis} on {consumer.op_type} weights; "
                                          f"TensorRT needs axis {WEIGHT_AXIS[consumer.op_type]}")
+    return report
+
+
+def check_tensorrt_file(path: str | os.PathLike, data: str | os.PathLike | None = None,
+                        limit: int = 16) -> TrtReport:
+    """`check_tensorrt` of the file at `path`, with its float types and fp16 hazards: initializers beyond fp16's
+    range, and (with `data`, a folder of real images) activations within `HEADROOM`x of it on `limit` of them,
+    preprocessed as the file's model (t2tedge.model metadata) expects."""
+    from t2tedge.errors import DataError
+    from t2tedge.export.onnx_fp16 import activation_hazards, activation_peaks, initializer_hazards
+    from t2tedge.onnx_graph import float_types
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise DataError(f"cannot read ONNX file {path}: {exc}") from None
+    report = check_tensorrt(proto)
+    report.float_types = float_types(proto)
+    hazards = initializer_hazards(proto)
+    if data is not None:
+        from t2tedge.data import discover_images, load_batch, split
+        from t2tedge.models import get_spec
+
+        model = {p.key: p.value for p in proto.metadata_props}.get(keys.MODEL)
+        if not model:
+            raise DataError(f"{path.name} carries no t2tedge.model metadata, so its preprocessing is unknown: "
+                            f"check it without --data")
+        samples, _ = split(discover_images(data), limit, seed=0)
+        images, _ = load_batch(samples, get_spec(model).preprocess)
+        hazards += activation_hazards(proto, activation_peaks(proto, images))
+        report.checked_images = len(images)
+    report.fp16_hazards = [h.reason() for h in hazards]
     return report
 
 

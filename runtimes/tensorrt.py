@@ -1,7 +1,8 @@
-"""TensorRT 10 on an NVIDIA GPU: runs a serialized engine, or builds one from an ONNX file at load time.
+"""TensorRT 10 or 11 on an NVIDIA GPU: runs a serialized engine, or builds one from an ONNX file at load time.
 
-Device buffers come from torch's CUDA allocator (a CUDA build of torch on the GPU machine); timing uses
-CUDA events on the execution stream, as trtexec does.
+Device buffers come from torch's CUDA allocator (a CUDA build of torch on the GPU machine), in the dtypes the engine
+declares for its input and output (a strongly typed engine may take or give fp16); timing uses CUDA events on the
+execution stream, as trtexec does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,30 @@ from t2tedge.errors import T2TEdgeError
 from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, timed_runs
 
 
+def io_tensor_names(engine: Any) -> tuple[str, str]:
+    """(input, output) of a one-input, one-output engine, found by their I/O mode (not by index order)."""
+    import tensorrt as trt
+
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise T2TEdgeError(f"the engine has inputs {inputs} and outputs {outputs}; one image in, logits out expected")
+    return inputs[0], outputs[0]
+
+
+def torch_dtype(trt_dtype: Any):
+    """The torch dtype of a TensorRT `DataType` (an engine's I/O tensor)."""
+    import torch
+
+    dtypes = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
+              "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8}
+    name = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
+    if name not in dtypes:
+        raise T2TEdgeError(f"the engine's I/O dtype {name} has no torch buffer type here")
+    return dtypes[name]
+
+
 class TensorRT(Runtime):
     name = "tensorrt"
     consumes = "onnx"  # an .onnx (built here with `engine_precision=`) or a prebuilt .engine / .plan
@@ -30,8 +55,9 @@ class TensorRT(Runtime):
         self.path = path
         self.precision = precision
         self.context = engine.create_execution_context()
-        self.input_name = engine.get_tensor_name(0)
-        self.output_name = engine.get_tensor_name(1)
+        self.input_name, self.output_name = io_tensor_names(engine)
+        self.input_dtype = torch_dtype(engine.get_tensor_dtype(self.input_name))
+        self.output_dtype = torch_dtype(engine.get_tensor_dtype(self.output_name))
         self.stream = torch.cuda.Stream()
         self.last_gpu_ms: float | None = None
 
@@ -53,18 +79,21 @@ class TensorRT(Runtime):
         return None
 
     @classmethod
-    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, engine_precision: str = "fp16",
+    def load(cls, artifact: str | os.PathLike, *, threads: int | None = None, engine_precision: str | None = None,
              **options: Any) -> "TensorRT":
         import tensorrt as trt
 
         from t2tedge.export.tensorrt_engine import EngineOptions, build_engine
 
+        from t2tedge.export.tensorrt_engine import engine_source
+
         path = Path(artifact)
         if path.suffix == ".onnx":
             with tempfile.TemporaryDirectory() as tmp:
-                built = build_engine(path, Path(tmp) / "model.engine",
-                                     EngineOptions(precision=engine_precision, **options))
+                source, precision = engine_source(path, engine_precision, Path(tmp))
+                built = build_engine(source, Path(tmp) / "model.engine", EngineOptions(precision=precision, **options))
                 data = built.engine_path.read_bytes()
+                engine_precision = built.precision
         elif path.is_file():
             data = path.read_bytes()
         else:
@@ -73,15 +102,17 @@ class TensorRT(Runtime):
         engine = trt.Runtime(logger).deserialize_cuda_engine(data)
         if engine is None:
             raise T2TEdgeError(f"TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
+        if engine_precision is None:  # a prebuilt engine: `export tensorrt` names it MODEL_PRECISION.engine
+            engine_precision = next((p for p in ("fp32", "fp16", "int8") if path.stem.endswith(f"_{p}")), "unknown")
         return cls(engine, str(path), engine_precision)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda().to(self.input_dtype)
         self.context.set_input_shape(self.input_name, tuple(images.shape))
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-        output = torch.empty(out_shape, dtype=torch.float32, device="cuda")
+        output = torch.empty(out_shape, dtype=self.output_dtype, device="cuda")
         self.context.set_tensor_address(self.input_name, images.data_ptr())
         self.context.set_tensor_address(self.output_name, output.data_ptr())
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -92,7 +123,7 @@ class TensorRT(Runtime):
             end.record(self.stream)
         self.stream.synchronize()
         self.last_gpu_ms = start.elapsed_time(end)
-        return output.cpu().numpy()
+        return output.float().cpu().numpy()
 
     @classmethod
     def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,

@@ -68,11 +68,47 @@ def _verify_onnx(path: Path) -> None:
     _onnx_metadata(path)
 
 
+def _fp16_check_images(request: BuildRequest):
+    """The real images an fp16 build checks activation ranges on: --num-calib drawn from --calib (default: the
+    calibration folder, when present); None when there is no folder to draw from (initializers are still checked)."""
+    from t2tedge.data import load_batch
+    from t2tedge.models import get_spec
+    from t2tedge.quantize.calibration import calibration_samples
+
+    folder = _calibration_folder(request)
+    if request.calib is None and not folder.is_dir():
+        return None
+    samples = calibration_samples(folder, request.num_calib, seed=request.seed, exclude=request.exclude)
+    images, _ = load_batch(samples, get_spec(request.model).preprocess)
+    return images
+
+
+def _fp16_onnx(request: BuildRequest, fp32: Path, destination: Path) -> Path:
+    """Our FP16 ONNX of the fp32 file `fp32` at `destination`, activations checked on --calib images."""
+    from tqdm import tqdm
+
+    from t2tedge.export import onnx_fp16
+
+    images = _fp16_check_images(request)
+    bar = tqdm(total=0 if images is None else len(images), desc="fp16 range check", unit="img", leave=False,
+               disable=images is None or not request.progress)
+    with bar:
+        onnx_fp16.write_fp16_onnx(fp32, destination, images, progress=lambda done: bar.update(done - bar.n))
+    return destination
+
+
 def _build_onnxruntime(request: BuildRequest) -> Path:
     if request.precision == "int8":
         return _int8_onnx(request, "onnxruntime", request.out_dir)
     from t2tedge.export import export_onnx
 
+    if request.precision == "fp16":
+        from t2tedge.export.onnx_fp16 import fp16_name
+
+        with staging_dir(request.out_dir, "fp16") as tmp:
+            fp32 = export_onnx(request.model, request.checkpoint, out_dir=tmp, options=_onnx_export_options(request),
+                               **request.overrides)
+            return _fp16_onnx(request, fp32, request.out_dir / fp16_name(fp32))
     return export_onnx(request.model, request.checkpoint, out_dir=request.out_dir,
                        options=_onnx_export_options(request), **request.overrides)
 
@@ -123,19 +159,15 @@ def _ir_weights(path: Path) -> tuple[Path, ...]:
     return (path.with_suffix(".bin"),) if path.suffix == ".xml" else ()
 
 
-def _precision_of_onnx(path: Path) -> str:
-    from t2tedge.onnx_graph import has_qdq
-
-    return "int8" if has_qdq(path) else "fp32"
-
-
 def _validate_onnx_source(request: BuildRequest, turns_fp32_into: tuple[str, ...]) -> None:
     """A source ONNX file keeps its own precision; an fp32 one may become `turns_fp32_into`."""
     if request.source is None:
         return
     if not request.source.is_file():
         raise DataError(f"ONNX file not found: {request.source}")
-    held = _precision_of_onnx(request.source)
+    from t2tedge.onnx_graph import onnx_precision
+
+    held = onnx_precision(request.source)
     if request.precision != held and not (held == "fp32" and request.precision in turns_fp32_into):
         raise UsageError(f"{request.source.name} is {held}; a file keeps its precision"
                          + (f" (or becomes {', '.join(turns_fp32_into)})" if held == "fp32" and turns_fp32_into else "")
@@ -169,16 +201,29 @@ def _build_openvino(request: BuildRequest) -> Path:
 
 
 def _validate_tensorrt(request: BuildRequest) -> None:
-    _validate_onnx_source(request, ("fp16",))
+    _validate_onnx_source(request, ("fp16", "int8") if request.options.get("calib_cache") else ("fp16",))
     if request.options.get("calib_cache") and request.precision != "int8":
         raise UsageError("--calib-cache goes with --precision int8")
-    from t2tedge.export.tensorrt_engine import require_tensorrt
+    from t2tedge.export.tensorrt_engine import (NO_CALIBRATION_CACHE, STRONGLY_TYPED_SINCE, require_tensorrt,
+                                                tensorrt_major)
 
-    require_tensorrt()
+    if request.source is not None and request.calib is not None and request.precision == "fp16":
+        from t2tedge.onnx_graph import onnx_precision
+
+        if onnx_precision(request.source) == "fp16":
+            raise UsageError(f"--calib: {request.source.name} is already fp16, so nothing is converted or checked")
+    major = tensorrt_major(require_tensorrt())
+    if request.options.get("calib_cache") and major >= STRONGLY_TYPED_SINCE:
+        raise UsageError(NO_CALIBRATION_CACHE.format(version=major))
 
 
 def _build_tensorrt(request: BuildRequest) -> Path:
+    """The engine, built from the ONNX file of its precision (TensorRT 11 builds the file's own types): the model's
+    fp32 export, our FP16 ONNX of it (kept beside the engine: `MODEL_fp16.onnx`), or the QDQ file for int8."""
+    from t2tedge.export.onnx_fp16 import fp16_name
     from t2tedge.export.tensorrt_engine import EngineOptions, build_engine
+    from t2tedge.fileio import publish_together
+    from t2tedge.onnx_graph import onnx_precision
 
     given = request.options
     options = EngineOptions(precision=request.precision, calibration_cache=given.get("calib_cache"),
@@ -194,13 +239,26 @@ def _build_tensorrt(request: BuildRequest) -> Path:
 
             source = export_onnx(request.model, request.checkpoint, out_dir=tmp,
                                  options=_onnx_export_options(request), **request.overrides)
-        stem = source.stem.removesuffix("_int8_tensorrt").removesuffix("_int8")
-        result = build_engine(source, request.out_dir / f"{stem}_{request.precision}.engine", options)
+        staged = {}
+        if request.precision == "fp16" and onnx_precision(source) == "fp32":
+            converted = _fp16_onnx(request, source, tmp / fp16_name(source))
+            staged[converted] = request.out_dir / converted.name
+            source = converted
+        stem = source.stem.removesuffix("_int8_tensorrt").removesuffix("_int8").removesuffix("_fp16")
+        engine = request.out_dir / f"{stem}_{request.precision}.engine"
+        result = build_engine(source, tmp / engine.name, options)
+        staged[result.engine_path] = engine
+        publish_together(staged)
         if given.get("log"):
             from t2tedge.fileio import atomic_write_text
 
             atomic_write_text(given["log"], "\n".join(result.log) + "\n")
-        return result.engine_path
+        return engine
+
+
+def _summarize_engine(path: Path) -> str:
+    typed = path.with_suffix(".onnx")  # MODEL_fp16.engine was built from MODEL_fp16.onnx
+    return f"built from {typed.name}, kept beside it" if path.stem.endswith("_fp16") and typed.is_file() else ""
 
 
 # Core ML: the vocabulary's precision -> (compute precision, compression) of coremltools.
@@ -425,13 +483,16 @@ CPU_FP16 = "fp16 arithmetic is measured on a GPU (TensorRT) or an Apple device (
 register(Target(
     name="onnxruntime", runtime="onnxruntime", aliases=("onnx",), suffixes=(".onnx", ".ort"),
     summary="ONNX file (fp32 export, or INT8 QDQ) for ONNX Runtime; OpenVINO and TensorRT read it too",
-    description="The fp32 file is the simplified, checked static batch-1 export. int8 is `t2tedge quantize`'s QDQ "
-                "file with its defaults (MSE ranges, GPTQ rounding, bias correction, calibrated on --calib); "
+    description="The fp32 file is the simplified, checked static batch-1 export. fp16 is that file converted to "
+                "fp16 with float32 input and output (onnxconverter-common), nodes whose values leave fp16's range "
+                "on --calib images kept fp32: the file strongly typed TensorRT engines are built from. int8 is "
+                "`t2tedge quantize`'s QDQ file with its defaults (MSE ranges, GPTQ rounding, bias correction, calibrated on --calib); "
                 "`t2tedge quantize` has the power options (methods, configs, sensitivity search).",
-    precisions={"fp32": None, "int8": None,
-                "fp16": "ONNX Runtime's CPU provider has no fp16 kernels for most ops",
+    precisions={"fp32": None, "fp16": None, "int8": None,
                 "w8": "ONNX Runtime's dynamic int8 is not built here; ship int8"},
-    build=_build_onnxruntime, read_metadata=_onnx_metadata, verify=_verify_onnx,
+    not_measured_here={"fp16": "ONNX Runtime's CPU provider runs an fp16 graph through casts to fp32 kernels; fp16 "
+                               "arithmetic is measured on TensorRT (the file it builds from)"},
+    build=_build_onnxruntime, read_metadata=_onnx_metadata, verify=_verify_onnx, calibrated=("fp16", "int8"),
     load_options=(Option("provider", "onnxruntime execution provider (default: cpu)", ("cpu", "xnnpack")),),
     export_options=ONNX_EXPORT_OPTIONS, validate=_validate_onnxruntime, out_folder="onnx", computes_plan=True,
     profile_variants=({}, {"provider": "xnnpack"}),
@@ -457,15 +518,19 @@ register(Target(
 
 register(Target(
     name="tensorrt", runtime="tensorrt", suffixes=(".engine", ".plan"),
-    summary="serialized TensorRT engine for an NVIDIA GPU (needs TensorRT 10 and a GPU)",
-    description="Builds the engine from the model's ONNX export (int8: the QDQ file quantized for TensorRT, "
-                "symmetric) or from an ONNX file. Exit 2 without TensorRT.",
+    summary="serialized TensorRT engine for an NVIDIA GPU (TensorRT 10 or 11 and a GPU)",
+    description="Builds the engine from the ONNX file of its precision: the model's fp32 export, our FP16 ONNX "
+                "of it (activations checked on --calib images, kept beside the engine), or the QDQ file quantized "
+                "for TensorRT (symmetric) for int8; or from one of our ONNX files. TensorRT 11 builds strongly typed "
+                "engines from the file's own types; TensorRT 10 sets its precision flags. Exit 2 without TensorRT.",
     precisions={"fp32": None, "fp16": None, "int8": None, "w8": "TensorRT takes weight-only int8 as Q/DQ; ship int8"},
-    build=_build_tensorrt, verify=_verify_engine,
-    load_options=(Option("engine_precision", "tensorrt: engine precision when it builds one from an .onnx",
+    build=_build_tensorrt, verify=_verify_engine, summarize=_summarize_engine, calibrated=("fp16", "int8"),
+    load_options=(Option("engine_precision", "tensorrt: engine precision when it builds one from an .onnx (default: "
+                                             "the file's own; fp16 converts an fp32 file first)",
                          ("fp32", "fp16", "int8")),),
     export_options=(
-        Option("calib_cache", "TensorRT 10 calibration cache written by `t2tedge quantize` (int8 from an fp32 file)",
+        Option("calib_cache", "TensorRT 10 only: calibration cache from `t2tedge quantize --target tensorrt` (implicit "
+                              "int8 from an fp32 file); TensorRT 11 refuses it, build the QDQ file",
                precisions=("int8",)),
         Option("min_batch", "optimization profile for dynamic-batch graphs", kind=int),
         Option("opt_batch", "optimization profile for dynamic-batch graphs", kind=int),

@@ -27,7 +27,8 @@ PRECISION_MEANINGS = {
     "w8": "int8 weights; activations float or quantized on the fly",
     "int8": "static int8 weights and activations, calibrated on real images",
 }
-# Precisions whose build calibrates on images: the only ones that take --calib / --num-calib.
+# Precisions whose build calibrates on images: the only ones that take --calib / --num-calib (a target may add
+# others that read real images, `Target.calibrated`: fp16 ONNX checks activation ranges on them).
 CALIBRATED = ("int8",)
 DEFAULT_NUM_CALIB = 256
 
@@ -111,6 +112,7 @@ class Target:
     from_onnx: bool = False
     # Its INT8 build writes the quantization plan the other targets apply (quantize/quantization_plan.py).
     computes_plan: bool = False
+    calibrated: tuple[str, ...] = CALIBRATED  # the precisions whose build reads --calib images
     reference: bool = False
     aliases: tuple[str, ...] = ()
     description: str = ""
@@ -180,10 +182,11 @@ class Target:
         reason = self.why_not(request.precision)
         if reason:
             raise UsageError(reason)
-        if request.precision not in CALIBRATED:
+        if request.precision not in self.calibrated:
             for name in ("calib", "num_calib"):
                 if name in given:
-                    raise UsageError(f"{Option(name, '').flag} goes with --precision int8; {self.name} "
+                    raise UsageError(f"{Option(name, '').flag} goes with --precision {' or '.join(self.calibrated)}; "
+                                     f"{self.name} "
                                      f"{request.precision} needs no calibration")
         if request.options.get("plan"):
             for name in ("calib", "num_calib"):
@@ -195,7 +198,9 @@ class Target:
         if request.source is not None:
             if not self.from_onnx:
                 raise UsageError(f"{self.name} builds from a model name, not from {request.source.name}")
-            for name in ("checkpoint", "num_classes", "calib", "num_calib"):
+            # An fp32 file converted to another precision that reads images (fp16's range check) takes --calib.
+            converts_with_images = request.precision in self.calibrated and request.precision not in CALIBRATED
+            for name in ("checkpoint", "num_classes") + (() if converts_with_images else ("calib", "num_calib")):
                 if name in given:
                     raise UsageError(f"{Option(name, '').flag} goes with a model name; {request.source.name} already "
                                      f"holds its weights, classes and quantization")

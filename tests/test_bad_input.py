@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -35,6 +37,21 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["optimized"] = optimize_for_onnxruntime(files["t2t"])[0]
     (root / "folder.onnx").mkdir()
     files["folder_onnx"] = root / "folder.onnx"
+    bare = onnx.load(str(files["mnv2"]))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(root / "bare.onnx"))
+    files["bare"] = root / "bare.onnx"
+    qdq = onnx.load(str(files["mnv2"]))  # a stand-in QDQ file: one Q/DQ pair on the logits is enough to be int8
+    logits = qdq.graph.output[0].name
+    for node in qdq.graph.node:
+        node.output[:] = [name + "_f" if name == logits else name for name in node.output]
+    qdq.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.1, np.float32), "qs"),
+                                  onnx.numpy_helper.from_array(np.array(0, np.int8), "qz")])
+    qdq.graph.node.extend([onnx.helper.make_node("QuantizeLinear", [logits + "_f", "qs", "qz"], ["q"]),
+                           onnx.helper.make_node("DequantizeLinear", ["q", "qs", "qz"], [logits])])
+    (root / "qdq").mkdir()
+    onnx.save(qdq, str(root / "qdq" / "mobilenet_v2_100_int8.onnx"))
+    files["qdq"] = root / "qdq" / "mobilenet_v2_100_int8.onnx"
     (root / "fake.onnx").write_text("not a model\n")
     files["fake"] = root / "fake.onnx"
     (root / "fake.tflite").write_text("not a model\n")
@@ -78,7 +95,7 @@ def _out_with_good_artifacts(root: Path, name: str) -> Path:
     out = root / "outs" / name
     out.mkdir(parents=True)
     for artifact in ("mobilenet_v2_100.onnx", "mobilenet_v2_100_int8.onnx", "mobilenet_v2_100_int8.json",
-                     "mobilenet_v2_100_int8.trt.cache", "mobilenet_v2_100_int8.plan.json",
+                     "mobilenet_v2_100_int8_tensorrt.trt10.cache", "mobilenet_v2_100_int8.plan.json",
                      "mobilenet_v2_100_int8.plan.npz", "t2t_vit_7.onnx", "table4.json", "cell.json", "x.pth",
                      "mobilenet_v2_100.tflite", "mobilenet_v2_100.tflite.json", "mobilenet_v2_100_int8.tflite",
                      "mobilenet_v2_100_int8.tflite.json"):
@@ -300,7 +317,18 @@ CASES = [
     ("export coreml int8 for iOS16", ["export", "coreml", M, "--precision", "int8", "--deployment-target", "iOS16",
                                       "--out", "{out}"], 2, "w8a8 needs activation quantization"),
     ("export onnx --calib without int8", ["export", "onnx", M, "--calib", "{val}", "--out", "{out}"], 2,
-     "--calib goes with --precision int8; onnxruntime fp32 needs no calibration"),
+     "--calib goes with --precision fp16 or int8; onnxruntime fp32 needs no calibration"),
+    ("export onnx fp16 calibration folder empty", ["export", "onnx", M, "--precision", "fp16", "--calib", "{empty}",
+                                                   "--out", "{out}"], 1, "no images"),
+    ("export tensorrt int8 FILE.onnx as fp16", ["export", "tensorrt", "{qdq}", "--precision", "fp16", "--out", "{out}"],
+     2, "is int8; a file keeps its precision"),
+    ("export tensorrt fp32 FILE.onnx as int8 without a cache", ["export", "tensorrt", "{mnv2}", "--precision", "int8",
+                                                               "--out", "{out}"], 2, "mobilenet_v2_100.onnx is fp32"),
+    ("check-trt --limit without --data", ["check-trt", "{mnv2}", "--limit", "4"], 2,
+     "--limit counts the --data images the fp16 range check reads; add --data DIR"),
+    ("check-trt --data missing", ["check-trt", "{mnv2}", "--data", "{root}/missing"], 1, "image folder not found"),
+    ("check-trt --data on a file without our metadata", ["check-trt", "{bare}", "--data", "{val}"], 1,
+     "carries no t2tedge.model metadata"),
     ("export onnx --batch with --dynamic-batch", ["export", "onnx", M, "--batch", "2", "--dynamic-batch",
                                                   "--out", "{out}"], 2, "--batch and --dynamic-batch exclude each other"),
     ("export openvino FILE.onnx --num-classes", ["export", "openvino", "{mnv2}", "--num-classes", "10",
@@ -323,8 +351,8 @@ CASES = [
     ("table4 --merge with --limit", ["table4", "--merge", "{file}", "--limit", "4", "--out", "{out}"], 2,
      "--merge joins measured files and measures nothing; drop --limit"),
     # 9. one precision vocabulary: a precision a target does not build is refused with the reason
-    ("export onnx --precision fp16", ["export", "onnx", M, "--precision", "fp16", "--out", "{out}"], 2,
-     "onnxruntime builds fp32, int8, not fp16: ONNX Runtime's CPU provider has no fp16 kernels"),
+    ("export onnx --precision w8", ["export", "onnx", M, "--precision", "w8", "--out", "{out}"], 2,
+     "onnxruntime builds fp32, fp16, int8, not w8: ONNX Runtime's dynamic int8 is not built here"),
     ("export executorch --precision fp16", ["export", "executorch", M, "--precision", "fp16", "--out", "{out}"], 2,
      "executorch builds fp32, w8, int8, not fp16"),
     ("export openvino --precision w8", ["export", "openvino", M, "--precision", "w8", "--out", "{out}"], 2,
@@ -381,8 +409,7 @@ def test_calibration_takes_any_folder_of_photos(world, tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert "calibrating on all 5 images" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["mobilenet_v2_100_int8.json", "mobilenet_v2_100_int8.onnx",
-                                                     "mobilenet_v2_100_int8.plan.json", "mobilenet_v2_100_int8.plan.npz",
-                                                     "mobilenet_v2_100_int8.trt.cache"]
+                                                     "mobilenet_v2_100_int8.plan.json", "mobilenet_v2_100_int8.plan.npz"]
     report = json.loads((out / "mobilenet_v2_100_int8.json").read_text())
     assert report["calibration"]["images"] == 5 and report["layer_sqnr"]["scored_on"].startswith("calibration")
     evaluation = tmp_path / "val"

@@ -33,7 +33,7 @@ def test_quantize_passes_its_flags_to_quantize_model(recorder, tmp_path, capsys)
 
     def made(call):
         out = Path(call.args[2]) / "mobilenet_v2_100_int8_tensorrt.onnx"
-        return out, SimpleNamespace(quantized_nodes=["a", "b", "c"], float_nodes=["d"])
+        return out, SimpleNamespace(quantized_nodes=["a", "b", "c"], float_nodes=["d"], trt_calibration_cache=None)
 
     calls = recorder(pipeline, "quantize_model", made)
     assert main(["quantize", "mobilenet_v2_100", "--target", "tensorrt", "--method", "percentile", "--per-tensor",
@@ -57,7 +57,8 @@ def test_quantize_takes_a_pretrained_tag_as_weights_and_classes(recorder, tmp_pa
     from t2tedge.models.pretrained import get_pretrained
 
     calls = recorder(pipeline, "quantize_model",
-                     lambda call: (tmp_path / "x.onnx", SimpleNamespace(quantized_nodes=[], float_nodes=[])))
+                     lambda call: (tmp_path / "x.onnx", SimpleNamespace(quantized_nodes=[], float_nodes=[],
+                                                                 trt_calibration_cache=None)))
     assert main(["quantize", "t2t_vit_7.imagenette", "--out", str(tmp_path)]) == 0
     (call,) = calls
     tag = get_pretrained("t2t_vit_7.imagenette")

@@ -201,3 +201,47 @@ def test_litert_applies_the_plan_with_the_files_weights_and_grids(planned, tmp_p
 def _range(q_node, inits) -> tuple[float, float]:
     scale, zero = float(inits[q_node.input[1]]), int(inits[q_node.input[2]])
     return ((0 - zero) * scale, (255 - zero) * scale)
+
+
+class Attention(nn.Module):
+    """A bias-free projection whose output feeds exp (as T2T-ViT's qkv feeds the Performer), and one with a bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 8, bias=False)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.qkv(x) * 0.1).sum(-1, keepdim=True) + torch.nn.functional.gelu(self.proj(x))
+
+
+def test_requantization_ranges_take_min_max_for_outputs_without_a_bias(tmp_path):
+    """XNNPACK requantizes the outputs the QDQ file keeps float: after a bias, on the calibrated range; a bias-free
+    output (T2T-ViT's qkv) on its min-max range, since a clipped one cuts the values exp amplifies."""
+    from t2tedge.export.onnx_export import read_metadata
+    from t2tedge.quantize.pipeline import requantization_ranges
+
+    torch.manual_seed(0)
+    net = Attention().eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 4, 8),), buffer, dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "n"}})
+    fp32 = tmp_path / "attn.onnx"
+    fp32.write_bytes(buffer.getvalue())
+    images = np.random.default_rng(0).standard_normal((32, 4, 8)).astype(np.float32) * 3
+    qdq = tmp_path / "attn_int8.onnx"
+    config = QuantConfig(method="mse", bias_correction="off", pixel_grid_input=False, weight_rounding="nearest")
+    quantize_onnx(fp32, qdq, ArrayCalibration(images), config)
+    kept = json.loads(read_metadata(str(qdq))["t2tedge.float_output_ranges"])
+    graph = onnx.load(str(fp32)).graph
+    qkv_out = next(n.output[0] for n in graph.node if n.op_type == "MatMul" and "qkv" in n.name)
+    proj_out = next(n.output[0] for n in graph.node if n.op_type == "MatMul" and "proj" in n.name)
+    assert {qkv_out, proj_out} <= set(kept)
+    ranges = requantization_ranges(fp32, qdq, ArrayCalibration(images), config, tmp_path)
+    with torch.no_grad():
+        qkv = net.qkv(torch.from_numpy(images)).numpy()
+    assert ranges[qkv_out] == pytest.approx((float(qkv.min()), float(qkv.max())), rel=1e-5)
+    with torch.no_grad():
+        proj = net.proj(torch.from_numpy(images)).numpy()
+    low, high = ranges[proj_out]  # after its bias Add, by the recipe's method (MSE): never beyond min-max
+    assert proj.min() - 1e-5 <= low < 0 < high <= proj.max() + 1e-5

@@ -27,7 +27,8 @@ def mobilenet_int8(tmp_path_factory, weights_dir, sample_dir):
     assert path == out / "mobilenet_v2_100_int8.onnx"
     assert QuantizeReport.read(path.with_suffix(".json")) == report
     assert_matches_schema(json.loads(path.with_suffix(".json").read_text()), QuantizeReport)
-    assert report.trt_calibration_cache.tensors > 50 and path.with_suffix(".trt.cache").is_file()
+    # The TensorRT 10 calibration cache is written for --target tensorrt only.
+    assert report.trt_calibration_cache is None and not list(out.glob("*.cache"))
     return path
 
 
@@ -142,10 +143,11 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     soft_splits = [n for n in report.float_nodes if "/soft_split" in n]
     assert len(soft_splits) == 2 and not any("/soft_split" in n for n in report.quantized_nodes)
     assert report.layer_sqnr.images == 8 and report.layer_sqnr.flagged == []
-    # The int8 MatMuls whose outputs only float ops read keep them float; TensorRT's cache still has their ranges.
-    from t2tedge.quantize.tensorrt_checks import read_calibration_cache
+    # The int8 MatMuls whose outputs only float ops read keep them float; TensorRT 10's cache still has their ranges.
+    from t2tedge.quantize.tensorrt_checks import read_calibration_cache, write_calibration_cache
 
-    _, cached = read_calibration_cache(report.trt_calibration_cache.path)
+    write_calibration_cache(int8, tmp_path / "t2t7.trt10.cache")
+    _, cached = read_calibration_cache(tmp_path / "t2t7.trt10.cache")
     assert len(report.int8_outputs_kept_float) >= 4 * 7 and set(report.int8_outputs_kept_float) <= set(cached)
     images, _ = load_batch(discover(val_dir)[::40], get_spec("t2t_vit_7").preprocess)
     reference = get_runtime("onnxruntime").load(fp32).run(images)
@@ -338,12 +340,15 @@ def test_quantize_cli_errors(argv, message, tmp_path, capsys):
 def test_tensorrt_target_passes_check_and_writes_cache(weights_dir, sample_dir, tmp_path, capsys):
     from t2tedge.quantize.tensorrt_checks import read_calibration_cache
 
-    qdq, _ = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=16,
-                            target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    qdq, report = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=16,
+                                 target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
     assert qdq.name == "mobilenet_v2_100_int8_tensorrt.onnx"
     assert main(["check-trt", str(qdq)]) == 0
     assert "OK for TensorRT" in capsys.readouterr().out
-    header, scales = read_calibration_cache(qdq.with_suffix(".trt.cache"))
+    assert report.trt_calibration_cache.path == str(qdq.with_suffix(".trt10.cache"))
+    assert "TensorRT 10" in report.trt_calibration_cache.reader and "TensorRT 11 reads no cache" in \
+        report.trt_calibration_cache.reader
+    header, scales = read_calibration_cache(qdq.with_suffix(".trt10.cache"))
     assert header == "TRT-100300-EntropyCalibration2"
     # The cache holds amax/127 of each calibrated tensor, under the fp32 graph's tensor names.
     proto = onnx.load(qdq)

@@ -14,6 +14,7 @@ from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`t2tedge export TARGET MODEL|FILE.onnx --precision P ...`: one shape for every target."""
+    from t2tedge.onnx_graph import onnx_precision
     from t2tedge.targets import DEFAULT_NUM_CALIB, BuildRequest, get_target
 
     target = get_target(args.format)
@@ -27,7 +28,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         get_spec(model)
     given = [name for name in ("checkpoint", "calib", "num_calib", "num_classes", "precision")
              if getattr(args, name) is not None]
-    precision = args.precision or (_file_precision(source) if source is not None else target.default_precision)
+    precision = args.precision or (onnx_precision(source) if source is not None else target.default_precision)
     options = {o.name: getattr(args, o.name) for o in target.export_options if getattr(args, o.name) is not None}
     request = BuildRequest(model=model, precision=precision, out_dir=args.out, source=source,
                            calib=args.calib, num_calib=args.num_calib or DEFAULT_NUM_CALIB,
@@ -57,12 +58,6 @@ def _stamped_model(source: Path) -> str:
     return model
 
 
-def _file_precision(source: Path) -> str:
-    from t2tedge.onnx_graph import has_qdq
-
-    return "int8" if has_qdq(source) else "fp32"
-
-
 def cmd_export_bundle(args: argparse.Namespace) -> int:
     from t2tedge.harness.bundle import make_bundle
 
@@ -74,7 +69,7 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
 
 
 def export_parser(sub) -> None:
-    from t2tedge.targets import CALIBRATED, PRECISION_MEANINGS, PRECISIONS, targets
+    from t2tedge.targets import PRECISION_MEANINGS, PRECISIONS, targets
 
     export = sub.add_parser(
         "export", help="export a model to a target's file: one shape for every target",
@@ -97,8 +92,9 @@ def export_parser(sub) -> None:
         p.add_argument("--precision", choices=PRECISIONS, metavar="{" + ",".join(target.builds) + "}",
                        help=f"{' | '.join(target.builds)} (default: {target.default_precision}"
                             + ("; a file's own precision for FILE.onnx" if target.from_onnx else "") + ")")
-        p.add_argument("--calib", type=Path, metavar="DIR", help=f"{'/'.join(CALIBRATED)} calibration images "
-                                                  f"(default: ../shared/data/imagenet-sample)")
+        reads = ("int8 calibration images" + ("; fp16: the images its range check runs on"
+                                             if "fp16" in target.calibrated else ""))
+        p.add_argument("--calib", type=Path, metavar="DIR", help=f"{reads} (default: ../shared/data/imagenet-sample)")
         p.add_argument("--num-calib", type=at_least(1), metavar="N", help="calibration images drawn (default: 256)")
         for option in target.export_options:
             if option.flag_only:

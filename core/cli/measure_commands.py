@@ -19,7 +19,7 @@ from t2tedge.cli.options import (
     num_classes_arg,
     resolve_checkpoint,
 )
-from t2tedge.errors import T2TEdgeError, UsageError
+from t2tedge.errors import DataError, UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.paths import shared_path
 from t2tedge.targets import DEFAULT_NUM_CALIB
@@ -180,26 +180,33 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                  seed=args.seed, target=args.target, onnx_path=args.onnx, checkpoint=checkpoint,
                                  exclude=comma_list(args.exclude) if args.exclude else (), search=search,
                                  sqnr_threshold=args.sqnr_threshold, **class_override(args))
+    cache = report.trt_calibration_cache
     print(f"wrote {out} ({len(report.quantized_nodes)} nodes quantized, {len(report.float_nodes)} kept float), "
-          f"{out.with_suffix('.json')} and {out.with_suffix('.trt.cache')}")
+          f"{out.with_suffix('.json')}" + (f" and {cache.path} (for TensorRT 10 only: TensorRT 11 builds {out.name})"
+                                           if cache else ""))
     return 0
 
 
 def cmd_check_trt(args: argparse.Namespace) -> int:
-    import onnx
-    from t2tedge.quantize.tensorrt_checks import check_tensorrt
+    from t2tedge.quantize.tensorrt_checks import check_tensorrt_file
 
-    if not args.onnx.is_file():
-        raise T2TEdgeError(f"ONNX file not found: {args.onnx}")
-    try:
-        proto = onnx.load(str(args.onnx))
-    except Exception as exc:  # protobuf decode errors have no common base class
-        raise T2TEdgeError(f"cannot read ONNX file {args.onnx}: {exc}") from None
-    report = check_tensorrt(proto)
+    if args.limit is not None and args.data is None:
+        raise UsageError("--limit counts the --data images the fp16 range check reads; add --data DIR")
+    if args.data is not None and not args.data.is_dir():
+        raise DataError(f"image folder not found: {args.data}")
+    report = check_tensorrt_file(args.onnx, args.data, args.limit or 16)
     for line in report.errors:
         print(f"error: {line}")
     for line in report.warnings:
         print(f"warning: {line}")
+    types = ", ".join(f"{count} {name}" for name, count in report.float_types.items()) or "none"
+    print(f"float initializers: {types}")
+    checked = (f"on {report.checked_images} images of {args.data}" if report.checked_images
+               else "initializers only; --data DIR checks activations on real images")
+    for line in report.fp16_hazards:
+        print(f"fp16 hazard: {line}")
+    print(f"fp16 range ({checked}): {len(report.fp16_hazards)} hazard(s)"
+          + ("; t2tedge export tensorrt --precision fp16 keeps those nodes fp32" if report.fp16_hazards else ""))
     print(f"{args.onnx}: {'OK' if report.ok else 'NOT READY'} for TensorRT ({len(report.errors)} errors, "
           f"{len(report.warnings)} warnings, {report.qdq_pairs} quantized tensors)")
     return 0 if report.ok else 1
@@ -350,8 +357,13 @@ def quantize_parser(sub) -> None:
 
 
 def check_trt_parser(sub) -> None:
-    p = sub.add_parser("check-trt", help="list what TensorRT's ONNX parser and INT8 Q/DQ fusion would reject")
+    p = sub.add_parser("check-trt", help="list what TensorRT's ONNX parser and INT8 Q/DQ fusion would reject",
+                       description="Checks an ONNX file on the CPU for TensorRT: ops its parser rejects, Q/DQ it cannot "
+                                   "fuse, the graph's float types, and fp16 range hazards (initializers beyond "
+                                   "65504; with --data, activations near it on real images). Exit 1 when not ready.")
     p.add_argument("onnx", type=Path)
+    p.add_argument("--data", type=Path, metavar="DIR", help="real images to read activation ranges on (fp16 hazards)")
+    p.add_argument("--limit", type=at_least(1), metavar="N", help="images of --data read (default: 16)")
     p.set_defaults(func=cmd_check_trt)
 
 
