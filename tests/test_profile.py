@@ -151,8 +151,10 @@ def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):
 
 
 # OpenVINO's performance counters of a T2T-ViT-7 fp32 run summed to 0.82-1.15x of that run's wall time, and to
-# 1.10-1.25x over 5-20 runs (2 threads, AMD EPYC Zen 3); the 100-run means of make profile-report: 0.93-1.07x.
-MAX_OP_OVER_WALL = {"openvino": 1.3}
+# 1.10-1.25x over 5-20 runs (2 threads, AMD EPYC Zen 3); the 100-run means of make profile-report: 0.93-1.07x; with
+# another 2-thread process on the same 2 cores, 1.8x (128 ms of counters in 71 ms). Its counters have no upper bound
+# to test (docs/profiling.md); that they cover the run, and every op's block, still are.
+MAX_OP_OVER_WALL = {"openvino": float("inf")}
 
 
 def _traced(record) -> None:
