@@ -126,16 +126,20 @@ def converter_version() -> str:
     return f"onnxconverter-common {version('onnxconverter-common')}"
 
 
-def convert_to_fp16(proto: onnx.ModelProto, keep_fp32: dict[str, str]) -> onnx.ModelProto:
-    """`proto` in fp16 with float32 inputs and outputs; the nodes of `keep_fp32` stay fp32 behind casts."""
-    from onnxconverter_common import float16
-
+def _refuse_qdq(proto: onnx.ModelProto) -> None:
     if has_qdq(proto):
         raise UsageError("a QDQ (int8) ONNX file is not converted to fp16: its Q/DQ scales would become fp16 "
                          "(ModelOpt AutoCast did that and ONNX Runtime then gave logits 10 apart); TensorRT builds "
                          "the QDQ file as it is")
+
+
+def convert_to_fp16(proto: onnx.ModelProto, keep_fp32: dict[str, str]) -> onnx.ModelProto:
+    """`proto` in fp16 with float32 inputs and outputs; the nodes of `keep_fp32` stay fp32 behind casts."""
+    from onnxconverter_common import float16
+
+    _refuse_qdq(proto)
     # Values below fp16's smallest subnormal become it (the converter's default floor, 1e-7, would move
-    # representable ones); the warning per clamped value is the converter's, and the report counts them instead.
+    # representable ones); the converter's warning per clamped value is silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = float16.convert_float_to_float16(proto, min_positive_val=FP16_TINY, max_finite_val=FP16_MAX,
@@ -172,8 +176,7 @@ def write_fp16_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike
 
     fp32_path = Path(fp32_path)
     proto = onnx.load(str(fp32_path))
-    if has_qdq(proto):
-        convert_to_fp16(proto, {})  # refuses, in one line
+    _refuse_qdq(proto)  # before the range check's work
     if float_types(proto).get("float16"):
         raise DataError(f"{fp32_path.name} is already fp16")
     hazards = fp16_hazards(proto, images, progress)

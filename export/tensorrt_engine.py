@@ -75,7 +75,6 @@ class BuildResult:
     explicit_quantization: bool = False
     precision: str = "fp32"
     strongly_typed: bool = False
-    tensorrt: str = ""
 
 
 def _logger(trt, lines: list[str]):
@@ -182,7 +181,7 @@ def build_engine(onnx_path: str | os.PathLike, destination: str | os.PathLike,
     if timing_cache_path:
         atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
     return BuildResult(engine_path=destination, log=lines, explicit_quantization=held == "int8",
-                       precision=precision, strongly_typed=strongly_typed, tensorrt=str(trt.__version__))
+                       precision=precision, strongly_typed=strongly_typed)
 
 
 def engine_source(onnx_path: Path, precision: str | None, workdir: Path) -> tuple[Path, str | None]:

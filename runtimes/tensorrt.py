@@ -83,9 +83,7 @@ class TensorRT(Runtime):
              **options: Any) -> "TensorRT":
         import tensorrt as trt
 
-        from t2tedge.export.tensorrt_engine import EngineOptions, build_engine
-
-        from t2tedge.export.tensorrt_engine import engine_source
+        from t2tedge.export.tensorrt_engine import EngineOptions, build_engine, engine_source
 
         path = Path(artifact)
         if path.suffix == ".onnx":

@@ -100,8 +100,6 @@ def _enum(recorder: Recorder, name: str, members: list[str]):
 class _Strict:
     """An object of recorded class `kind`: only its recorded members exist; calls and settings are recorded."""
 
-    _own = ("_recorder", "_kind", "_members", "_impl", "_values")
-
     def __init__(self, recorder: Recorder, kind: str, members: set[str], **impl: Any) -> None:
         object.__setattr__(self, "_recorder", recorder)
         object.__setattr__(self, "_kind", kind)

@@ -52,6 +52,10 @@ def world(tmp_path_factory, weights_dir, val_dir):
     (root / "qdq").mkdir()
     onnx.save(qdq, str(root / "qdq" / "mobilenet_v2_100_int8.onnx"))
     files["qdq"] = root / "qdq" / "mobilenet_v2_100_int8.onnx"
+    from t2tedge.export.onnx_fp16 import write_fp16_onnx
+
+    write_fp16_onnx(files["mnv2"], root / "fp16" / "mobilenet_v2_100_fp16.onnx", None)
+    files["fp16"] = root / "fp16" / "mobilenet_v2_100_fp16.onnx"
     (root / "fake.onnx").write_text("not a model\n")
     files["fake"] = root / "fake.onnx"
     (root / "fake.tflite").write_text("not a model\n")
@@ -324,6 +328,9 @@ CASES = [
      2, "is int8; a file keeps its precision"),
     ("export tensorrt fp32 FILE.onnx as int8 without a cache", ["export", "tensorrt", "{mnv2}", "--precision", "int8",
                                                                "--out", "{out}"], 2, "mobilenet_v2_100.onnx is fp32"),
+    ("export tensorrt fp16 FILE.onnx --calib", ["export", "tensorrt", "{fp16}", "--precision", "fp16", "--calib",
+                                                "{val}", "--out", "{out}"], 2,
+     "--calib: mobilenet_v2_100_fp16.onnx is already fp16, so nothing is converted or checked"),
     ("check-trt --limit without --data", ["check-trt", "{mnv2}", "--limit", "4"], 2,
      "--limit counts the --data images the fp16 range check reads; add --data DIR"),
     ("check-trt --data missing", ["check-trt", "{mnv2}", "--data", "{root}/missing"], 1, "image folder not found"),
