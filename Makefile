@@ -21,7 +21,7 @@ help:
 	@echo "                    DELEGATE=coreml for iOS)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       torch vs onnxruntime, openvino, litert and executorch parity for the five models"
-	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/"
+	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/ (RAY=auto|host:port)"
 	@echo "make table4-imagenette  the grid on Imagenette-trained models (val, calibrated on train) to results/imagenette"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
 	@echo "make bench-coreml Core ML package sizes, export times and weight round-trip accuracy (MobileNetV2)"
@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# The CPU wheel first, so no dependency can pull a CUDA build of torch.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino,litert,executorch]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,plot,coreml,openvino,litert,executorch,cluster]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -87,12 +87,15 @@ quantize: setup
 parity: setup
 	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino,litert,executorch || exit 1; done
 
+# RAY=auto runs the grid on a local Ray instance, RAY=host:6379 on a running cluster (docs/cluster.md).
+RAY_FLAGS = $(if $(RAY),--ray $(RAY))
+
 table4: setup
-	$(T2TEDGE) table4 --out results
+	$(T2TEDGE) table4 --out results $(RAY_FLAGS)
 
 # Every model trained from scratch on Imagenette with one recipe; models without such weights yet are skipped.
 table4-imagenette: setup
-	$(T2TEDGE) table4 --suite imagenette --out results/imagenette
+	$(T2TEDGE) table4 --suite imagenette --out results/imagenette $(RAY_FLAGS)
 
 # After `make table4-imagenette`: its cells timed again beside `t2tedge profile` of the files `t2tedge export` writes.
 bench-table4: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,18 +13,26 @@ from typing import Iterator
 
 from t2tedge.errors import UsageError
 
-# Every temporary file or folder of ours starts with this and the owning process id, so the next run on the same
-# folder can tell one left behind by a process that is gone (kill -9, a power cut) and remove it.
+# Every temporary file or folder of ours starts with this, the owning process id and a tag of its host, so the next
+# run on the same folder can tell one left behind by a process that is gone (kill -9, a power cut) and remove it. On
+# storage that several hosts share (a cluster's artifacts), another host's process ids mean nothing here: only the
+# host that owns a staging folder judges it.
 STAGING_PREFIX = ".t2tedge-staging-"
+HOST_TAG = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 
 
-def _staging_prefix(name: str) -> str:
-    return f"{STAGING_PREFIX}{os.getpid()}-{name}."
+def staging_prefix(name: str) -> str:
+    """The start of a staging name of this process: `.t2tedge-staging-PID@HOST-NAME.`"""
+    return f"{STAGING_PREFIX}{os.getpid()}@{HOST_TAG}-{name}."
 
 
 def _owner_alive(path: Path) -> bool:
+    owner = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+    pid_text, _, host = owner.partition("@")
+    if host and host != HOST_TAG:
+        return True  # another host's, on shared storage: that host's runs clean it up
     try:
-        pid = int(path.name[len(STAGING_PREFIX):].split("-", 1)[0])
+        pid = int(pid_text)
     except ValueError:
         return True  # not named by us after all: leave it
     if pid == os.getpid():
@@ -60,7 +69,7 @@ def staging_dir(parent: str | os.PathLike, name: str = "work") -> Iterator[Path]
     control; one a killed process left behind is removed by the next `remove_stale_staging` of `parent`."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=_staging_prefix(name), dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=staging_prefix(name), dir=parent))
     try:
         yield folder
     finally:
@@ -79,7 +88,7 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
     """Yield a temporary path beside `destination`; rename it into place only on success."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(destination.name), suffix=suffix or ".tmp",
+    fd, tmp = tempfile.mkstemp(prefix=staging_prefix(destination.name), suffix=suffix or ".tmp",
                                dir=destination.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -121,7 +130,7 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(destination.name), dir=destination.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(destination.name), dir=destination.parent))
     tmp_path = staging / destination.name
     retired = None
     try:

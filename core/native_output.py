@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from t2tedge.fileio import STAGING_PREFIX, remove_stale_staging
+from t2tedge.fileio import remove_stale_staging, staging_prefix
 
 
 @contextlib.contextmanager
@@ -18,7 +18,7 @@ def native_output_captured() -> Iterator[Path]:
     """Send what native code and Python print to stdout/stderr into a file for the duration: the converter writes
     pages of MLIR and absl lines there. The file is handed to the caller, who reads it when something failed."""
     remove_stale_staging(tempfile.gettempdir())
-    with tempfile.NamedTemporaryFile(prefix=f"{STAGING_PREFIX}{os.getpid()}-native.", suffix=".log",
+    with tempfile.NamedTemporaryFile(prefix=staging_prefix("native"), suffix=".log",
                                      delete=False) as log:
         path = Path(log.name)
     sys.stdout.flush()

@@ -35,12 +35,22 @@ def convert_onnx_to_ir(onnx_path: str | os.PathLike, destination: str | os.PathL
         model = ov.Core().read_model(str(source))
     except Exception as exc:  # OpenVINO's converter raises its own types with multi-line texts
         raise T2TEdgeError(f"OpenVINO cannot convert {source}: {native_message(exc)}") from None
+    _name_unnamed_nodes(model)
     for key, value in {**metadata, keys.IR_WEIGHTS: weights, keys.SOURCE_ONNX: source.name}.items():
         model.set_rt_info(value, ["t2tedge", key.removeprefix(keys.PREFIX)])
     with staging_dir(destination.parent, destination.stem) as staging:
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=weights == "fp16")
         publish_together({staging / "model.bin": destination.with_suffix(".bin"), staging / "model.xml": destination})
     return destination
+
+
+def _name_unnamed_nodes(model) -> None:
+    """Name the nodes the reader created without a name by their place in the graph. Unnamed, the IR gets names
+    from a counter of every node the process made before (Constant_20718 after other conversions, Constant_28 in a
+    fresh process), so one ONNX file gave IRs of different bytes depending on what ran earlier."""
+    for index, node in enumerate(model.get_ordered_ops()):
+        if node.get_friendly_name() == node.get_name():
+            node.set_friendly_name(f"{node.get_type_name()}_{index}")
 
 
 def export_openvino(source: str, checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike = "artifacts/openvino",

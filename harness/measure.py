@@ -31,14 +31,51 @@ def measure_runtime(instance: Runtime, samples: Sequence[Sample], preprocess, se
     return {**measure_accuracy(instance, samples, preprocess, progress), **measure_speed(instance, preprocess, settings)}
 
 
+# Images per evaluation batch. Shards of a grid's images start at multiples of it, so a sharded cell runs exactly the
+# batches one process runs.
+EVAL_BATCH = 32
+
+
+@dataclass
+class ShardScore:
+    """One contiguous run of a cell's images, scored: top-1 class per image and the hit counts."""
+
+    start: int
+    predictions: list[int]
+    top1_hits: int
+    top5_hits: int
+
+
+def score_shard(instance: Runtime, samples: Sequence[Sample], preprocess, start: int = 0,
+                progress: str | None = None) -> ShardScore:
+    """Score `samples` (the images from index `start` of a cell's list)."""
+    result = evaluate(instance, samples, preprocess, batch=EVAL_BATCH, progress=progress)
+    return ShardScore(start=start, predictions=result.predictions.tolist(), top1_hits=result.top1_hits,
+                      top5_hits=result.top5_hits)
+
+
+def accuracy_fields(shards: Sequence[ShardScore], images: int) -> dict[str, Any]:
+    """The accuracy fields of a `Table4Cell` from its shards, in image order: the same numbers one pass computes."""
+    shards = sorted(shards, key=lambda shard: shard.start)
+    predictions = [p for shard in shards for p in shard.predictions]
+    if len(predictions) != images or any(a.start + len(a.predictions) != b.start for a, b in zip(shards, shards[1:])):
+        raise ValueError(f"shards cover {len(predictions)} of {images} images, or leave gaps")
+    return {"top1": sum(s.top1_hits for s in shards) / images, "top5": sum(s.top5_hits for s in shards) / images,
+            "images": images, "predictions": predictions}
+
+
+def shard_bounds(images: int, shard_images: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard, every start a multiple of `EVAL_BATCH` (`shard_images` rounded up to one)."""
+    size = max(EVAL_BATCH, -(-shard_images // EVAL_BATCH) * EVAL_BATCH)
+    return [(start, min(start + size, images)) for start in range(0, images, size)]
+
+
 def measure_accuracy(instance: Runtime, samples: Sequence[Sample], preprocess,
                      progress: str | None = None) -> dict[str, Any]:
     """Top-1/top-5 and predictions on `samples` (none: no fields)."""
     if not samples:
         return {}
-    result = evaluate(instance, samples, preprocess, batch=32, progress=progress)
-    return {"top1": result.top1, "top5": result.top5, "images": result.images,
-            "predictions": result.predictions.tolist()}
+    return accuracy_fields([score_shard(instance, samples, preprocess, progress=progress)], len(samples))
 
 
 def measure_speed(instance: Runtime, preprocess, settings: LatencySettings) -> dict[str, Any]:

@@ -57,6 +57,17 @@ def _hash_bytes(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class CellPlan:
+    """A cell that will be measured: its target, weights and the fields every such cell carries."""
+
+    model: str
+    target: Target
+    precision: str
+    checkpoint: Path | None
+    fields: dict[str, Any]
+
+
 class Grid:
     """Every cell's file is built by its target's build function with the defaults `t2tedge export` uses (static
     batch 1), so a cell times the file a user ships and names it. Files are cached under `artifacts/TARGET/` by
@@ -78,7 +89,8 @@ class Grid:
         self.out = out
         self.cache_dir = out / "cache"
         self.artifacts = artifacts or out / "artifacts"
-        samples = discover(settings.data, num_classes=self.suite.num_classes)
+        # Absolute paths: the same on every worker of a cluster, and in the data hash however --data was spelt.
+        samples = discover(Path(settings.data).resolve(), num_classes=self.suite.num_classes)
         self.samples = evenly_spread(samples, settings.limit)
         self.data_hash = _hash_bytes("\n".join(str(s.path) for s in self.samples).encode())
 
@@ -91,30 +103,47 @@ class Grid:
                             calib=self.suite.calibration_folder(), num_calib=self.settings.num_calib,
                             num_classes=self.suite.num_classes, exclude=tuple(self.samples))
 
-    def artifact(self, model_name: str, target: Target, precision: str, checkpoint: Path | None) -> Path:
-        """The cell's file, built once per recipe: its folder is named after what it is made from (toolkit version,
-        weights, precision, calibration), so a new checkpoint or default never reuses a stale file."""
+    def artifact_folder(self, model_name: str, target: Target, precision: str,
+                        checkpoint: Path | None) -> tuple[Path, dict[str, Any]]:
+        """Where the cell's file is built, and the recipe the folder is named after (toolkit version, weights,
+        precision, calibration), so a new checkpoint or default never reuses a stale file."""
         weights = sha256_file(checkpoint) if checkpoint else "untrained"
-        recipe = json.dumps({"version": __version__, "target": target.name, "model": model_name,
-                             "precision": precision, "weights": weights, "num_classes": self.suite.num_classes,
-                             "calibration": str(self.suite.calibration_folder()) if precision in target.calibrated else None,
-                             "num_calib": self.settings.num_calib if precision in target.calibrated else None},
-                            sort_keys=True)
-        folder = self.artifacts / target.name / f"{model_name}_{precision}_{_hash_bytes(recipe.encode())[:12]}"
+        recipe = {"version": __version__, "target": target.name, "model": model_name,
+                  "precision": precision, "weights": weights, "num_classes": self.suite.num_classes,
+                  "calibration": str(self.suite.calibration_folder()) if precision in target.calibrated else None,
+                  "num_calib": self.settings.num_calib if precision in target.calibrated else None}
+        digest = _hash_bytes(json.dumps(recipe, sort_keys=True).encode())[:12]
+        return self.artifacts / target.name / f"{model_name}_{precision}_{digest}", recipe
+
+    @staticmethod
+    def built_artifact(folder: Path, target: Target) -> Path | None:
+        """The file an earlier build left in `folder` with every companion, or None."""
         built = folder / BUILT_RECORD
         if built.is_file():
             path = folder / json.loads(built.read_text())["artifact"]
             if all(f.exists() for f in target.files(path)):
                 return path
+        return None
+
+    def needs_plan(self, target: Target, precision: str) -> bool:
+        """Whether the cell's build applies the plan of the grid's ONNX INT8 cell (one calibration for all)."""
+        return precision == "int8" and target.applies_plan
+
+    def artifact(self, model_name: str, target: Target, precision: str, checkpoint: Path | None) -> Path:
+        """The cell's file, built once per recipe."""
+        folder, recipe = self.artifact_folder(model_name, target, precision, checkpoint)
+        path = self.built_artifact(folder, target)
+        if path is not None:
+            return path
         request = self.build_request(model_name, precision, checkpoint, folder)
-        if precision == "int8" and target.applies_plan:  # the plan of the grid's ONNX INT8 cell: one calibration
+        if self.needs_plan(target, precision):
             from t2tedge.quantize.quantization_plan import plan_path_for
 
             reference = self.artifact(model_name, plan_target(), precision, checkpoint)
             request = dataclasses.replace(request, options={"plan": str(plan_path_for(reference))})
         target.check_request(request)
         path = target.build(request)
-        atomic_write_text(built, json.dumps({"artifact": path.name, "recipe": json.loads(recipe)}, indent=1) + "\n")
+        atomic_write_text(folder / BUILT_RECORD, json.dumps({"artifact": path.name, "recipe": recipe}, indent=1) + "\n")
         return path
 
     def _overrides(self) -> dict[str, int]:
@@ -131,50 +160,80 @@ class Grid:
             return str(exc)
         return None
 
-    def run_cell(self, model_name: str, runtime: str, precision: str) -> Table4Cell:
+    def plan_cell(self, model_name: str, runtime: str, precision: str) -> CellPlan | Table4Cell:
+        """What a cell needs measured, or the cell itself when it is skipped."""
         spec = get_spec(model_name)
         target = get_target(runtime)
         checkpoint = self.suite.checkpoint(model_name)
         missing = self.suite.missing_weights(model_name)
         weights = "trained" if checkpoint else "none" if missing else "untrained"
-        cell: dict[str, Any] = {"model": model_name, "runtime": target.name, "precision": precision,
-                                "family": spec.family, "weights": weights, "version": __version__,
-                                "paper": vars(spec.paper) if spec.paper else None}
+        fields: dict[str, Any] = {"model": model_name, "runtime": target.name, "precision": precision,
+                                  "family": spec.family, "weights": weights, "version": __version__,
+                                  "paper": vars(spec.paper) if spec.paper else None}
         reason = self.skip_reason(model_name, target, precision)
         if reason:
-            return Table4Cell(**cell, status="skipped", reason=reason)
-        path = self.artifact(model_name, target, precision, checkpoint)
+            return Table4Cell(**fields, status="skipped", reason=reason)
+        return CellPlan(model_name, target, precision, checkpoint, fields)
+
+    def cell_key(self, plan: CellPlan, path: Path) -> tuple[str, str]:
+        """(cache key, artifact sha256): the key names the file, the images and the settings measured with."""
         artifact_hash = sha256_file(path) if path.is_file() else _hash_bytes(
             *(sha256_file(p).encode() for p in sorted(path.rglob("*")) if p.is_file()))
         settings = {k: str(v) for k, v in vars(self.settings).items()}
         key = _hash_bytes(artifact_hash.encode(), self.data_hash.encode(), json.dumps(
-            {"cell": [model_name, target.name, precision], "settings": settings, "version": __version__},
+            {"cell": [plan.model, plan.target.name, plan.precision], "settings": settings, "version": __version__},
             sort_keys=True).encode())
+        return key, artifact_hash
+
+    def cached_cell(self, key: str) -> Table4Cell | None:
         cached = self.cache_dir / f"{key}.json"
         if cached.is_file():
             try:
                 return dataclasses.replace(Table4Cell.read(cached), cached=True)
             except ResultFormatError:
                 pass  # written by an older toolkit: measured again
-        instance = target.load(path, threads=self.settings.threads)
-        latency = LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
-        cell.update(measure_accuracy(instance, self.samples, spec.preprocess,
-                                     progress=f"{model_name} {target.name} {precision}"))
+        return None
+
+    def latency_settings(self) -> LatencySettings:
+        return LatencySettings(self.settings.warmup, self.settings.runs, self.settings.throughput_batch)
+
+    def complexity(self, model_name: str) -> dict[str, int]:
+        spec = get_spec(model_name)
+        reference_model = create_model(model_name, **self._overrides())
+        return {"params": count_params(reference_model), "macs": count_macs(reference_model, spec.preprocess.crop)}
+
+    def finish_cell(self, plan: CellPlan, path: Path, key: str, artifact_hash: str, measured: dict[str, Any],
+                    complexity: dict[str, int]) -> Table4Cell:
+        """The measured cell from its accuracy and speed fields, written to the cell cache."""
+        cell = Table4Cell(**plan.fields, **measured, **complexity, status="measured", artifact=path.name,
+                          artifact_bytes=plan.target.size_bytes(path), artifact_sha256=artifact_hash, cache_key=key)
+        atomic_write_text(self.cache_dir / f"{key}.json", cell.to_json())
+        return dataclasses.replace(cell, cached=False)
+
+    def run_cell(self, model_name: str, runtime: str, precision: str) -> Table4Cell:
+        plan = self.plan_cell(model_name, runtime, precision)
+        if isinstance(plan, Table4Cell):
+            return plan
+        path = self.artifact(model_name, plan.target, precision, plan.checkpoint)
+        key, artifact_hash = self.cell_key(plan, path)
+        cached = self.cached_cell(key)
+        if cached is not None:
+            return cached
+        preprocess = get_spec(model_name).preprocess
+        instance = plan.target.load(path, threads=self.settings.threads)
+        measured = measure_accuracy(instance, self.samples, preprocess,
+                                    progress=f"{model_name} {plan.target.name} {precision}")
         if self.settings.time_alone:
             del instance  # its thread pools must not run beside the timing
-            cell.update(time_alone(path, target.name, latency, self.settings.threads, self.out))
+            measured.update(time_alone(path, plan.target.name, self.latency_settings(), self.settings.threads,
+                                       self.out))
         else:
-            cell.update(measure_speed(instance, spec.preprocess, latency))
-        reference_model = create_model(model_name, **self._overrides())
-        cell.update({
-            "status": "measured", "params": count_params(reference_model),
-            "macs": count_macs(reference_model, spec.preprocess.crop),
-            "artifact": path.name, "artifact_bytes": target.size_bytes(path), "artifact_sha256": artifact_hash,
-            "cache_key": key,
-        })
-        measured = Table4Cell(**cell)
-        atomic_write_text(cached, measured.to_json())
-        return dataclasses.replace(measured, cached=False)
+            measured.update(measure_speed(instance, preprocess, self.latency_settings()))
+        return self.finish_cell(plan, path, key, artifact_hash, measured, self.complexity(model_name))
+
+    def data_info(self) -> DataInfo:
+        return DataInfo(folder=str(self.settings.data), images=len(self.samples), suite=self.suite.name,
+                        calibration=str(self.suite.calibration_folder()))
 
     def run(self) -> Table4Result:
         from tqdm import tqdm
@@ -182,9 +241,7 @@ class Grid:
         cells = []
         for model_name, runtime, precision in tqdm(self.cells(), desc="table4", unit="cell"):
             cells.append(self.run_cell(model_name, runtime, precision))
-        data = DataInfo(folder=str(self.settings.data), images=len(self.samples), suite=self.suite.name,
-                        calibration=str(self.suite.calibration_folder()))
-        return finish(Table4Result(version=__version__, machine=machine_info(), data=data, cells=cells))
+        return finish(Table4Result(version=__version__, machine=machine_info(), data=self.data_info(), cells=cells))
 
 
 def _is_reference(runtime: str) -> bool:
@@ -194,15 +251,17 @@ def _is_reference(runtime: str) -> bool:
         return False
 
 
-def finish(table: Table4Result) -> Table4Result:
-    """Derived columns: delta top-1 and top-1 agreement against the same model's fp32 on the same machine."""
+def finish(table: Table4Result, same_machine: bool = True) -> Table4Result:
+    """Derived columns: delta top-1 and top-1 agreement against the same model's fp32 on the same machine.
+    `same_machine` False: one run whose images were scored across a cluster, its cells timed on several nodes; every
+    cell compares with the run's fp32 cell (a later merge keeps those fields where no same-machine peer exists)."""
     for cell in table.cells:
         cell.machine = cell.machine or table.machine
     for cell in table.cells:
         if not cell.measured or cell.predictions is None:
             continue
         peers = [c for c in table.cells if c.measured and c.model == cell.model and c.precision == "fp32"
-                 and c.machine == cell.machine and c.predictions is not None
+                 and (c.machine == cell.machine or not same_machine) and c.predictions is not None
                  and len(c.predictions) == len(cell.predictions)]
         reference = next((c for c in peers if _is_reference(c.runtime)), peers[0] if peers else None)
         if reference is not None:

@@ -67,6 +67,10 @@ def render_markdown(table: Table4Result) -> str:
     lines = ["# Table 4: lite T2T-ViT vs MobileNets, measured", ""]
     if machine:
         lines.append(f"Machine: {machine.cpu} ({machine.cores} cores), {machine.system}.")
+    else:
+        machines = list(dict.fromkeys(c.machine for c in table.cells if c.measured and c.machine))
+        lines.append("Machines (each cell's is in table4.json): " + "; ".join(
+            f"{m.cpu} ({m.cores} cores, host {m.hostname_hash})" for m in machines) + ".")
     folder, images = (table.data.folder, table.data.images) if table.data else (None, None)
     lines.append(f"Data: {folder} ({images} images). Each cell is the file `t2tedge export` writes for it, timed at "
                  "batch 1 (p50, ms); agreement is top-1 agreement with the model's fp32 reference. Every field, "
@@ -163,7 +167,10 @@ def render_plot(table: Table4Result, path: Path) -> None:
     ax.set_title(f"{subject}: accuracy vs latency, {images} images — "
                  f"{table.machine.cpu if table.machine else 'merged machines'}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if measured:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no cell measured", ha="center", va="center", transform=ax.transAxes)
     _paper_view(paper_ax, table)
     fig.tight_layout()
     from t2tedge.fileio import atomic_path

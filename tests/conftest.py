@@ -96,6 +96,31 @@ def subject():
     return found
 
 
+# The Table 4 grid on Imagenette that test_table4 checks and test_table4_ray runs again on Ray: the trained T2T-ViT-7
+# on ONNX Runtime and OpenVINO in fp32 and int8 on 64 val images; MobileNetV2 has no Imagenette weights (skipped).
+IMAGENETTE_GRID = (["t2t_vit_7", "mobilenet_v2_100"], ["onnxruntime", "openvino"], ["fp32", "int8"])
+
+
+def imagenette_grid_settings():
+    from t2tedge.harness.table4 import GridSettings
+    from t2tedge.harness.table4_grid import SUITES
+
+    # Timed in the grid's process: the timing process is what the Ray run uses, and test_table4's grid times alone.
+    return GridSettings(data=SUITES["imagenette"].data(), limit=64, runs=3, warmup=1, num_calib=8, suite="imagenette",
+                        time_alone=False)
+
+
+@pytest.fixture(scope="session")
+def imagenette_grid(subject, tmp_path_factory):
+    """(out folder, table) of `IMAGENETTE_GRID` measured in one process, views written."""
+    from t2tedge.harness.table4 import Grid, write_outputs
+
+    out = tmp_path_factory.mktemp("table4-imagenette")
+    table = Grid(*IMAGENETTE_GRID, imagenette_grid_settings(), out).run()
+    write_outputs(table, out)
+    return out, table
+
+
 def assert_matches_schema(data: dict, cls) -> None:
     """`data` is valid against the checked-in JSON Schema file of result class `cls` (docs/schemas/)."""
     import json

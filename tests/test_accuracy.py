@@ -23,6 +23,7 @@ def test_eval_real_weights(name, weights, weights_dir, val_dir, capsys):
     assert report["top5"] > report["top1"]
 
 
+@pytest.mark.slow  # a demonstration on real images; TF SAME padding itself is checked by the real-weights accuracy above
 def test_symmetric_padding_loses_accuracy(weights_dir, sample_dir):
     """The TF padding option is what the weights need: without it accuracy drops (measured: 83.2% -> 75.8%)."""
     from t2tedge.data import discover

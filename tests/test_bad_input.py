@@ -357,6 +357,18 @@ CASES = [
                                                        "--out", "{out}"], 2, "--max-float bounds --target-agreement"),
     ("table4 --merge with --limit", ["table4", "--merge", "{file}", "--limit", "4", "--out", "{out}"], 2,
      "--merge joins measured files and measures nothing; drop --limit"),
+    ("table4 --merge with --ray", ["table4", "--merge", "{file}", "--ray", "auto", "--out", "{out}"], 2,
+     "--merge joins measured files and measures nothing; drop --ray"),
+    ("table4 --shard-images without --ray", ["table4", "--shard-images", "64", "--out", "{out}"], 2,
+     "--shard-images goes with --ray; without it the grid runs in this process"),
+    ("table4 --ray-cpus with a cluster address", ["table4", "--ray", "127.0.0.1:6379", "--ray-cpus", "2", "--out",
+                                                  "{out}"], 2, "--ray-cpus sizes the local instance of --ray auto"),
+    ("table4 --artifacts is a file", ["table4", "--artifacts", "{file}", "--out", "{out}"], 2,
+     "--artifacts {file} is a file, not a folder"),
+    ("table4 --ray not an address", ["table4", "--ray", "head-node", "--out", "{out}"], 2,
+     "--ray head-node: expected auto or a cluster's HOST:PORT"),
+    ("table4 --ray where nothing listens", ["table4", "--ray", "127.0.0.1:9", "--out", "{out}"], 2,
+     "cannot reach the Ray cluster at 127.0.0.1:9"),
     # 9. one precision vocabulary: a precision a target does not build is refused with the reason
     ("export onnx --precision w8", ["export", "onnx", M, "--precision", "w8", "--out", "{out}"], 2,
      "onnxruntime builds fp32, fp16, int8, not w8: ONNX Runtime's dynamic int8 is not built here"),
@@ -388,6 +400,16 @@ def test_bad_input(argv, code, message, world, capsys, request):
     assert message.format(out=out, **world) in err and "\x1b[" not in err, err
     assert _snapshot(out) == before  # nothing written, nothing half-written, the good artifacts untouched
     assert _inputs(world["root"]) == inputs  # and nothing beside the inputs
+
+
+def test_table4_on_ray_without_the_cluster_extra(world, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is absent
+    out = world["root"] / "ray-absent"
+    assert main(["table4", "--models", M, "--runtimes", "onnxruntime", "--precisions", "fp32", "--limit", "1",
+                 "--ray", "auto", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "t2tedge: error: --ray needs Ray, the cluster extra: pip install 't2t-edge[cluster]'"
+    assert not out.exists()
 
 
 def test_the_battery_covers_every_command():

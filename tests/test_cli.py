@@ -91,9 +91,9 @@ def test_table4_passes_its_grid(recorder, monkeypatch, tmp_path, capsys, val_dir
     grids = []
 
     class FakeGrid:
-        def __init__(self, models, runtimes, precisions, settings, out):
+        def __init__(self, models, runtimes, precisions, settings, out, artifacts=None):
             grids.append(SimpleNamespace(models=models, runtimes=runtimes, precisions=precisions, settings=settings,
-                                         out=out))
+                                         out=out, artifacts=artifacts))
 
         def run(self):
             cell = Table4Cell(model="t2t_vit_7", runtime="coreml", precision="fp32", family="T2T-ViT",
@@ -103,9 +103,11 @@ def test_table4_passes_its_grid(recorder, monkeypatch, tmp_path, capsys, val_dir
     monkeypatch.setattr(table4, "Grid", FakeGrid)
     written = recorder(table4, "write_outputs", lambda call: {"json": tmp_path / "table4.json"})
     assert main(["table4", "--models", "t2t_vit_7", "--runtimes", "coreml", "--precisions", "fp32", "--data",
-                 str(val_dir), "--limit", "4", "--runs", "2", "--num-calib", "8", "--out", str(tmp_path)]) == 0
+                 str(val_dir), "--limit", "4", "--runs", "2", "--num-calib", "8", "--out", str(tmp_path),
+                 "--artifacts", str(tmp_path / "shared")]) == 0
     (grid,) = grids
     assert (grid.models, grid.runtimes, grid.precisions) == (["t2t_vit_7"], ["coreml"], ["fp32"])
+    assert grid.artifacts == tmp_path / "shared"
     assert (grid.settings.limit, grid.settings.runs, grid.settings.num_calib) == (4, 2, 8)
     assert written[0].args[1] == tmp_path
     assert "0 cells measured, 1 skipped" in capsys.readouterr().out

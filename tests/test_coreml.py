@@ -129,6 +129,7 @@ def _round_trip_top1(compress: str, mnv2_eval, tmp_path) -> tuple[float, float, 
     return _top1(fp32_predictions, labels), _top1(predictions, labels), agreement
 
 
+@pytest.mark.slow  # 325 val images through torch; w8 compression itself is checked on T2T-ViT-7's packages
 def test_mobilenet_v2_w8_round_trip_accuracy(mnv2_eval, tmp_path):
     """Real weights on 325 imagenet-val1300 images: w8 read back from the package keeps fp32's top-1 within 2 images
     (measured: the same 80.31%) and 98% of its predictions (measured: 98.77%)."""

@@ -40,13 +40,23 @@ def test_delegable_form_keeps_the_reference_logits(name):
     assert type(model.blocks[0].norm1) is torch.nn.LayerNorm and not model.tokens_to_token.soft_split0.export_form
 
 
+class _Programs(dict):
+    """The trained T2T-ViT-7 as ExecuTorch programs, each lowered the first time a test asks for it (45 s each)."""
+
+    def __init__(self, subject, out):
+        super().__init__()
+        self.subject, self.out = subject, out
+
+    def __missing__(self, precision):
+        self[precision] = export_executorch_model("t2t_vit_7", self.subject.checkpoint, out_dir=self.out,
+                                                  precision=precision, progress=False,
+                                                  num_classes=self.subject.num_classes)[0]
+        return self[precision]
+
+
 @pytest.fixture(scope="module")
 def t2t_programs(subject, tmp_path_factory):
-    """The trained T2T-ViT-7 as an fp32 and a w8 program."""
-    out = tmp_path_factory.mktemp("executorch_t2t")
-    return {precision: export_executorch_model("t2t_vit_7", subject.checkpoint, out_dir=out, precision=precision,
-                                               progress=False, num_classes=subject.num_classes)[0]
-            for precision in ("fp32", "w8")}
+    return _Programs(subject, tmp_path_factory.mktemp("executorch_t2t"))
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,7 @@ def test_a_non_contiguous_batch_is_read_as_what_it_shows(t2t_programs, subject_i
     assert np.array_equal(runtime.run(channels_last), runtime.run(images))
 
 
+@pytest.mark.slow  # a second T2T lowering; w8 T2T-ViT is checked on LiteRT in the fast suite
 def test_w8_keeps_the_trained_subjects_predictions(t2t_programs, subject_images):
     report = read_sidecar(t2t_programs["w8"])["t2tedge.quantization"]
     assert report["int8_dynamic_ops"] == {"linear": 38} and report["int8_ops"] == {}
@@ -98,6 +109,7 @@ def mnv2_int8(tmp_path_factory, weights_dir, sample_dir):
     return out / f"{M}_int8.pte"
 
 
+@pytest.mark.slow  # ExecuTorch int8 of MobileNetV2 is built and compared in the fast suite by test_quantization_plan's parity
 def test_static_int8_through_the_cli_keeps_predictions(mnv2_int8, weights_dir, val_dir):
     meta = read_sidecar(mnv2_int8)
     assert sorted(p.name for p in mnv2_int8.parent.iterdir()) == [mnv2_int8.name, sidecar_path(mnv2_int8).name]
@@ -117,18 +129,20 @@ def test_static_int8_through_the_cli_keeps_predictions(mnv2_int8, weights_dir, v
     assert np.abs(logits[:3] - np.concatenate([runtime.run(images[i:i + 1]) for i in range(3)])).max() == 0
 
 
-def test_profile_and_bundle_take_pte(mnv2_int8, tmp_path, val_dir):
+def test_profile_and_bundle_take_pte(t2t_programs, subject, tmp_path):
+    program = t2t_programs["fp32"]
     out = tmp_path / "cell.json"
-    assert main(["profile", str(mnv2_int8), "--runs", "3", "--warmup", "1", "--data", str(val_dir), "--limit", "8",
+    assert main(["profile", str(program), "--runs", "3", "--warmup", "1", "--data", str(subject.val), "--limit", "8",
                  "--out", str(out)]) == 0
     cell = json.loads(out.read_text())["cell"]
-    assert cell["runtime"] == "executorch" and cell["model"] == M and cell["precision"] == "int8"
+    assert cell["runtime"] == "executorch" and cell["model"] == "t2t_vit_7" and cell["precision"] == "fp32"
+    assert cell["images"] == 8 and cell["top1"] >= 0.5
     assert cell["runtime_info"]["details"]["delegate_calls"] == 1
     bundle = tmp_path / "b.tar.gz"
-    assert main(["export", "bundle", str(mnv2_int8), "--out", str(bundle)]) == 0
+    assert main(["export", "bundle", str(program), "--out", str(bundle)]) == 0
     with tarfile.open(bundle) as tar:
         names = tar.getnames()
-    assert f"artifacts/{mnv2_int8.name}" in names and f"artifacts/{mnv2_int8.name}.json" in names
+    assert f"artifacts/{program.name}" in names and f"artifacts/{program.name}.json" in names
 
 
 def test_coreml_delegate_program_holds_one_coreml_blob(tmp_path):
@@ -212,6 +226,7 @@ def test_ops_profile_matches_xnnpack_events_to_t2t_vit_blocks(t2t_programs):
         {op.block for op in bmm}
 
 
+@pytest.mark.slow  # needs the int8 program above; int8 op profiles stay fast on OpenVINO and ONNX Runtime
 def test_ops_profile_of_an_int8_program_names_int8_and_converts(mnv2_int8, tmp_path, capsys):
     from t2tedge.harness.op_profile import claimed_share
     from t2tedge.results import OpProfileRecord

@@ -128,6 +128,7 @@ def test_full_integer_file_takes_float_batches_and_keeps_predictions(mnv2_int8, 
     assert np.abs(logits[:3] - np.concatenate([runtime.run(images[i:i + 1]) for i in range(3)])).max() == 0
 
 
+@pytest.mark.slow  # a second layout of the same conversion; NHWC, the default, stays fast
 def test_nchw_layout_matches_torch(tmp_path, weights_dir, val_dir):
     checkpoint = weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"
     path, meta = export_litert_model(M, checkpoint, out_dir=tmp_path, layout="nchw")

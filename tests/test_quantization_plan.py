@@ -128,6 +128,8 @@ def test_executorch_applies_the_plan_with_the_files_weights_and_grids(planned):
         assert any(abs(s - scale) <= 1e-6 * scale and z - 128 == zero for s, z in ort_grids)
 
 
+@pytest.mark.slow  # the CLI path; the plan's application is checked fast on a synthetic net (above) and
+# on MobileNetV2 by the parity test below
 def test_executorch_int8_export_applies_the_onnx_plan(tmp_path, sample_dir, weights_dir):
     """`export executorch --precision int8` applies the plan of `export onnxruntime --precision int8`, given with
     --plan (no second calibration), and says what it did not honour."""

@@ -22,7 +22,7 @@ from t2tedge.results import QuantizeReport
 def mobilenet_int8(tmp_path_factory, weights_dir, sample_dir):
     """The library pipeline behind `t2tedge quantize`, called as a user's script would."""
     out = tmp_path_factory.mktemp("int8")
-    path, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), out, calib=sample_dir, num_calib=64,
+    path, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), out, calib=sample_dir, num_calib=32,
                                   checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
     assert path == out / "mobilenet_v2_100_int8.onnx"
     assert QuantizeReport.read(path.with_suffix(".json")) == report
@@ -40,7 +40,7 @@ def test_int8_graph_and_report(mobilenet_int8):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["t2tedge.precision"] == "int8" and json.loads(meta["t2tedge.quant_config"])["method"] == "mse"
     report = QuantizeReport.read(mobilenet_int8.with_suffix(".json"))
-    assert report.calibration.images == 64 and len(report.quantized_nodes) > 50
+    assert report.calibration.images == 32 and len(report.quantized_nodes) > 50
     assert report.float_nodes_behind_dequantize == [] and "t2tedge.ort_disabled_optimizers" not in meta
 
 
@@ -113,6 +113,7 @@ def test_shipped_files_give_a_bare_session_the_harness_logits(mobilenet_int8, we
         assert np.array_equal(harness.argmax(1), app.argmax(1))
 
 
+@pytest.mark.slow  # a second INT8 build with a deliberately bad config
 def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8, weights_dir, sample_dir, tmp_path):
     report = json.loads(mobilenet_int8.with_suffix(".json").read_text())["layer_sqnr"]
     assert len(report["layers"]) > 50 and report["flagged"] == []
@@ -127,6 +128,7 @@ def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8
     assert len(layers.flagged) > 20 and layers.layers[0]["sqnr_db"] > 10  # the first conv is still fine
 
 
+@pytest.mark.slow  # T2T-ViT-7 INT8 from the static export stays fast in the Imagenette grid (ONNX Runtime and OpenVINO)
 def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t7_checkpoint, sample_dir, val_dir,
                                                                               tmp_path):
     """Trained-like T2T-ViT-7 (plain ORT per-channel MinMax: 6.6 dB, 46% agreement in bench-ptq): ours keeps
@@ -337,6 +339,7 @@ def test_quantize_cli_errors(argv, message, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # TensorRT's preset on MobileNetV2; TensorRT's QDQ builds are checked on synthetic graphs in test_tensorrt
 def test_tensorrt_target_passes_check_and_writes_cache(weights_dir, sample_dir, tmp_path, capsys):
     from t2tedge.quantize.tensorrt_checks import read_calibration_cache
 
@@ -406,6 +409,7 @@ def test_agreement_reports_its_standard_error_and_whether_it_resolves_a_target()
     assert perfect.top1_agreement == 1.0 and perfect.standard_error > 0.015 and not perfect.resolves(0.99)
 
 
+@pytest.mark.slow  # a sensitivity sweep over every node
 def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp_path):
     """Ranking is sorted by what leaving a node float buys; the fallback keeps a prefix of it, in order."""
     from t2tedge.data import discover, load_batch, split

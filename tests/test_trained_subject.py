@@ -51,12 +51,14 @@ def test_subject_is_a_release_format_trained_checkpoint(subject, held_out):
     assert all(v.dtype == torch.float16 for v in state["state_dict_ema"].values() if v.is_floating_point())
     model = create_model("t2t_vit_7", checkpoint=subject.checkpoint, num_classes=subject.num_classes)
     images, labels = held_out
+    images, labels = images[::2], labels[::2]  # 200 of the 400, every class
     with torch.no_grad():
         logits = torch.cat([model(torch.from_numpy(images[i:i + 50])) for i in range(0, len(images), 50)])
     # 85.10% on all 3925 val images (models/weights/README.md); random weights score 10%.
     assert float((logits.argmax(1).numpy() == labels).mean()) >= 0.80
 
 
+@pytest.mark.slow  # 200 held-out images; T2T-ViT-7 int8 agreement stays fast in the Imagenette grid (test_table4)
 def test_int8_keeps_the_trained_subjects_predictions(exports, held_out):
     from t2tedge.metrics import sqnr_db
 

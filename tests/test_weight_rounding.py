@@ -116,6 +116,7 @@ def mobilenet_v1_variants(tmp_path_factory, weights_dir, sample_dir, val_dir):
     return work, logits, reports
 
 
+@pytest.mark.slow  # three INT8 builds of MobileNetV1 on 325 images; GPTQ's mechanics stay fast
 def test_gptq_rounding_recovers_mobilenet_v1_agreement(mobilenet_v1_variants):
     """Round-to-nearest per-channel int8 weights alone cost MobileNetV1 ~3.5 pt of agreement (bench: 95.9% ->
     97.8% on val1300 with 256 images); GPTQ must win clearly on the same calibration and activation ranges."""
@@ -134,6 +135,7 @@ def test_gptq_rounding_recovers_mobilenet_v1_agreement(mobilenet_v1_variants):
     assert agree["gptq"] >= agree["nearest"] + 0.01 and agree["gptq"] >= 0.97, agree
 
 
+@pytest.mark.slow  # three INT8 builds of MobileNetV1 on 325 images; GPTQ's mechanics stay fast
 def test_bias_correction_is_adopted_for_mobilenet_v1(mobilenet_v1_variants):
     """MobileNetV1's remaining INT8 error is largely a mean shift from uint8 activations and folded ReLU6 ranges
     (bench, val1300, 256 images: SQNR 25.2 -> 28.4 dB); auto must find that on the calibration images alone
@@ -150,6 +152,7 @@ def test_bias_correction_is_adopted_for_mobilenet_v1(mobilenet_v1_variants):
     assert agree["default"] >= agree["gptq"], agree
 
 
+@pytest.mark.slow  # three INT8 builds of MobileNetV1 on 325 images; GPTQ's mechanics stay fast
 def test_int8_logits_stay_float_so_near_ties_do_not_collapse(mobilenet_v1_variants):
     work, logits, _ = mobilenet_v1_variants
     proto = onnx.load(work / "gptq.onnx")

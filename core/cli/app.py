@@ -14,7 +14,6 @@ from t2tedge.cli.measure_commands import (
     parity_parser,
     profile_parser,
     quantize_parser,
-    table4_parser,
 )
 from t2tedge.cli.model_commands import (
     eval_parser,
@@ -24,6 +23,7 @@ from t2tedge.cli.model_commands import (
 )
 from t2tedge.cli.options import apply_pretrained_tag
 from t2tedge.cli.ort_commands import optimize_parser
+from t2tedge.cli.table4_commands import table4_parser
 from t2tedge.errors import T2TEdgeError, first_line
 
 

@@ -1,4 +1,4 @@
-"""`t2tedge profile | parity | quantize | check-trt | table4`."""
+"""`t2tedge profile | parity | quantize | check-trt`."""
 
 from __future__ import annotations
 
@@ -212,42 +212,6 @@ def cmd_check_trt(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_table4(args: argparse.Namespace) -> int:
-    from t2tedge.harness.table4 import (
-        Grid,
-        GridSettings,
-        load_table,
-        merge,
-        write_outputs,
-    )
-    from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
-    from t2tedge.targets import PRECISIONS, targets
-
-    measuring = [flag for flag, value in (("--models", args.models), ("--runtimes", args.runtimes),
-                                          ("--precisions", args.precisions), ("--suite", args.suite),
-                                          ("--data", args.data), ("--limit", args.limit), ("--runs", args.runs),
-                                          ("--num-calib", args.num_calib), ("--threads", args.threads))
-                 if value is not None]
-    if args.merge and measuring:
-        raise UsageError(f"--merge joins measured files and measures nothing; drop {', '.join(measuring)}")
-    if args.merge:
-        table = merge([load_table(p) for p in args.merge])
-        ensure_writable_dir(args.out)
-    else:
-        suite = args.suite or "imagenet"
-        settings = GridSettings(data=args.data or SUITES[suite].data(), limit=args.limit, threads=args.threads,
-                                runs=args.runs or 50, num_calib=args.num_calib or 256, suite=suite)
-        grid = Grid(comma_list(args.models or ",".join(TABLE4_MODELS)), comma_list(args.runtimes or ",".join(targets())),
-                    comma_list(args.precisions or ",".join(PRECISIONS)), settings, args.out)
-        ensure_writable_dir(args.out)
-        table = grid.run()
-    paths = write_outputs(table, args.out)
-    measured = sum(c.measured for c in table.cells)
-    print(f"{measured} cells measured, {len(table.cells) - measured} skipped; wrote "
-          + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
 def profile_parser(sub) -> None:
     p = sub.add_parser(
         "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
@@ -365,31 +329,3 @@ def check_trt_parser(sub) -> None:
     p.add_argument("--data", type=Path, metavar="DIR", help="real images to read activation ranges on (fp16 hazards)")
     p.add_argument("--limit", type=at_least(1), metavar="N", help="images of --data read (default: 16)")
     p.set_defaults(func=cmd_check_trt)
-
-
-def table4_parser(sub) -> None:
-    from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
-    from t2tedge.targets import PRECISIONS, targets
-
-    p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x targets x precisions",
-                       description="Every cell builds its file with the target's build function and the defaults of "
-                                   "`t2tedge export` (static batch 1), then measures that file: accuracy, size, "
-                                   "batch-1 latency. Files and finished cells are cached under --out.")
-    p.add_argument("--models", help=f"comma list (default: {','.join(TABLE4_MODELS)})")
-    p.add_argument("--runtimes", help=f"comma list of targets (default: {','.join(targets())})")
-    p.add_argument("--precisions", help=f"comma list (default: {','.join(PRECISIONS)})")
-    p.add_argument("--suite", choices=sorted(SUITES),
-                   help="imagenet: ImageNet weights where they exist (untrained T2T-ViT otherwise), val1300, "
-                        "imagenet-sample calibration; imagenette: every model trained from scratch on Imagenette, "
-                        "its val, calibrated on its train; models without such weights are skipped "
-                        "(default: imagenet)")
-    p.add_argument("--data", type=Path, help="evaluation images (default: the suite's)")
-    p.add_argument("--limit", type=at_least(1), help="N images evenly spread over the classes, for quick runs")
-    p.add_argument("--runs", type=at_least(1), help="timed batch-1 runs per cell after warm-up (default: 50)")
-    p.add_argument("--num-calib", type=at_least(1),
-                   help="calibration images for the int8 cells, from the suite's calibration folder (default: 256)")
-    p.add_argument("--threads", type=at_least(1))
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
-    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                   help="merge table4.json files and `t2tedge profile` records instead of measuring")
-    p.set_defaults(func=cmd_table4)
