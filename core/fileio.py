@@ -18,7 +18,15 @@ from t2tedge.errors import UsageError
 # storage that several hosts share (a cluster's artifacts), another host's process ids mean nothing here: only the
 # host that owns a staging folder judges it.
 STAGING_PREFIX = ".t2tedge-staging-"
-HOST_TAG = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
+
+
+def hostname_digest() -> str:
+    """A stable, non-reversible tag of this host's name. Python's hash() of a str is salted per process, which made
+    one host look like a new machine in every run and broke `table4 --merge` and the fp32-reference lookup."""
+    return hashlib.sha256(platform.node().encode()).hexdigest()[:12]
+
+
+HOST_TAG = hostname_digest()
 
 
 def staging_prefix(name: str) -> str:

@@ -13,12 +13,18 @@ from t2tedge.runtimes.base import Runtime
 
 @dataclass
 class EvalResult:
-    top1: float
-    top5: float
     images: int
     predictions: np.ndarray  # top-1 class per image, for agreement between runtimes
-    top1_hits: int = 0
-    top5_hits: int = 0
+    top1_hits: int
+    top5_hits: int
+
+    @property
+    def top1(self) -> float:
+        return self.top1_hits / self.images
+
+    @property
+    def top5(self) -> float:
+        return self.top5_hits / self.images
 
     def to_dict(self) -> dict:
         return {"top1": self.top1, "top5": self.top5, "images": self.images}
@@ -36,5 +42,4 @@ def evaluate(runtime: Runtime, samples: Sequence[Sample], preprocess, batch: int
         top5 += int((ranked == labels[:, None]).any(axis=1).sum())
         predictions.append(ranked[:, 0])
     n = len(dataset)
-    return EvalResult(top1=top1 / n, top5=top5 / n, images=n, predictions=np.concatenate(predictions),
-                      top1_hits=top1, top5_hits=top5)
+    return EvalResult(images=n, predictions=np.concatenate(predictions), top1_hits=top1, top5_hits=top5)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
 
 import numpy as np
 
+from t2tedge.fileio import hostname_digest
 from t2tedge.results import LatencyStats, MachineInfo
 
 
@@ -34,9 +34,3 @@ def machine_info() -> MachineInfo:
         pass
     return MachineInfo(cpu=cpu, cores=os.cpu_count(), system=f"{platform.system()} {platform.release()}",
                        python=platform.python_version(), hostname_hash=hostname_digest())
-
-
-def hostname_digest() -> str:
-    """A stable, non-reversible tag of this host's name. Python's hash() of a str is salted per process, which made
-    one host look like a new machine in every run and broke `table4 --merge` and the fp32-reference lookup."""
-    return hashlib.sha256(platform.node().encode()).hexdigest()[:12]

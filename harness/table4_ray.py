@@ -51,6 +51,23 @@ class RayOptions:
     shard_images: int = 256
     cpus: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.shard_images < 1:
+            raise UsageError("--shard-images must be at least 1")
+        if self.address != LOCAL:
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit():
+                raise UsageError(f"--ray {self.address}: expected auto or a cluster's HOST:PORT (the head's GCS port, "
+                                 f"6379 by default)")
+            if self.cpus is not None:
+                raise UsageError(f"--ray-cpus sizes the local instance of --ray {LOCAL}; the cluster at "
+                                 f"{self.address} has its own")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host, int(port)
+
 
 @dataclass
 class RayRunStats:
@@ -80,7 +97,7 @@ def connect(options: RayOptions) -> None:
         ray.init(address="local", num_cpus=options.cpus, resources={NODE_RESOURCE: 1},
                  object_store_memory=256 * 1024 ** 2, **common)
         return
-    _check_reachable(options.address)
+    _check_reachable(options)
     try:
         ray.init(address=options.address, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -95,16 +112,13 @@ def connect(options: RayOptions) -> None:
                          f"(docs/cluster.md)")
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(options: RayOptions) -> None:
     """Refuse at once a HOST:PORT nothing listens on: Ray itself retries such an address for minutes."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--ray {address}: expected auto or a cluster's HOST:PORT (the head's GCS port, 6379 by "
-                         f"default)")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection(options.host_port, timeout=5).close()
     except OSError as exc:
-        raise UsageError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start its head with "
+        raise UsageError(f"cannot reach the Ray cluster at {options.address} ({exc.strerror or exc}); start its head "
+                         f"with "
                          f"`ray start --head --resources='{{\"{NODE_RESOURCE}\": 1}}'` (docs/cluster.md), or use "
                          f"--ray {LOCAL}") from None
 
@@ -153,11 +167,6 @@ class RayGrid:
     was timed on."""
 
     def __init__(self, grid: Grid, options: RayOptions) -> None:
-        if options.shard_images < 1:
-            raise UsageError("--shard-images must be at least 1")
-        for target in grid.targets:
-            if target.build is None and not target.reference:
-                raise UsageError(f"{target.name} builds no files for a cluster to share")
         self.grid, self.options = grid, options
         # Every worker reads and writes the same folders: absolute paths, shared storage on a cluster.
         grid.out, grid.artifacts, grid.cache_dir = grid.out.resolve(), grid.artifacts.resolve(), grid.cache_dir.resolve()
@@ -179,20 +188,20 @@ class RayGrid:
         self.builds: dict[Path, Any] = {}  # recipe folder -> build task
         self.waiting: dict[Any, tuple[str, Any]] = {}  # task -> what it is for
         self.complexity: dict[str, dict[str, int]] = {}
-        cells: dict[int, Table4Cell] = {}
+        self.cells: dict[int, Table4Cell] = {}  # by the cell's place in the grid
         self.bar = tqdm(total=len(grid.cells()), desc="table4", unit="cell")
         self.images_total = self.images_done = 0
         try:
             for index, (model_name, runtime, precision) in enumerate(grid.cells()):
                 plan = grid.plan_cell(model_name, runtime, precision)
                 if isinstance(plan, Table4Cell):
-                    cells[index] = plan
+                    self.cells[index] = plan
                     self.bar.update()
                     continue
                 cell = _Cell(index, plan)
                 artifact = self._artifact(plan.model, plan.target, precision, plan.checkpoint)
                 if isinstance(artifact, Path):
-                    self._start(cell, artifact, cells)
+                    self._start(cell, artifact)
                 else:
                     self.waiting.setdefault(artifact, ("build", []))[1].append(cell)
             while self.waiting:
@@ -201,23 +210,23 @@ class RayGrid:
                 try:
                     value = ray.get(done)
                 except Exception as exc:  # a task's own error, or a worker lost more often than retried
-                    self._fail(kind, what, _task_error(exc), cells)
+                    self._fail(kind, what, _task_error(exc))
                     continue
                 if kind == "build":
                     for cell in what:
-                        self._start(cell, value, cells)
+                        self._start(cell, value)
                 elif kind == "score":
                     what.shards.append(value)
                     what.shards_left -= 1
                     self.images_done += len(value.predictions)
-                    self._maybe_finish(what, cells)
+                    self._maybe_finish(what)
                 else:
                     what.timing = value
-                    self._maybe_finish(what, cells)
+                    self._maybe_finish(what)
                 self.bar.set_postfix_str(f"images {self.images_done}/{self.images_total}")
         finally:
             self.bar.close()
-        ordered = [cells[i] for i in sorted(cells)]
+        ordered = [self.cells[i] for i in sorted(self.cells)]
         # One machine when every cell was timed on one node (the driver's when none was timed), else each cell's own.
         timed_on = {c.machine for c in ordered if c.machine is not None}
         machine = timed_on.pop() if len(timed_on) == 1 else None if timed_on else machine_info()
@@ -240,14 +249,14 @@ class RayGrid:
             self.stats.builds += 1
         return self.builds[folder]
 
-    def _start(self, cell: _Cell, path: Path, cells: dict[int, Table4Cell]) -> None:
+    def _start(self, cell: _Cell, path: Path) -> None:
         """The cell's file exists: the cached cell, or its shard and timing tasks."""
         grid, plan = self.grid, cell.plan
         cell.path = path
         cell.key, cell.artifact_hash = grid.cell_key(plan, path)
         cached = grid.cached_cell(cell.key)
         if cached is not None:
-            cells[cell.index] = cached
+            self.cells[cell.index] = cached
             self.bar.update()
             return
         bounds = shard_bounds(len(grid.samples), self.options.shard_images)
@@ -262,23 +271,23 @@ class RayGrid:
         if plan.model not in self.complexity:  # in the driver, while the cluster works: it needs torch
             self.complexity[plan.model] = grid.complexity(plan.model)
 
-    def _maybe_finish(self, cell: _Cell, cells: dict[int, Table4Cell]) -> None:
-        if cell.shards_left or cell.timing is None or cell.index in cells:
+    def _maybe_finish(self, cell: _Cell) -> None:
+        if cell.shards_left or cell.timing is None or cell.index in self.cells:
             return
         measured = accuracy_fields(cell.shards, len(self.grid.samples)) if self.grid.samples else {}
         # The timing's fields carry the machine it ran on, which the cell (and its cache entry) keeps.
-        cells[cell.index] = self.grid.finish_cell(cell.plan, cell.path, cell.key, cell.artifact_hash,
+        self.cells[cell.index] = self.grid.finish_cell(cell.plan, cell.path, cell.key, cell.artifact_hash,
                                                   {**measured, **cell.timing}, self.complexity[cell.plan.model])
         self.bar.update()
 
-    def _fail(self, kind: str, what: Any, error: str, cells: dict[int, Table4Cell]) -> None:
+    def _fail(self, kind: str, what: Any, error: str) -> None:
         """A failed task fails its cell (a build: every cell of that file), named once; the rest of the grid goes
         on, and the cell's other tasks are dropped."""
         for cell in (what if kind == "build" else [what]):
-            if cell.index in cells:
+            if cell.index in self.cells:
                 continue
             plan = cell.plan
-            cells[cell.index] = Table4Cell(**plan.fields, status="failed", reason=f"{kind} failed: {error}")
+            self.cells[cell.index] = Table4Cell(**plan.fields, status="failed", reason=f"{kind} failed: {error}")
             name = f"{plan.model} {plan.target.name} {plan.precision}"
             self.stats.failed.append(name)
             self.bar.write(f"{name}: {kind} failed: {error}", file=sys.stderr)

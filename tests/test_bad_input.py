@@ -361,6 +361,8 @@ CASES = [
      "--merge joins measured files and measures nothing; drop --ray"),
     ("table4 --shard-images without --ray", ["table4", "--shard-images", "64", "--out", "{out}"], 2,
      "--shard-images goes with --ray; without it the grid runs in this process"),
+    ("table4 --ray-cpus without --ray", ["table4", "--ray-cpus", "2", "--out", "{out}"], 2,
+     "--ray-cpus goes with --ray; without it the grid runs in this process"),
     ("table4 --ray-cpus with a cluster address", ["table4", "--ray", "127.0.0.1:6379", "--ray-cpus", "2", "--out",
                                                   "{out}"], 2, "--ray-cpus sizes the local instance of --ray auto"),
     ("table4 --artifacts is a file", ["table4", "--artifacts", "{file}", "--out", "{out}"], 2,

@@ -29,13 +29,14 @@ def cmd_table4(args: argparse.Namespace) -> int:
                  if value is not None]
     if args.merge and measuring:
         raise UsageError(f"--merge joins measured files and measures nothing; drop {', '.join(measuring)}")
-    if args.ray is not None and not args.ray.strip():
-        raise UsageError("--ray takes auto (a local Ray instance) or a cluster's ADDRESS (HEAD:6379)")
     for flag, value in (("--shard-images", args.shard_images), ("--ray-cpus", args.ray_cpus)):
         if value is not None and args.ray is None:
             raise UsageError(f"{flag} goes with --ray; without it the grid runs in this process")
-    if args.ray_cpus is not None and args.ray != "auto":
-        raise UsageError(f"--ray-cpus sizes the local instance of --ray auto; the cluster at {args.ray} has its own")
+    if args.ray is not None:
+        from t2tedge.harness.table4_ray import RayOptions
+
+        ray_options = RayOptions(address=args.ray, shard_images=args.shard_images or RayOptions.shard_images,
+                                 cpus=args.ray_cpus)
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
         ensure_writable_dir(args.out)
@@ -51,11 +52,9 @@ def cmd_table4(args: argparse.Namespace) -> int:
         if args.ray is None:
             table = grid.run()
         else:
-            from t2tedge.harness.table4_ray import RayGrid, RayOptions
+            from t2tedge.harness.table4_ray import RayGrid
 
-            options = RayOptions(address=args.ray, shard_images=args.shard_images or RayOptions.shard_images,
-                                 cpus=args.ray_cpus)
-            table = RayGrid(grid, options).run()
+            table = RayGrid(grid, ray_options).run()
     paths = write_outputs(table, args.out)
     measured = sum(c.measured for c in table.cells)
     failed = sum(c.status == "failed" for c in table.cells)
