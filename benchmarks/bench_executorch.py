@@ -40,7 +40,8 @@ from t2tedge.models import get_spec, trained_subject
 from t2tedge.native_output import native_output_captured
 from t2tedge.paths import shared_path
 from t2tedge.quantize.calibration import images_of
-from t2tedge.quantize.executorch_ptq import export_executorch_model, quantize_static
+from t2tedge.quantize.executorch_ptq import quantize_static
+from t2tedge.targets.executorch import ExecuTorchSettings, file_name, write_program
 
 from bench_common import bench_arguments, data_for, print_rows, score_files, timed_alone, weights_for
 
@@ -99,8 +100,10 @@ def quantized_rows(name: str, workdir: Path, args) -> tuple[list[dict], dict | N
     files: dict[str, Path] = {}
     for precision in ("fp32", "w8", "int8"):
         print(f"{name}: {precision} ...", flush=True)
-        files[f"ExecuTorch {precision}" + ("" if precision == "fp32" else " (ours)")] = export_executorch_model(
-            name, checkpoint, out_dir=workdir, precision=precision, calibration=calibration, **overrides)[0]
+        # int8 here calibrates on its own images (what `export` ships applies the ONNX plan: make bench-int8).
+        settings = ExecuTorchSettings(precision=precision, calibration=calibration if precision == "int8" else ())
+        files[f"ExecuTorch {precision}" + ("" if precision != "int8" else " (self-calibrated)")] = write_program(
+            name, checkpoint, workdir / file_name(name, precision, "xnnpack"), settings, **overrides)[0]
     if not args.skip_peer:
         print(f"{name}: plain XNNPACKQuantizer peer ...", flush=True)
         peer = workdir / f"{name}_peer.pte"
@@ -115,9 +118,10 @@ def quantized_rows(name: str, workdir: Path, args) -> tuple[list[dict], dict | N
     fp32_onnx = export_onnx(name, checkpoint, out_dir=workdir, **overrides)
     files["ONNX Runtime fp32"] = optimize_for_onnxruntime(fp32_onnx)[0]
     if missing_package("ai_edge_litert", "") is None and missing_package("litert_torch", "") is None:
-        from t2tedge.quantize.litert_ptq import export_litert_model
+        from t2tedge.targets.litert import LiteRTSettings, file_name as tflite_name, write_tflite
 
-        files["LiteRT fp32"] = export_litert_model(name, checkpoint, out_dir=workdir, **overrides)[0]
+        files["LiteRT fp32"] = write_tflite(name, checkpoint, workdir / tflite_name(name, "fp32"), LiteRTSettings(),
+                                            **overrides)[0]
     print(f"{name}: timing each file alone ...", flush=True)
     latency = timed_alone(files, name, args.threads, args.runs)
     rows = score_files(files, name, label, images, labels, latency, args.threads,

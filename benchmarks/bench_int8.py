@@ -36,10 +36,10 @@ TARGETS = ("onnxruntime", "openvino", "executorch", "litert")
 
 
 def executorch_peer(name: str, checkpoint, overrides: dict, calibration, destination: Path) -> Path:
-    from t2tedge.quantize.executorch_ptq import export_executorch_model
+    from t2tedge.targets.executorch import ExecuTorchSettings, write_program
 
-    return export_executorch_model(name, checkpoint, precision="int8", calibration=calibration,
-                                   destination=destination, progress=False, **overrides)[0]
+    settings = ExecuTorchSettings(precision="int8", calibration=calibration, progress=False)
+    return write_program(name, checkpoint, destination, settings, **overrides)[0]
 
 
 def main() -> int:

@@ -21,6 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from t2tedge.errors import DataError
 from t2tedge.paths import shared_path, synset_words_file
 
+# Calibration images drawn when a command is not told how many (--num-calib).
+DEFAULT_NUM_CALIB = 256
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}

@@ -2,12 +2,12 @@
 
 | class | schema id | file |
 | --- | --- | --- |
-| `QuantizeReport` | `t2tedge.quantize-report/2` | `MODEL_int8[_target].json` beside the INT8 model |
 | `Table4Result` (rows: `Table4Cell`) | `t2tedge.table4/1` | `table4.json` |
 | `ProfileRecord` (one `Table4Cell`) | `t2tedge.profile/1` | what `t2tedge profile` writes; merges into a table |
 | `OpProfileRecord` (rows: `OpTime`) | `t2tedge.op-profile/1` | what `t2tedge profile --ops` writes |
 
-`to_dict()` gives the JSON form; `from_dict()` checks it field by field and names the first field that is wrong.
+The quantizer's records (its report, config, plan and the sidecar summary) build on the same `Record` in
+`t2tedge.quantize.records`. `to_dict()` gives the JSON form; `from_dict()` checks it field by field and names the first field that is wrong.
 The schema files in `docs/schemas/` are `json_schema(cls)` written out; a test keeps them equal to the classes, so
 a field cannot change without the file (and, where old readers would break, the version) changing too. Needs only
 the standard library: `t2tedge profile` runs on devices without torch.
@@ -35,13 +35,17 @@ class ResultFormatError(T2TEdgeError):
 
 
 class Record:
-    """The JSON round trip shared by the result dataclasses. Optional fields left at None are not written."""
+    """The JSON round trip shared by the result, config and plan dataclasses. Optional fields left at None are not
+    written; a field with `metadata={"json": False}` is not part of the JSON form (a plan's arrays). A file a user
+    writes by hand (a quantization config) may leave out its schema id (`SCHEMA_REQUIRED` False); another id is
+    refused all the same."""
 
     SCHEMA: ClassVar[str | None] = None
+    SCHEMA_REQUIRED: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": self.SCHEMA} if self.SCHEMA else {}
-        for item in dataclasses.fields(self):
+        for item in _json_fields(self):
             value = getattr(self, item.name)
             if value is None and _optional(item):
                 continue
@@ -56,15 +60,15 @@ class Record:
         data = dict(data)
         if cls.SCHEMA is not None:
             found = data.pop("schema", None)
-            if found != cls.SCHEMA:
+            if found != cls.SCHEMA and not (found is None and not cls.SCHEMA_REQUIRED):
                 raise ResultFormatError(f"{where}: schema {found!r}, expected {cls.SCHEMA!r}")
         hints = typing.get_type_hints(cls)
-        names = {item.name for item in dataclasses.fields(cls)}
+        names = {item.name for item in _json_fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ResultFormatError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            raise ResultFormatError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         values = {}
-        for item in dataclasses.fields(cls):
+        for item in _json_fields(cls):
             if item.name in data:
                 values[item.name] = _load(hints[item.name], data[item.name], f"{where}.{item.name}")
             elif _required(item):
@@ -84,6 +88,10 @@ def _read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultFormatError(f"cannot read {path}: {exc}") from None
+
+
+def _json_fields(cls_or_record) -> list[dataclasses.Field]:
+    return [item for item in dataclasses.fields(cls_or_record) if item.metadata.get("json", True)]
 
 
 def _required(item: dataclasses.Field) -> bool:
@@ -130,6 +138,15 @@ def _load(hint: Any, value: Any, where: str) -> Any:
             raise ResultFormatError(f"{where}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(hint)
         return [_load(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ResultFormatError(f"{where}: expected a list, got {type(value).__name__}")
+        items = typing.get_args(hint)
+        if items[-1] is Ellipsis:
+            return tuple(_load(items[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(items):
+            raise ResultFormatError(f"{where}: expected {len(items)} values, got {len(value)}")
+        return tuple(_load(item, v, f"{where}[{i}]") for i, (item, v) in enumerate(zip(items, value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ResultFormatError(f"{where}: expected an object, got {type(value).__name__}")
@@ -167,8 +184,9 @@ def _object_schema(cls: type[Record], definitions: dict[str, Any]) -> dict[str, 
     required = []
     if cls.SCHEMA:
         properties["schema"] = {"const": cls.SCHEMA}
-        required.append("schema")
-    for item in dataclasses.fields(cls):
+        if cls.SCHEMA_REQUIRED:
+            required.append("schema")
+    for item in _json_fields(cls):
         properties[item.name] = _type_schema(hints[item.name], definitions)
         if not _optional(item):
             required.append(item.name)
@@ -186,8 +204,11 @@ def _type_schema(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
     if hint is type(None):
         return {"type": "null"}
     origin = typing.get_origin(hint)
-    if origin is list:
+    if origin is list or (origin is tuple and typing.get_args(hint)[-1] is Ellipsis):
         return {"type": "array", "items": _type_schema(typing.get_args(hint)[0], definitions)}
+    if origin is tuple:
+        items = [_type_schema(item, definitions) for item in typing.get_args(hint)]
+        return {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
     if origin is dict:
         return {"type": "object", "additionalProperties": _type_schema(typing.get_args(hint)[1], definitions)}
     if isinstance(hint, type) and issubclass(hint, Record):
@@ -376,76 +397,7 @@ class OpProfileRecord(Record):
     runtime_info: dict[str, Any] = field(default_factory=dict)
 
 
-# ---- quantization ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CalibrationInfo(Record):
-    """The calibration subset: `images` drawn from `folder` with `seed`."""
-
-    folder: str
-    images: int
-    seed: int
-
-
-@dataclass
-class LayerSqnrReport(Record):
-    """Each quantized layer's output SQNR against fp32 on `images` images; `flagged`: layers under `threshold_db`."""
-
-    threshold_db: float
-    images: int
-    scored_on: str
-    layers: list[dict[str, Any]]
-    flagged: list[str]
-
-
-@dataclass
-class CalibrationCacheInfo(Record):
-    """The TensorRT calibration cache written beside a `--target tensorrt` model, how many tensors it gives ranges
-    for, and what reads it (TensorRT 10's implicit INT8 only: TensorRT 11 reads no cache)."""
-
-    path: str
-    tensors: int
-    reader: str
-
-
-@dataclass
-class QuantizeReport(Record):
-    """What `t2tedge quantize` made: which nodes run INT8 and how, how each quantized layer scores, what was
-    calibrated on, and (with a search) the sensitivity ranking and the nodes kept float to reach an agreement
-    target."""
-
-    SCHEMA: ClassVar[str] = "t2tedge.quantize-report/2"
-    model: str
-    destination: str
-    target: str
-    config: dict[str, Any]
-    calibration: CalibrationInfo
-    quantized_nodes: list[str]
-    float_nodes: list[str]
-    method: str
-    weight_granularity: str
-    weight_rounding: str
-    gptq_rounded_nodes: int
-    activation_dtype: str
-    bias_correction: dict[str, Any]
-    pixel_grid_input: dict[str, Any]
-    int8_outputs_kept_float: list[str]
-    int8_pooling: list[str]
-    float_nodes_behind_dequantize: list[str]
-    ort_disabled_optimizers: list[str]
-    layer_sqnr: LayerSqnrReport
-    # Only for --target tensorrt: TensorRT 10's implicit INT8 reads it (TensorRT 11 builds the QDQ file itself).
-    trt_calibration_cache: CalibrationCacheInfo | None = None
-    # The target-neutral plan read out of this file ({path, layers}), which the other targets' INT8 builds apply.
-    plan: dict[str, Any] | None = None
-    held_out_images: int | None = None
-    all_int8: dict[str, Any] | None = None
-    sensitivity: list[dict[str, Any]] | None = None
-    mixed_precision: dict[str, Any] | None = None
-
-
-RESULT_TYPES: tuple[type[Record], ...] = (QuantizeReport, Table4Result, ProfileRecord, OpProfileRecord)
+RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord)
 
 
 def schema_file_name(cls: type[Record]) -> str:

@@ -39,3 +39,14 @@ def publish_with_sidecar(staged: Path, destination: Path, metadata: dict[str, An
     sidecar.write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
     publish_together({staged: destination, sidecar: sidecar_path(destination)})
     return destination
+
+
+def sidecar_metadata(artifact: str | os.PathLike) -> dict[str, str]:
+    """The sidecar as the other formats' metadata read: string values, JSON-encoded where structured."""
+    return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in read_sidecar(artifact).items()}
+
+
+def sidecar_files(artifact: str | os.PathLike) -> tuple[Path, ...]:
+    """The sidecar, as a file that travels with its artifact, where it exists."""
+    return (sidecar_path(artifact),) if sidecar_path(artifact).is_file() else ()

@@ -3,22 +3,21 @@
 The input layout defaults to NHWC float32, what an Android app fills from a bitmap. LiteRT's flatbuffer has no
 field for our preprocessing and class order, so they travel in a sidecar JSON beside the file
 (`MODEL.tflite.json`, see `t2tedge.sidecar`), written and moved into place together with it. Quantized variants
-are made from the fp32 file by `t2tedge.quantize.litert_ptq`.
+are made from the fp32 file by `t2tedge.quantize.litert_ptq`; `t2tedge.targets.litert` ties the steps together.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, require_installed
-from t2tedge.export.common import artifact_metadata, build_model
+from t2tedge.export.common import artifact_metadata
 from t2tedge.native_output import native_output_captured
 from t2tedge.models import get_spec
 
@@ -80,20 +79,14 @@ def check_layout(layout: str) -> None:
         raise T2TEdgeError(f"unknown input layout {layout!r}; choose {', '.join(LAYOUTS)}")
 
 
-def convert_fp32(model_name: str, checkpoint: str | os.PathLike | None, staging: Path, layout: str = "nhwc",
-                 prepare: Callable[[torch.nn.Module, str], None] | None = None,
-                 **overrides: Any) -> tuple[Path, dict[str, Any]]:
-    """The fp32 .tflite of `model_name` in `staging`, and its metadata (not yet published). `prepare(model, weights)`
-    may change the model in place first (a quantization plan's grid weights)."""
+def convert_fp32(model: torch.nn.Module, model_name: str, weights: str, staging: Path, layout: str = "nhwc",
+                 num_classes: int = 1000) -> tuple[Path, dict[str, Any]]:
+    """The fp32 .tflite of the export-form `model` (of `model_name`, weights stamped as `weights`) in `staging`,
+    and its metadata (not yet published)."""
     check_layout(layout)
-    spec = get_spec(model_name)
-    model, weights = build_model(model_name, checkpoint, **overrides)
-    if prepare is not None:
-        prepare(model, weights)
-    crop = spec.preprocess.crop
+    crop = get_spec(model_name).preprocess.crop
     module = ChannelsLast(model).eval() if layout == "nhwc" else model
     sample = torch.zeros(1, crop, crop, 3) if layout == "nhwc" else torch.zeros(1, 3, crop, crop)
     staged = staging / f"{model_name}.tflite"
     convert_module(module, sample, staged)
-    num_classes = overrides.get("num_classes", 1000)
     return staged, litert_metadata(model_name, weights, layout, "fp32", num_classes)

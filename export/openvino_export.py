@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import T2TEdgeError, native_message, require_package
+from t2tedge.errors import T2TEdgeError, native_message
 from t2tedge.fileio import publish_together, staging_dir
 from t2tedge.export.onnx_export import read_metadata
 
@@ -51,20 +51,3 @@ def _name_unnamed_nodes(model) -> None:
     for index, node in enumerate(model.get_ordered_ops()):
         if node.get_friendly_name() == node.get_name():
             node.set_friendly_name(f"{node.get_type_name()}_{index}")
-
-
-def export_openvino(source: str, checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike = "artifacts/openvino",
-                    weights: str = "fp32", **overrides) -> Path:
-    """IR for `source`: a model name (exported to ONNX first, as `export_onnx` would) or an `.onnx` file of
-    ours (fp32 or INT8). Returns the .xml path; the .bin lies beside it."""
-    require_package("openvino", "'t2t-edge[openvino]'")
-    if source.endswith(".onnx"):
-        onnx_path = Path(source)
-        if not onnx_path.is_file():
-            raise T2TEdgeError(f"ONNX file not found: {onnx_path}")
-        return convert_onnx_to_ir(onnx_path, Path(out_dir) / f"{onnx_path.stem}.xml", weights)
-    from t2tedge.export.onnx_export import OnnxExportOptions, export_onnx
-
-    with staging_dir(Path(out_dir), "openvino") as tmp:
-        onnx_path = export_onnx(source, checkpoint, out_dir=tmp, options=OnnxExportOptions(), **overrides)
-        return convert_onnx_to_ir(onnx_path, Path(out_dir) / f"{source}.xml", weights)

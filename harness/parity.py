@@ -24,7 +24,7 @@ from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.fileio import temp_staging_dir
 from t2tedge.harness.artifacts import artifact_for, takes_onnx
 from t2tedge.models import get_spec
-from t2tedge.targets import BuildRequest, get_target, plan_target
+from t2tedge.targets import BuildRequest, get_target, int8_origin, int8_prerequisite, int8_request
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
@@ -96,38 +96,25 @@ def parity_images(model_name: str, data: str | os.PathLike, n: int, seed: int = 
 def int8_artifacts(targets: Sequence[Any], model_name: str, checkpoint: str | os.PathLike | None, work: Path,
                    calib: str | os.PathLike | None, num_calib: int, exclude: Sequence[Any], num_classes: int
                    ) -> tuple[dict[str, Path], dict[str, str]]:
-    """Each target's INT8 file from one plan: the ONNX Runtime QDQ file computes it (calibrated once), targets that
-    run ONNX files take that file, targets with `--plan` apply it; a target that does neither calibrates on its own,
-    which the returned notes say. Returns ({target: file}, {target: how its INT8 was made})."""
-    reference = plan_target()
+    """Each target's INT8 file as `export` makes it, the plan-making target's QDQ file built once and every other
+    target starting from it as `Target.int8_from` says. Returns ({target: file}, {target: how its INT8 was made})."""
     common = dict(model=model_name, precision="int8", checkpoint=Path(checkpoint) if checkpoint else None,
                   calib=Path(calib) if calib else None, num_calib=num_calib, exclude=tuple(exclude),
                   num_classes=num_classes)
-    request = BuildRequest(out_dir=work / reference.name, **common)
-    reference.check_request(request)
-    qdq = reference.build(request)
-    from t2tedge.quantize.quantization_plan import plan_path_for
+    built: dict[str, Path] = {}
 
-    plan = plan_path_for(qdq)
-    files: dict[str, Path] = {}
-    how: dict[str, str] = {}
-    for target in targets:
-        if target.reference:
-            continue
-        if target is reference:
-            files[target.name], how[target.name] = qdq, "the plan's own QDQ file"
-            continue
-        if target.from_onnx:
-            request = BuildRequest(out_dir=work / target.name, source=qdq, **{**common, "checkpoint": None})
-            how[target.name] = "built from the plan's QDQ file"
-        elif target.applies_plan:
-            request = BuildRequest(out_dir=work / target.name, options={"plan": str(plan)}, **common)
-            how[target.name] = "applies the plan (--plan)"
-        else:
+    def file_of(target) -> Path:
+        if target.name not in built:
             request = BuildRequest(out_dir=work / target.name, **common)
-            how[target.name] = "calibrates on its own: this target does not apply plans yet"
-        target.check_request(request)
-        files[target.name] = target.build(request)
+            target.check_request(request)
+            before = int8_prerequisite(target, request)
+            if before is not None:
+                request = int8_request(target, request, file_of(before))
+            built[target.name] = target.build(request)
+        return built[target.name]
+
+    files = {target.name: file_of(target) for target in targets if not target.reference}
+    how = {target.name: int8_origin(target) for target in targets if not target.reference}
     return files, how
 
 

@@ -29,7 +29,8 @@ from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS, Suite  # noqa: F4
 from t2tedge.models import create_model, get_spec
 from t2tedge.models.complexity import count_macs, count_params
 from t2tedge.results import DataInfo, ResultFormatError, Table4Cell, Table4Result, read_measurements
-from t2tedge.targets import DEFAULT_NUM_CALIB, PRECISIONS, BuildRequest, Target, get_target, plan_target
+from t2tedge.targets import (DEFAULT_NUM_CALIB, PRECISIONS, BuildRequest, Target, get_target, int8_prerequisite,
+                             int8_request)
 
 # Beside each built artifact in the grid's cache: which file the build wrote, and from what.
 BUILT_RECORD = "built.json"
@@ -125,10 +126,6 @@ class Grid:
                 return path
         return None
 
-    def needs_plan(self, target: Target, precision: str) -> bool:
-        """Whether the cell's build applies the plan of the grid's ONNX INT8 cell (one calibration for all)."""
-        return precision == "int8" and target.applies_plan
-
     def artifact(self, model_name: str, target: Target, precision: str, checkpoint: Path | None) -> Path:
         """The cell's file, built once per recipe."""
         folder, recipe = self.artifact_folder(model_name, target, precision, checkpoint)
@@ -136,12 +133,10 @@ class Grid:
         if path is not None:
             return path
         request = self.build_request(model_name, precision, checkpoint, folder)
-        if self.needs_plan(target, precision):
-            from t2tedge.quantize.quantization_plan import plan_path_for
-
-            reference = self.artifact(model_name, plan_target(), precision, checkpoint)
-            request = dataclasses.replace(request, options={"plan": str(plan_path_for(reference))})
         target.check_request(request)
+        before = int8_prerequisite(target, request)
+        if before is not None:  # the grid's own cell of that target: one calibration for every INT8 cell
+            request = int8_request(target, request, self.artifact(model_name, before, precision, checkpoint))
         path = target.build(request)
         atomic_write_text(folder / BUILT_RECORD, json.dumps({"artifact": path.name, "recipe": recipe}, indent=1) + "\n")
         return path

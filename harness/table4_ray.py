@@ -1,7 +1,7 @@
 """The Table 4 grid on Ray: the same cells as `Grid.run`, the work split the way its costs are.
 
 - one task per artifact build, deduplicated by the recipe folder the file is built in (the ONNX INT8 build a plan
-  comes from runs before the LiteRT and ExecuTorch builds that apply it);
+  comes from runs before the builds that start from it, `t2tedge.targets.int8_prerequisite`);
 - one task per (cell, shard of images) for accuracy; shards start at multiples of the evaluation batch and merge in
   image order, so a cell's predictions and top-1/top-5 are exactly those one process computes;
 - one timing task per cell that holds its node whole: every node offers one `t2tedge_node` token, each other task
@@ -29,7 +29,7 @@ from t2tedge.harness.table4 import CellPlan, Grid, finish
 from t2tedge.harness.timing import time_alone
 from t2tedge.models import get_spec
 from t2tedge.results import Table4Cell, Table4Result
-from t2tedge.targets import get_target, plan_target
+from t2tedge.targets import get_target, int8_prerequisite
 
 # One per node, all of it held by a timing task.
 NODE_RESOURCE = "t2tedge_node"
@@ -241,8 +241,9 @@ class RayGrid:
             return path
         if folder not in self.builds:
             after = []
-            if self.grid.needs_plan(target, precision):
-                reference = self._artifact(model_name, plan_target(), precision, checkpoint)
+            before = int8_prerequisite(target, self.grid.build_request(model_name, precision, checkpoint, folder))
+            if before is not None:
+                reference = self._artifact(model_name, before, precision, checkpoint)
                 after = [] if isinstance(reference, Path) else [reference]
             self.builds[folder] = self.remote["build"].remote(self.grid_ref, model_name, target.name, precision,
                                                                 checkpoint, *after)

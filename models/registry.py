@@ -42,6 +42,10 @@ class PaperReference:
     source: str
 
 
+# Families quantized the ViT-aware way on every target: LayerNorm, softmax, GELU and the attention products float.
+TRANSFORMER_FAMILIES = ("T2T-ViT",)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str

@@ -2,8 +2,8 @@
 
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
 from t2tedge.quantize.config import OpQuantConfig, QuantConfig, plan, preset
-from t2tedge.quantize.pipeline import SearchSettings, quantize_model
+from t2tedge.quantize.pipeline import QuantizeSettings, SearchSettings, quantize_model
 from t2tedge.quantize.ptq import quantize_onnx
 
-__all__ = ["ImageCalibrationReader", "OpQuantConfig", "QuantConfig", "SearchSettings", "calibration_samples", "plan",
+__all__ = ["ImageCalibrationReader", "OpQuantConfig", "QuantConfig", "QuantizeSettings", "SearchSettings", "calibration_samples", "plan",
            "preset", "quantize_model", "quantize_onnx"]

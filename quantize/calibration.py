@@ -11,6 +11,7 @@ import numpy as np
 
 from t2tedge.data import Sample, discover_images, load_batch, readable_samples, split
 from t2tedge.errors import DataError
+from t2tedge.quantize.records import CalibrationInfo
 
 
 def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0,
@@ -30,12 +31,12 @@ def calibration_samples(folder: str | os.PathLike, count: int, seed: int = 0,
 
 
 def calibration_set(calib: str | os.PathLike | None, count: int, seed: int = 0, exclude: Sequence[Sample] = (),
-                    given: Sequence[Sample] | None = None) -> tuple[list[Sample], dict[str, object]]:
+                    given: Sequence[Sample] | None = None) -> tuple[list[Sample], CalibrationInfo]:
     """The calibration images of an exporter, and how they were chosen (for its report): `given` as they are, else
     `count` drawn from `calib` (default ../shared/data/imagenet-sample), saying so when the folder has fewer."""
     if given:
         samples = list(given)
-        return samples, {"folder": str(samples[0].path.parent), "images": len(samples), "seed": seed}
+        return samples, CalibrationInfo(folder=str(samples[0].path.parent), images=len(samples), seed=seed)
     if calib is None:
         from t2tedge.paths import shared_path
 
@@ -43,7 +44,7 @@ def calibration_set(calib: str | os.PathLike | None, count: int, seed: int = 0, 
     samples = calibration_samples(calib, count, seed=seed, exclude=exclude)
     if len(samples) < count:
         print(f"note: calibrating on all {len(samples)} images under {calib} ({count} asked for)", file=sys.stderr)
-    return samples, {"folder": str(Path(calib)), "images": len(samples), "seed": seed}
+    return samples, CalibrationInfo(folder=str(Path(calib)), images=len(samples), seed=seed)
 
 
 def images_of(samples: Sequence[Sample], preprocess, layout: str = "nchw") -> np.ndarray:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import ClassVar, Iterable
 
 import onnx
 
 from t2tedge.errors import T2TEdgeError
+from t2tedge.results import Record, ResultFormatError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 # nearest: each int8 weight is its float weight's nearest step. gptq: rounded against the layer's real inputs
@@ -26,7 +27,7 @@ BIAS_CORRECTIONS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
-class OpQuantConfig:
+class OpQuantConfig(Record):
     """How one op is quantized: int8 weights (per channel or per tensor), 8-bit activations per tensor."""
 
     weight_granularity: str = "per_channel"  # per_channel | per_tensor
@@ -53,8 +54,13 @@ DEFAULT_FLOAT_NODES: dict[str, None] = dict(DATA_MOVEMENT_NODES)
 
 
 @dataclass
-class QuantConfig:
-    """`global_config` applies to every op of `op_types`; `op_type_configs` then `op_name_configs` override it."""
+class QuantConfig(Record):
+    """`global_config` applies to every op of `op_types`; `op_type_configs` then `op_name_configs` override it
+    (None: keep float). Saved as `t2tedge.quant-config/1`; a hand-written file may leave out the schema id, and
+    every key it leaves out takes the default below."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.quant-config/1"
+    SCHEMA_REQUIRED: ClassVar[bool] = False
 
     global_config: OpQuantConfig | None = field(default_factory=OpQuantConfig)
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
@@ -111,41 +117,6 @@ class QuantConfig:
                 names[item] = None
         return replace(self, op_type_configs=types, op_name_configs=names)
 
-    def to_dict(self) -> dict[str, Any]:
-        def dump(value):
-            return None if value is None else asdict(value)
-
-        return {"global_config": dump(self.global_config), "op_types": list(self.op_types),
-                "op_type_configs": {k: dump(v) for k, v in self.op_type_configs.items()},
-                "op_name_configs": {k: dump(v) for k, v in self.op_name_configs.items()},
-                "method": self.method, "percentile": self.percentile,
-                "quantize_activation_matmul": self.quantize_activation_matmul, "quantize_bias": self.quantize_bias,
-                "weight_rounding": self.weight_rounding, "bias_correction": self.bias_correction,
-                "pixel_grid_input": self.pixel_grid_input}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
-        def load(value):
-            return None if value is None else OpQuantConfig(**value)
-
-        unknown = sorted(set(data) - set(cls().to_dict()))
-        if unknown:
-            raise T2TEdgeError(f"bad quantization config: unknown keys {', '.join(unknown)}; known: "
-                               f"{', '.join(sorted(cls().to_dict()))}")
-        try:
-            return cls(global_config=load(data.get("global_config", asdict(OpQuantConfig()))),
-                       op_types=tuple(data.get("op_types", DEFAULT_OP_TYPES)),
-                       op_type_configs={k: load(v) for k, v in data.get("op_type_configs", {}).items()},
-                       op_name_configs={k: load(v) for k, v in data.get("op_name_configs", DEFAULT_FLOAT_NODES).items()},
-                       method=data.get("method", "mse"), percentile=data.get("percentile", 99.999),
-                       quantize_activation_matmul=data.get("quantize_activation_matmul", False),
-                       quantize_bias=data.get("quantize_bias", True),
-                       weight_rounding=data.get("weight_rounding", "gptq"),
-                       bias_correction=data.get("bias_correction", "auto"),
-                       pixel_grid_input=bool(data.get("pixel_grid_input", True)))
-        except TypeError as exc:
-            raise T2TEdgeError(f"bad quantization config: {exc}") from None
-
     def save(self, path: str | os.PathLike) -> None:
         from t2tedge.fileio import atomic_write_text
 
@@ -154,9 +125,11 @@ class QuantConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+            return cls.from_dict(json.loads(Path(path).read_text()), where=Path(path).name)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise T2TEdgeError(f"cannot read quantization config {path}: {exc}") from None
+        except ResultFormatError as exc:
+            raise T2TEdgeError(f"bad quantization config: {exc}") from None
 
 
 QUANTIZATION_TARGETS = ("onnxruntime", "openvino", "tensorrt")

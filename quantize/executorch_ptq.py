@@ -27,47 +27,26 @@ from __future__ import annotations
 
 import collections
 import copy
-import os
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from t2tedge import metadata_keys as keys
-from t2tedge.data import Sample
-from t2tedge.errors import T2TEdgeError, require_installed
-from t2tedge.export.common import build_model
-from t2tedge.export.executorch_export import (INSTALL, check_delegate, export_program, lower_program, op_name,
-                                              program_metadata)
-from t2tedge.export.executorch_form import delegable_form
-from t2tedge.fileio import staging_dir
-from t2tedge.models import get_spec
+from t2tedge.errors import T2TEdgeError
+from t2tedge.export.executorch_export import export_program, op_name
+from t2tedge.models.registry import TRANSFORMER_FAMILIES
 from t2tedge.native_output import native_output_captured
-from t2tedge.quantize.calibration import calibration_set, images_of
-from t2tedge.sidecar import publish_with_sidecar
+from t2tedge.quantize.records import PlanUse, QuantizationSummary
 
-EXECUTORCH_PRECISIONS = ("fp32", "w8", "int8")
-TRANSFORMER_FAMILIES = ("T2T-ViT",)
-DEFAULT_NUM_CALIB = 256
 # Nodes that move or reinterpret data, or do nothing in eval (dropout), by op name without namespace, overload or
 # `_copy`; the report counts arithmetic. Matched whole: a substring test like "t.default" also caught rsqrt and cat.
 _LAYOUT_OPS = frozenset({"view", "reshape", "permute", "transpose", "slice", "clone", "expand", "unsqueeze", "squeeze",
                          "flatten", "_to", "getitem", "detach", "alias", "contiguous", "t", "select", "dropout",
                          "access_subclass_inner_tensor"})
 _QUANT_OPS = ("quantize", "dequantize", "choose_qparams")
-
-
-def int8_variant(family: str) -> str:
-    """The int8 program we recommend for a model family: w8 for transformers, static int8 for ConvNets."""
-    return "w8" if family in TRANSFORMER_FAMILIES else "int8"
-
-
-def file_suffix(precision: str, delegate: str) -> str:
-    return ("" if precision == "fp32" else f"_{precision}") + ("" if delegate == "xnnpack" else f"_{delegate}")
 
 
 def _is_zero_pad(node: torch.fx.Node) -> bool:
@@ -330,83 +309,28 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
     return {kind: dict(sorted(c.items())) for kind, c in counts.items()}
 
 
-def build_program(model_name: str, checkpoint: str | os.PathLike | None, precision: str, delegate: str,
-                  images: np.ndarray | None = None, allow_outside: bool = False, progress: bool = True,
-                  calibration_record: dict[str, Any] | None = None, plan: Any = None,
-                  **overrides: Any) -> tuple[bytes, dict[str, Any]]:
-    """(the .pte bytes, their metadata) of `model_name` at `precision`; a quantized program's metadata holds its
-    report, with `calibration_record` (how the images were chosen) when given. int8 with `plan` (a QuantPlan)
-    applies it; without, XNNPACKQuantizer calibrates on `images` on its own (the peer the benchmarks compare)."""
-    spec = get_spec(model_name)
-    model, weights = build_model(model_name, checkpoint, **overrides)
-    if plan is not None:
-        from t2tedge.quantize.quantization_plan import apply_plan_weights, check_plan_fits
-
-        check_plan_fits(plan, model_name, weights)
-        apply_plan_weights(model, plan)
-    module = delegable_form(model)
-    crop = spec.preprocess.crop
-    sample = torch.zeros(1, 3, crop, crop)
-    report: dict[str, Any] = {}
+def quantize_program(module: torch.nn.Module, precision: str, sample: torch.Tensor, family: str, plan: Any = None,
+                     images: np.ndarray | None = None, progress: bool = True
+                     ) -> tuple[torch.export.ExportedProgram, QuantizationSummary]:
+    """The exported program of the delegable `module` at `precision` (w8 or int8), and its report: int8 applies
+    `plan` (a QuantPlan whose grid weights the module already holds); without one, XNNPACKQuantizer calibrates on
+    `images` itself (the peer the benchmarks compare)."""
     honoured: dict[str, Any] = {}
     if precision == "w8":
-        module = quantize_dynamic(module)
-    if precision == "int8" and plan is not None:
+        program = export_program(quantize_dynamic(module), sample)
+    elif plan is not None:
         program, honoured = quantize_with_plan(module, plan, sample)
+    elif images is not None:
+        program = quantize_static(export_program(module, sample), family, images, progress=progress)
     else:
-        program = export_program(module, sample)
-        if precision == "int8":
-            program = quantize_static(program, spec.family, images, progress=progress)
-    if precision != "fp32":
-        ops = op_precisions(program)
-        quantizer = ("torchao Int8DynamicActivationIntxWeightConfig (8da8w)" if precision == "w8" else
-                     "the quantization plan through PT2E (fixed ranges, the plan's int8 weights and biases)"
-                     if plan is not None else
-                     "XNNPACKQuantizer (PT2E, per-channel, ReLU6 outputs on their own range, zero pads folded into "
-                     "convolutions)")
-        report = {"precision": precision, "quantizer": quantizer,
-                  "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
-                  **({"calibration": calibration_record} if calibration_record else {})}
-        if plan is not None:
-            report.update({"plan": {"source": plan.source, "calibration": plan.calibration,
-                                    "layers": len(plan.layers), **honoured}})
-    buffer, delegation, op_paths = lower_program(program, delegate, allow_outside=allow_outside)
-    metadata = program_metadata(model_name, weights, precision, overrides.get("num_classes", 1000), delegate)
-    metadata[keys.DELEGATION] = delegation
-    metadata[keys.OP_PATHS] = op_paths
-    if report:
-        metadata[keys.QUANTIZATION] = report
-    return buffer, metadata
-
-
-def export_executorch_model(model_name: str, checkpoint: str | os.PathLike | None = None,
-                            out_dir: str | os.PathLike = "artifacts/executorch", precision: str = "fp32",
-                            delegate: str = "xnnpack", calib: str | os.PathLike | None = None,
-                            num_calib: int = DEFAULT_NUM_CALIB, seed: int = 0, exclude: Sequence[Sample] = (),
-                            calibration: Sequence[Sample] | None = None, destination: str | os.PathLike | None = None,
-                            allow_outside: bool = False, progress: bool = True, plan: Any = None,
-                            **overrides: Any) -> tuple[Path, dict[str, Any]]:
-    """`MODEL[_precision][_coreml].pte` and its sidecar JSON, moved into place together. Returns (path, metadata).
-    int8 applies `plan` (a QuantPlan) when given; else it calibrates on `num_calib` images drawn from `calib`
-    (never any of `exclude`), or on `calibration` as given."""
-    check_delegate(delegate)
-    if precision not in EXECUTORCH_PRECISIONS:
-        raise T2TEdgeError(f"unknown ExecuTorch precision {precision!r}; choose {', '.join(EXECUTORCH_PRECISIONS)}")
-    if delegate == "coreml" and precision != "fp32":
-        raise T2TEdgeError("the Core ML delegate takes fp32 programs here (Core ML computes them in fp16); for int8 "
-                           "weights on iOS use `t2tedge export coreml --compress w8`")
-    require_installed("executorch", INSTALL)
-    spec = get_spec(model_name)
-    calibrating = precision == "int8" and plan is None
-    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if calibrating else ([], {})
-    destination = (Path(destination) if destination
-                   else Path(out_dir) / f"{model_name}{file_suffix(precision, delegate)}.pte")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    images = images_of(samples, spec.preprocess) if samples else None
-    buffer, metadata = build_program(model_name, checkpoint, precision, delegate, images, allow_outside=allow_outside,
-                                     progress=progress, calibration_record=chosen, plan=plan, **overrides)
-    with staging_dir(destination.parent, destination.stem) as staging:
-        staged = staging / destination.name
-        staged.write_bytes(buffer)
-        publish_with_sidecar(staged, destination, metadata)
-    return destination, metadata
+        raise T2TEdgeError("ExecuTorch int8 applies a quantization plan (or calibrates on images given)")
+    ops = op_precisions(program)
+    quantizer = ("torchao Int8DynamicActivationIntxWeightConfig (8da8w)" if precision == "w8" else
+                 "the quantization plan through PT2E (fixed ranges, the plan's int8 weights and biases)"
+                 if plan is not None else
+                 "XNNPACKQuantizer (PT2E, per-channel, ReLU6 outputs on their own range, zero pads folded into "
+                 "convolutions)")
+    use = None if plan is None else PlanUse(source=plan.source, calibration=plan.calibration,
+                                            layers=len(plan.layers), **honoured)
+    return program, QuantizationSummary(precision=precision, quantizer=quantizer, int8_ops=ops["int8"],
+                                        int8_dynamic_ops=ops["int8_dynamic"], float_ops=ops["float"], plan=use)

@@ -1,4 +1,5 @@
-"""Quantized LiteRT files, made from our fp32 `.tflite` with the LiteRT stack's own quantizer (ai-edge-quantizer).
+"""Quantized LiteRT files, made from an fp32 `.tflite` with the LiteRT stack's own quantizer (ai-edge-quantizer): a
+file in, a file out; `t2tedge.targets.litert` converts, stages and publishes.
 
 Precisions:
 - `fp16`: fp16 weights, fp32 compute (half the file; XNNPACK unpacks the weights when it loads).
@@ -27,32 +28,23 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from t2tedge import metadata_keys as keys
-from t2tedge.data import Sample
 from t2tedge.errors import DataError, T2TEdgeError, first_line, require_installed
-from t2tedge.export.litert_export import INSTALL, check_layout, convert_fp32, input_metadata
-from t2tedge.fileio import staging_dir
-from t2tedge.models import get_spec
+from t2tedge.export.litert_export import INSTALL
+from t2tedge.models.registry import TRANSFORMER_FAMILIES
 from t2tedge.native_output import native_output_captured
-from t2tedge.quantize.calibration import calibration_set, images_of
-from t2tedge.sidecar import publish_with_sidecar
+from t2tedge.quantize.records import PlanUse, QuantizationSummary
 
-LITERT_PRECISIONS = ("fp32", "fp16", "w8", "int8")
+# The precisions ai-edge-quantizer makes from an fp32 file.
+QUANTIZED_PRECISIONS = ("fp16", "w8", "int8")
 # Ops a transformer's int8 file computes in int8; everything else stays float (see the module docstring).
 TRANSFORMER_INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
-TRANSFORMER_FAMILIES = ("T2T-ViT",)
 DYNAMIC_RANGE_OPS = ("FULLY_CONNECTED", "CONV_2D")
 # Bookkeeping ops that only move values between int8 and float.
 CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")
-DEFAULT_NUM_CALIB = 256
-
-
-def file_suffix(precision: str) -> str:
-    return "" if precision == "fp32" else f"_{precision}"
 
 
 def _tensor_config(bits: int, dtype: str, granularity: str = "CHANNELWISE", symmetric: bool = True) -> dict[str, Any]:
@@ -77,7 +69,8 @@ def recipe_for(precision: str, family: str) -> list[dict[str, Any]]:
         operations = TRANSFORMER_INT8_OPS if family in TRANSFORMER_FAMILIES else ("*",)
         return [{"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": static}
                 for op in operations]
-    raise T2TEdgeError(f"unknown LiteRT precision {precision!r}; choose {', '.join(LITERT_PRECISIONS)}")
+    raise T2TEdgeError(f"unknown LiteRT precision {precision!r}; ai-edge-quantizer makes "
+                       f"{', '.join(QUANTIZED_PRECISIONS)}")
 
 
 def op_precisions(tflite: str | os.PathLike) -> dict[str, dict[str, int]]:
@@ -114,7 +107,7 @@ def _signature(tflite: Path) -> tuple[str, str]:
 
 
 def quantize_tflite(fp32: Path, destination: Path, precision: str, family: str,
-                    calibration: np.ndarray | None = None) -> dict[str, Any]:
+                    calibration: np.ndarray | None = None) -> QuantizationSummary:
     """Write the `precision` variant of the fp32 file `fp32` to `destination`; returns the report. `calibration`
     (N images in the file's input layout) is needed for int8."""
     require_installed("ai_edge_quantizer", INSTALL)
@@ -140,10 +133,14 @@ def quantize_tflite(fp32: Path, destination: Path, precision: str, family: str,
             engine.quantize(result, enable_progress_report=False).export_model(str(destination), overwrite=True)
     except Exception as exc:  # the quantizer raises plain Exceptions and RuntimeErrors
         raise T2TEdgeError(f"LiteRT {precision} quantization failed: {first_line(exc)}") from None
-    ops = op_precisions(destination)
-    return {"precision": precision, "quantizer": "ai-edge-quantizer", "recipe": recipe,
-            "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
-            "conversion_ops": ops["conversion"]}
+    return _summary(destination, precision, "ai-edge-quantizer", recipe=recipe)
+
+
+def _summary(tflite: Path, precision: str, quantizer: str, **fields: Any) -> QuantizationSummary:
+    ops = op_precisions(tflite)
+    return QuantizationSummary(precision=precision, quantizer=quantizer, int8_ops=ops["int8"],
+                               int8_dynamic_ops=ops["int8_dynamic"], float_ops=ops["float"],
+                               conversion_ops=ops["conversion"], **fields)
 
 
 PLANNED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -241,7 +238,7 @@ def plan_calibration(tflite: str | os.PathLike, plan: Any) -> tuple[list[dict[st
     return recipe, qsvs, applied, deviations
 
 
-def quantize_tflite_with_plan(fp32: Path, destination: Path, plan: Any) -> dict[str, Any]:
+def quantize_tflite_with_plan(fp32: Path, destination: Path, plan: Any) -> QuantizationSummary:
     """Write the int8 file of `plan` applied to `fp32` through ai-edge-quantizer, with no calibration; the report."""
     require_installed("ai_edge_quantizer", INSTALL)
     recipe, qsvs, applied, deviations = plan_calibration(fp32, plan)
@@ -258,12 +255,9 @@ def quantize_tflite_with_plan(fp32: Path, destination: Path, plan: Any) -> dict[
             engine.quantize(qsvs, enable_progress_report=False).export_model(str(destination), overwrite=True)
     except Exception as exc:  # the quantizer raises plain Exceptions and RuntimeErrors
         raise T2TEdgeError(f"LiteRT int8 quantization with the plan failed: {first_line(exc)}") from None
-    ops = op_precisions(destination)
-    return {"precision": "int8", "quantizer": "ai-edge-quantizer, the quantization plan's ranges and int8 weights",
-            "int8_ops": ops["int8"], "int8_dynamic_ops": ops["int8_dynamic"], "float_ops": ops["float"],
-            "conversion_ops": ops["conversion"],
-            "plan": {"source": plan.source, "calibration": plan.calibration, "layers": len(plan.layers),
-                     "layers_applied": len(applied), "deviations": deviations}}
+    use = PlanUse(source=plan.source, calibration=plan.calibration, layers=len(plan.layers),
+                  layers_applied=len(applied), deviations=deviations)
+    return _summary(destination, "int8", "ai-edge-quantizer, the quantization plan's ranges and int8 weights", plan=use)
 
 
 def file_qparams(tflite: str | os.PathLike) -> list[dict[str, Any]]:
@@ -289,46 +283,3 @@ def file_qparams(tflite: str | os.PathLike) -> list[dict[str, Any]]:
                       "input_scale": float(source["quantization_parameters"]["scales"][0]),
                       "input_zero_point": int(source["quantization_parameters"]["zero_points"][0])})
     return found
-
-
-def calibration_images(samples: Sequence[Sample], model_name: str, layout: str) -> np.ndarray:
-    return images_of(samples, get_spec(model_name).preprocess, layout)
-
-
-def export_litert_model(model_name: str, checkpoint: str | os.PathLike | None = None,
-                        out_dir: str | os.PathLike = "artifacts/litert", precision: str = "fp32",
-                        layout: str = "nhwc", calib: str | os.PathLike | None = None,
-                        num_calib: int = DEFAULT_NUM_CALIB, seed: int = 0, exclude: Sequence[Sample] = (),
-                        calibration: Sequence[Sample] | None = None, destination: str | os.PathLike | None = None,
-                        plan: Any = None, **overrides: Any) -> tuple[Path, dict[str, Any]]:
-    """`MODEL[_precision].tflite` and its sidecar JSON, moved into place together. Returns (path, metadata).
-    int8 applies `plan` (a QuantPlan) when given; else it calibrates on `num_calib` images drawn from `calib`
-    (never any of `exclude`), or on `calibration` as given."""
-    check_layout(layout)
-    if precision not in LITERT_PRECISIONS:
-        raise T2TEdgeError(f"unknown LiteRT precision {precision!r}; choose {', '.join(LITERT_PRECISIONS)}")
-    spec = get_spec(model_name)
-    calibrating = precision == "int8" and plan is None
-    samples, chosen = calibration_set(calib, num_calib, seed, exclude, calibration) if calibrating else ([], {})
-    destination = Path(destination) if destination else Path(out_dir) / f"{model_name}{file_suffix(precision)}.tflite"
-    prepare = None
-    if precision == "int8" and plan is not None:
-        from t2tedge.quantize.quantization_plan import apply_plan_weights, check_plan_fits
-
-        def prepare(model: Any, weights: str) -> None:
-            check_plan_fits(plan, model_name, weights)
-            apply_plan_weights(model, plan)
-    with staging_dir(destination.parent, destination.stem) as staging:
-        staged, metadata = convert_fp32(model_name, checkpoint, staging, layout, prepare=prepare, **overrides)
-        if precision != "fp32":
-            final = staging / f"{destination.stem}.quantized.tflite"
-            if prepare is not None:
-                report = quantize_tflite_with_plan(staged, final, plan)
-            else:
-                images = calibration_images(samples, model_name, layout) if precision == "int8" else None
-                report = quantize_tflite(staged, final, precision, spec.family, images)
-            if chosen:
-                report["calibration"] = chosen
-            metadata.update({**input_metadata(layout, precision), keys.QUANTIZATION: report})
-            staged = final
-        return publish_with_sidecar(staged, destination, metadata), metadata

@@ -1,8 +1,9 @@
 """`quantize_model`: the whole INT8 pipeline behind `t2tedge quantize`, as a library function.
 
 Export (or take) the fp32 ONNX file, calibrate on real images, optionally search which nodes stay float for a
-target agreement, quantize, score each quantized layer's SQNR on held-out images, write the TensorRT calibration
-cache, and publish model, report and cache together.
+target agreement, quantize, score each quantized layer's SQNR on held-out images, write the quantization plan and
+the TensorRT calibration cache. It writes into the folder it is given; publishing the set together is the caller's
+(`t2tedge.targets.onnx_fed.publish_quantized`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import io
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,15 +21,15 @@ import numpy as np
 import onnx
 
 from t2tedge import metadata_keys as keys
-from t2tedge.data import Sample, discover_images, load_batch, readable_samples, split
+from t2tedge.data import DEFAULT_NUM_CALIB, Sample, discover_images, load_batch, readable_samples, split
 from t2tedge.errors import DataError
-from t2tedge.fileio import publish_together, staging_dir
 from t2tedge.models import get_spec
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
 from t2tedge.quantize.config import QuantConfig
 from t2tedge.quantize.quantization_plan import arrays_path, plan_from_qdq, plan_path_for
 from t2tedge.quantize.ptq import quantize_onnx
-from t2tedge.results import CalibrationCacheInfo, CalibrationInfo, LayerSqnrReport, QuantizeReport
+from t2tedge.quantize.records import (CalibrationCacheInfo, CalibrationInfo, LayerSqnrReport, PlanReference,
+                                      QuantizeReport)
 
 LAYER_SQNR_IMAGES = 8
 # TensorRT 10's implicit INT8 reads this cache; TensorRT 11 removed implicit INT8 and reads none.
@@ -164,8 +166,8 @@ def requantization_ranges(fp32: Path, qdq: Path, reader, config: QuantConfig, wo
     return found
 
 
-def write_plan(qdq: Path, destination: Path, model_name: str, checkpoint, *, calibration: dict[str, Any],
-               recipe: dict[str, Any], requantization: dict[str, tuple[float, float]] | None = None,
+def write_plan(qdq: Path, destination: Path, model_name: str, checkpoint, *, calibration: CalibrationInfo,
+               recipe: QuantConfig, requantization: dict[str, tuple[float, float]] | None = None,
                **overrides: Any) -> int:
     """Read the plan out of the QDQ file `qdq`, in the module names of `model_name`, and save it at `destination`
     (and its arrays beside it). Returns how many layers it plans."""
@@ -184,67 +186,88 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathLike, *,
-                   calib: str | os.PathLike, num_calib: int = 256, seed: int = 0, target: str = "onnxruntime",
-                   onnx_path: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                   exclude: Sequence[str] = (), search: SearchSettings = SearchSettings(),
-                   sqnr_threshold: float = 10.0, say: Callable[[str], None] = print,
-                   warn: Callable[[str], None] = _warn, export_options=None, never_calibrate_on: Sequence[Sample] = (),
-                   **overrides: Any) -> tuple[Path, QuantizeReport]:
-    """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and plan (and, for `target="tensorrt"`, the
-    calibration cache TensorRT 10's implicit INT8 reads, `.trt10.cache`), moved into place together. `onnx_path`:
-    an fp32 export of ours (else `model_name` is exported with `checkpoint` and `export_options`, by default those
-    of `t2tedge export onnx`: static batch 1, so the INT8 file has the fp32 file's shapes). `exclude`: op types or node names kept float. `never_calibrate_on`: images that calibration never draws
-    (a grid's evaluation images). Returns (model path, report)."""
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How `quantize_model` calibrates and what it keeps float. `calib`: the image folder calibration draws
+    `num_calib` images from with `seed`, never any of `never_calibrate_on` (a grid's evaluation images). `onnx_path`:
+    an fp32 export of ours to quantize (else the model is exported with `checkpoint` and `export_options`, by default
+    those of `t2tedge export onnx`: static batch 1, so the INT8 file has the fp32 file's shapes). `keep_float`: op
+    types or node names kept float. `target`: the runtime whose scheme `config` follows (names the file)."""
+
+    calib: Path
+    num_calib: int = DEFAULT_NUM_CALIB
+    seed: int = 0
+    target: str = "onnxruntime"
+    onnx_path: Path | None = None
+    checkpoint: Path | None = None
+    keep_float: tuple[str, ...] = ()
+    search: SearchSettings = SearchSettings()
+    sqnr_threshold: float = 10.0
+    export_options: Any = None
+    never_calibrate_on: tuple[Sample, ...] = ()
+
+
+def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathLike, settings: QuantizeSettings, *,
+                   published_in: str | os.PathLike | None = None, say: Callable[[str], None] = print,
+                   warn: Callable[[str], None] = _warn, **overrides: Any) -> tuple[Path, QuantizeReport]:
+    """Write `out_dir/MODEL_int8[_target].onnx` with its JSON report and plan (and, for target tensorrt, the
+    calibration cache TensorRT 10's implicit INT8 reads, `.trt10.cache`). Writes straight into `out_dir` (a caller
+    that publishes stages it, `published_in` being where the files go, which the report names). Returns
+    (model path, report)."""
     from t2tedge.export import OnnxExportOptions, export_onnx
     from t2tedge.quantize.tensorrt_checks import write_calibration_cache
 
     spec = get_spec(model_name)
-    calib, out_dir = Path(calib), Path(out_dir)
-    samples = calibration_samples(calib, num_calib, seed=seed, exclude=never_calibrate_on)
-    if len(samples) < num_calib:
-        warn(f"note: calibrating on all {len(samples)} images under {calib} (--num-calib {num_calib} asked for more)")
-    out = out_dir / output_name(model_name, target)
-    cache = out.with_suffix(TRT10_CACHE_SUFFIX) if target == "tensorrt" else None
-    # Everything is made in a staging folder beside the destination and moved into place together once the
-    # report is complete: a failure or a full disk never leaves an INT8 model without its report and cache.
+    calib, out_dir = Path(settings.calib), Path(out_dir)
+    final_dir = Path(published_in) if published_in is not None else out_dir
+    search = settings.search
+    samples = calibration_samples(calib, settings.num_calib, seed=settings.seed, exclude=settings.never_calibrate_on)
+    if len(samples) < settings.num_calib:
+        warn(f"note: calibrating on all {len(samples)} images under {calib} (--num-calib {settings.num_calib} asked "
+             f"for more)")
+    name = output_name(model_name, settings.target)
+    out = out_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    with staging_dir(out_dir, "quantize") as tmp:
-        staged = Path(tmp) / out.name
-        fp32 = Path(onnx_path) if onnx_path is not None else export_onnx(
-            model_name, checkpoint, out_dir=tmp, options=export_options or OnnxExportOptions(), **overrides)
+    with tempfile.TemporaryDirectory(prefix="quantize-", dir=out_dir) as scratch:
+        tmp = Path(scratch)
+        fp32 = Path(settings.onnx_path) if settings.onnx_path is not None else export_onnx(
+            model_name, settings.checkpoint, out_dir=tmp, options=settings.export_options or OnnxExportOptions(),
+            **overrides)
         graph = onnx.load(str(fp32), load_external_data=False).graph
-        if exclude:
-            config = config.with_float(list(exclude), graph, strict=True)
+        if settings.keep_float:
+            config = config.with_float(list(settings.keep_float), graph, strict=True)
         batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1
         reader = ImageCalibrationReader(samples, spec.preprocess, batch=batch, progress=f"calibrate {model_name}")
         held_out = held_out_images(calib, samples, spec.preprocess,
-                                   search.num_heldout if search.searching else LAYER_SQNR_IMAGES, seed,
+                                   search.num_heldout if search.searching else LAYER_SQNR_IMAGES, settings.seed,
                                    search.searching)
         if search.searching:
-            plan, config = search_mixed_precision(fp32, staged, reader, config, held_out, Path(tmp), search, say)
+            plan, config = search_mixed_precision(fp32, out, reader, config, held_out, tmp, search, say)
         else:
-            plan = quantize_onnx(fp32, staged, reader, config)
-        layers = report_layer_sqnr(plan["quantized_nodes"], fp32, staged, held_out[0][:LAYER_SQNR_IMAGES],
-                                   sqnr_threshold, held_out[2], warn)
-        staged_cache = staged.with_suffix(TRT10_CACHE_SUFFIX)
+            plan = quantize_onnx(fp32, out, reader, config)
+        layers = report_layer_sqnr(plan["quantized_nodes"], fp32, out, held_out[0][:LAYER_SQNR_IMAGES],
+                                   settings.sqnr_threshold, held_out[2], warn)
         cache_info = None
-        if cache is not None:
-            cache_info = CalibrationCacheInfo(path=str(cache), tensors=write_calibration_cache(staged, staged_cache),
-                                              reader=TRT10_CACHE_READER)
+        if settings.target == "tensorrt":
+            cache = out.with_suffix(TRT10_CACHE_SUFFIX)
+            cache_info = CalibrationCacheInfo(path=str(final_dir / cache.name),
+                                              tensors=write_calibration_cache(out, cache), reader=TRT10_CACHE_READER)
         plan_file = plan_path_for(out)
-        staged_plan = Path(tmp) / plan_file.name
-        requantization = requantization_ranges(fp32, staged, reader, config, Path(tmp))
-        layers_planned = write_plan(staged, staged_plan, model_name, checkpoint, calibration=CalibrationInfo(
-            folder=str(calib), images=len(samples), seed=seed).to_dict(), recipe=config.to_dict(),
-            requantization=requantization, **overrides)
-        report = QuantizeReport(**{
-            **plan, "model": model_name, "destination": str(out), "target": target, "config": config.to_dict(),
-            "calibration": CalibrationInfo(folder=str(calib), images=len(samples), seed=seed), "layer_sqnr": layers,
-            "trt_calibration_cache": cache_info,
-            "plan": {"path": str(plan_file), "layers": layers_planned}})
-        staged.with_suffix(".json").write_text(report.to_json())
-        publish_together({staged: out, **({staged_cache: cache} if cache is not None else {}),
-                          staged.with_suffix(".json"): out.with_suffix(".json"), staged_plan: plan_file,
-                          arrays_path(staged_plan): arrays_path(plan_file)})
+        requantization = requantization_ranges(fp32, out, reader, config, tmp)
+        calibration = CalibrationInfo(folder=str(calib), images=len(samples), seed=settings.seed)
+        layers_planned = write_plan(out, plan_file, model_name, settings.checkpoint, calibration=calibration,
+                                    recipe=config, requantization=requantization, **overrides)
+    report = QuantizeReport(**{
+        **plan, "model": model_name, "destination": str(final_dir / name), "target": settings.target,
+        "config": config, "calibration": calibration, "layer_sqnr": layers, "trt_calibration_cache": cache_info,
+        "plan": PlanReference(path=str(final_dir / plan_file.name), layers=layers_planned)})
+    out.with_suffix(".json").write_text(report.to_json())
     return out, report
+
+
+def written_files(out: Path) -> list[Path]:
+    """Every file `quantize_model` wrote for the model file `out`: model, report, plan and its arrays, and the
+    TensorRT 10 cache where there is one."""
+    plan_file = plan_path_for(out)
+    found = [out, out.with_suffix(".json"), plan_file, arrays_path(plan_file), out.with_suffix(TRT10_CACHE_SUFFIX)]
+    return [path for path in found if path.is_file()]

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import onnx
 
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError
-from t2tedge.fileio import atomic_path, staging_dir
+from t2tedge.fileio import atomic_path
 from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
 from t2tedge.quantize.int8_pooling import quantize_global_pooling
@@ -65,10 +66,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         "QuantizeBias": config.quantize_bias,
     }
     op_types = sorted(set(config.op_types) | set(FOLDABLE_ACTIVATIONS))
-    with staging_dir(Path(destination).parent, "ptq") as tmp, atomic_path(destination, suffix=".onnx") as out:
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ptq-", dir=Path(destination).parent) as tmp, \
+            atomic_path(destination, suffix=".onnx") as out:
         staged = Path(tmp) / "qdq.onnx"
         # ORT's quantizer writes `<model>-inferred.onnx` beside the model it is given: it is given a copy in our
-        # staging folder, never the user's file (a read-only folder, or two runs on one source, would collide).
+        # scratch folder, never the user's file (a read-only folder, or two runs on one source, would collide).
         source = Path(tmp) / "fp32.onnx"
         shutil.copyfile(fp32_path, source)
         ranges_cache = Path(ranges_cache or Path(tmp) / "ranges.json")

@@ -9,35 +9,36 @@ them. Its keys are the model's own module paths (`blocks.3.mlp.fc1`, `features.4
 - activations carry ranges, not zero points, so each target derives its own qparams under its own rules
   (XNNPACK's asymmetric int8, ONNX Runtime's uint8, TensorRT's symmetric int8).
 
-Saved as `PLAN.json` (readable) and `PLAN.npz` (the arrays) side by side; `load_plan` checks the version.
+Saved as `PLAN.json` (readable, the record `t2tedge.quant-plan/2` with its JSON Schema in docs/schemas) and
+`PLAN.npz` (the arrays) side by side; `load_plan` refuses another version, and checks every array and range
+against the layers the plan names before anything is built from it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import DataError
+from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.op_blocks import module_path
+from t2tedge.quantize.config import DEFAULT_OP_TYPES, FOLDABLE_ACTIVATIONS, QuantConfig
+from t2tedge.quantize.records import CalibrationInfo
+from t2tedge.results import Record, ResultFormatError
 
-PLAN_VERSION = 1
 PLAN_SUFFIX = ".plan.json"
-LAYER_OPS = ("Conv", "MatMul", "Gemm")
-# Activations the reference folds into its producer's output range (quantize/config.py FOLDABLE_ACTIVATIONS).
-FOLDED_ACTIVATIONS = ("Relu", "Clip")
 _INT_RANGES = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 
 @dataclass(frozen=True)
-class LayerPlan:
+class LayerPlan(Record):
     """One quantized layer. `input_range` and `output_range` are real (lo, hi); `output_range` None: float output.
     `output_after_activation`: the output range is that of the ReLU/ReLU6 that follows the layer."""
 
@@ -53,22 +54,23 @@ class LayerPlan:
 
 
 @dataclass
-class QuantPlan:
+class QuantPlan(Record):
     """The plan of one (model, weights, calibration images, recipe). `arrays` holds `LAYER.weight` (int8, output
-    channel first, the layer's own weight layout), `LAYER.scale` (float32 per channel) and `LAYER.bias` (float32)."""
+    channel first, the layer's own weight layout), `LAYER.scale` (float32 per channel) and `LAYER.bias` (float32);
+    they are saved beside the JSON, not in it."""
 
+    SCHEMA: ClassVar[str] = "t2tedge.quant-plan/2"
     model: str
     weights: str
-    calibration: dict[str, Any]
-    recipe: dict[str, Any]
+    calibration: CalibrationInfo
+    recipe: QuantConfig
     layers: dict[str, LayerPlan]
-    arrays: dict[str, np.ndarray] = field(repr=False)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata={"json": False})
     float_layers: list[str] = field(default_factory=list)
     # Quantized in the reference file but with no module of the model behind them (the Performer's products with
     # its fixed random features): targets built from the PyTorch model keep them float.
     reference_only: list[str] = field(default_factory=list)
     source: str = ""
-    version: int = PLAN_VERSION
 
     def weight_grid(self, layer: str) -> np.ndarray:
         """The layer's weights on the plan's int8 grid, as float32 (q * scale), in the stored layout."""
@@ -79,11 +81,13 @@ class QuantPlan:
     def bias(self, layer: str) -> np.ndarray | None:
         return self.arrays.get(f"{layer}.bias")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "model": self.model, "weights": self.weights, "source": self.source,
-                "calibration": self.calibration, "recipe": self.recipe,
-                "layers": {name: asdict(layer) for name, layer in self.layers.items()},
-                "float_layers": self.float_layers, "reference_only": self.reference_only}
+    def check(self, where: str) -> None:
+        """Every array the layers name, with its dtype and shape, and every scale and range finite and ordered:
+        DataError naming the first layer that is wrong."""
+        for name, layer in self.layers.items():
+            problem = _layer_problem(self, name, layer)
+            if problem:
+                raise DataError(f"{where}: layer {name}: {problem}; build the plan again")
 
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write `path` (JSON, ending in .plan.json) and its arrays beside it; returns both paths."""
@@ -94,8 +98,35 @@ class QuantPlan:
         with atomic_path(arrays, suffix=".npz") as staged:
             with open(staged, "wb") as handle:
                 np.savez_compressed(handle, **self.arrays)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        atomic_write_text(path, self.to_json())
         return path, arrays
+
+
+def _range_problem(what: str, bounds: tuple[float, float] | None) -> str | None:
+    if bounds is None:
+        return None
+    low, high = bounds
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{what} {list(bounds)} is not finite"
+    if low > high:
+        return f"{what} {list(bounds)} is not ordered (low > high)"
+    return None
+
+
+def _layer_problem(plan: QuantPlan, name: str, layer: LayerPlan) -> str | None:
+    weight, scale, bias = (plan.arrays.get(f"{name}.{kind}") for kind in ("weight", "scale", "bias"))
+    if weight is None or scale is None:
+        return "its weight or scale array is missing (the plan's files do not belong together)"
+    if weight.dtype != np.int8 or weight.ndim < 2 or weight.shape[0] != layer.channels:
+        return f"weights {weight.dtype} {list(weight.shape)}, expected int8 with {layer.channels} output channels"
+    if scale.dtype != np.float32 or scale.shape != (layer.channels,):
+        return f"scales {scale.dtype} {list(scale.shape)}, expected float32 [{layer.channels}]"
+    if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        return "a scale is not finite or not positive"
+    if layer.has_bias and (bias is None or bias.shape != (layer.channels,) or not np.all(np.isfinite(bias))):
+        return f"its bias is missing, of another shape than [{layer.channels}], or not finite"
+    return (_range_problem("input range", layer.input_range) or _range_problem("output range", layer.output_range)
+            or _range_problem("requantization range", layer.requantization_range))
 
 
 def arrays_path(plan_json: str | os.PathLike) -> Path:
@@ -111,7 +142,8 @@ def plan_path_for(artifact: str | os.PathLike) -> Path:
 
 
 def load_plan(path: str | os.PathLike) -> QuantPlan:
-    """Read a plan written by `QuantPlan.save`; one clear error for a missing, damaged or other-version file."""
+    """Read a plan written by `QuantPlan.save`, checked (`QuantPlan.check`); one clear DataError for a missing,
+    damaged, inconsistent or other-version file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -121,30 +153,20 @@ def load_plan(path: str | os.PathLike) -> QuantPlan:
         raise DataError(f"cannot read quantization plan {path}: {exc}") from None
     if not isinstance(data, dict) or "layers" not in data:
         raise DataError(f"{path} is not a t2tedge quantization plan (no layers)")
-    if data.get("version") != PLAN_VERSION:
-        raise DataError(f"{path} is a plan of version {data.get('version')}; this t2t-edge reads version "
-                        f"{PLAN_VERSION}: build the plan again")
+    if data.get("schema") != QuantPlan.SCHEMA:
+        found = data.get("schema") or f"version {data.get('version')}"
+        raise DataError(f"{path} is a plan of {found}; this t2t-edge reads {QuantPlan.SCHEMA}: build the plan again")
+    try:
+        plan = QuantPlan.from_dict(data, where=path.name)
+    except (ResultFormatError, T2TEdgeError) as exc:
+        raise DataError(f"bad quantization plan: {exc}") from None
     try:
         with np.load(arrays_path(path)) as stored:
-            arrays = {key: stored[key] for key in stored.files}
+            plan.arrays = {key: stored[key] for key in stored.files}
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the plan's arrays {arrays_path(path)}: {exc}") from None
-    layers = {}
-    for name, layer in data["layers"].items():
-        layers[name] = LayerPlan(op=layer["op"], channels=int(layer["channels"]),
-                                 input_range=tuple(layer["input_range"]),
-                                 output_range=tuple(layer["output_range"]) if layer.get("output_range") else None,
-                                 output_after_activation=bool(layer.get("output_after_activation")),
-                                 has_bias=bool(layer.get("has_bias")),
-                                 requantization_range=(tuple(layer["requantization_range"])
-                                                       if layer.get("requantization_range") else None))
-        missing = [k for k in (f"{name}.weight", f"{name}.scale") if k not in arrays]
-        if missing:
-            raise DataError(f"{arrays_path(path)} lacks {', '.join(missing)}: the plan's files do not belong together")
-    return QuantPlan(model=data["model"], weights=data.get("weights", ""), calibration=data.get("calibration", {}),
-                     recipe=data.get("recipe", {}), layers=layers, arrays=arrays,
-                     float_layers=list(data.get("float_layers", [])),
-                     reference_only=list(data.get("reference_only", [])), source=data.get("source", ""))
+    plan.check(path.name)
+    return plan
 
 
 def _flat(array: np.ndarray) -> np.ndarray:
@@ -197,7 +219,7 @@ def _range_of(q_node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tup
 
 
 def plan_from_qdq(qdq_path: str | os.PathLike, model: Any, *, model_name: str, weights: str,
-                  calibration: dict[str, Any], recipe: dict[str, Any],
+                  calibration: CalibrationInfo, recipe: QuantConfig,
                   requantization: dict[str, tuple[float, float]] | None = None) -> QuantPlan:
     """The plan a QDQ file of ours carries, named after the modules of `model` (the export-form PyTorch model the
     file was traced from). `requantization`: layer output tensor -> the calibrated range after its bias, for
@@ -223,7 +245,7 @@ def plan_from_qdq(qdq_path: str | os.PathLike, model: Any, *, model_name: str, w
     def output_quantization(node: onnx.NodeProto) -> tuple[tuple[float, float] | None, bool]:
         users = consumers.get(node.output[0], [])
         after = False
-        if len(users) == 1 and users[0].op_type in FOLDED_ACTIVATIONS:  # an activation the reference kept
+        if len(users) == 1 and users[0].op_type in FOLDABLE_ACTIVATIONS:  # an activation the reference kept
             users, after = consumers.get(users[0].output[0], []), True
         qs = [u for u in users if u.op_type == "QuantizeLinear"]
         if not qs:
@@ -238,7 +260,7 @@ def plan_from_qdq(qdq_path: str | os.PathLike, model: Any, *, model_name: str, w
     arrays: dict[str, np.ndarray] = {}
     reference_only: list[str] = []
     for node in graph.node:
-        if node.op_type not in LAYER_OPS or len(node.input) < 2:
+        if node.op_type not in DEFAULT_OP_TYPES or len(node.input) < 2:
             continue
         weight_dq, input_range = dequantized(node.input[1]), activation_range(node.input[0])
         if weight_dq is None or weight_dq.input[0] not in inits or input_range is None:

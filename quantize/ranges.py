@@ -10,12 +10,12 @@ Q/DQ exactly as if it had calibrated itself.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from t2tedge.fileio import staging_dir
 from t2tedge.quantize.mse_calibration import HISTOGRAM_BINS, mse_range
 
 WINDOW_IMAGES = 32
@@ -55,7 +55,7 @@ def write_ranges(model_path: str | os.PathLike, reader, op_types: Sequence[str],
     if method == "mse":
         options = {"num_bins": HISTOGRAM_BINS}  # signed histograms; symmetry is applied when choosing the range
     # Beside the ranges file (in the quantizer's staging folder), not in TMPDIR: a killed run leaves nothing there.
-    with staging_dir(Path(cache_path).parent, "calib") as tmp:
+    with tempfile.TemporaryDirectory(prefix="calib-", dir=Path(cache_path).parent) as tmp:
         calibrator = create_calibrator(Path(model_path), list(op_types),
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=collect, extra_options=options)

@@ -4,8 +4,13 @@ A target is what a user ships a model to (ONNX Runtime, OpenVINO, TensorRT, Core
 descriptor holds every fact the rest of the toolkit needs about it: the files its runtime runs and how they are
 recognised, how our metadata is read from them, which files travel with one, the precisions it builds, its typed
 load and export options, and its build function (model + precision + calibration -> the artifact on disk, the call
-`t2tedge export` makes). Stage code stays in `export/`, `quantize/` and `runtimes/`; a descriptor only ties it
-together, so adding a target is one `register(Target(...))` plus its stage modules.
+`t2tedge export` makes). Each built-in target is one module of this package that tells its whole story (validate,
+build, verify, metadata) and ends with its `register(Target(...))`; converters stay in `export/`, quantizers in
+`quantize/`, runners in `runtimes/`.
+
+How a target makes its INT8 file is one field, `Target.int8_from`, and `int8_prerequisite` / `int8_request` are the
+one rule every consumer (`export`, Table 4 in one process and on Ray, `parity`) follows: the plan-making target's
+QDQ file is built once per model and calibration set, and the others start from it.
 
 Imports no torch and no runtime library: `t2tedge profile` and bundles run on devices with only the runtime.
 """
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from t2tedge.errors import DataError, T2TEdgeError, UsageError
+from t2tedge.data import DEFAULT_NUM_CALIB
 
 # The one precision vocabulary of every command and every output.
 PRECISIONS = ("fp32", "fp16", "w8", "int8")
@@ -30,7 +36,12 @@ PRECISION_MEANINGS = {
 # Precisions whose build calibrates on images: the only ones that take --calib / --num-calib (a target may add
 # others that read real images, `Target.calibrated`: fp16 ONNX checks activation ranges on them).
 CALIBRATED = ("int8",)
-DEFAULT_NUM_CALIB = 256
+
+# How a target makes its INT8 file (`Target.int8_from`).
+CALIBRATES = "calibrates"  # calibrates on images itself (ONNX Runtime's QDQ file holds the plan others apply)
+APPLIES_PLAN = "applies the plan"  # applies the quantization plan written beside the ONNX Runtime QDQ file (--plan)
+READS_QDQ = "reads the QDQ file"  # converts the ONNX Runtime QDQ file itself
+INT8_SOURCES = (CALIBRATES, APPLIES_PLAN, READS_QDQ)
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,12 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+# The export option of every target whose INT8 build applies the plan (`int8_from=APPLIES_PLAN`).
+PLAN_OPTION = Option("plan", "apply this quantization plan (MODEL_int8.plan.json, written beside every `export "
+                             "onnxruntime --precision int8` file) instead of the one that build computes from --calib",
+                     precisions=("int8",))
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,7 @@ class Target:
     from_onnx: bool = False
     # Its INT8 build writes the quantization plan the other targets apply (quantize/quantization_plan.py).
     computes_plan: bool = False
+    int8_from: str = CALIBRATES  # one of INT8_SOURCES
     calibrated: tuple[str, ...] = CALIBRATED  # the precisions whose build reads --calib images
     reference: bool = False
     aliases: tuple[str, ...] = ()
@@ -125,6 +143,10 @@ class Target:
             raise T2TEdgeError(f"target {self.name}: precisions {sorted(unknown)} are not in {PRECISIONS}")
         if self.default_precision not in self.builds:
             raise T2TEdgeError(f"target {self.name}: default precision {self.default_precision} is not built")
+        if self.int8_from not in INT8_SOURCES:
+            raise T2TEdgeError(f"target {self.name}: int8_from {self.int8_from!r} is not one of {INT8_SOURCES}")
+        if self.int8_from == READS_QDQ and not self.from_onnx:
+            raise T2TEdgeError(f"target {self.name}: it reads the QDQ file, so it must build from ONNX files")
 
     @property
     def builds(self) -> tuple[str, ...]:
@@ -241,11 +263,6 @@ class Target:
         artifact = self.open_artifact(Path(path)) if self.open_artifact else Path(path)
         return self.runtime_class().load(artifact, threads=threads, **options)
 
-    @property
-    def applies_plan(self) -> bool:
-        """Whether its INT8 build takes a quantization plan (`--plan`) instead of calibrating."""
-        return any(option.name == "plan" for option in self.export_options)
-
     def files(self, path: Path) -> tuple[Path, ...]:
         """The artifact and every file that travels with it (IR weights, sidecar metadata)."""
         return (path, *self.companions(path))
@@ -272,17 +289,18 @@ def unregister(name: str) -> None:
     _TARGETS.pop(name, None)
 
 
-def _ensure_builtin() -> None:
-    if not _BUILTIN_LOADED:
-        _load_builtin()
-
-
+# The built-in targets' modules, in the order commands list them; each registers itself when imported.
+BUILTIN_MODULES = ("onnxruntime", "openvino", "tensorrt", "coreml", "litert", "executorch", "torch")
 _BUILTIN_LOADED: list[bool] = []
 
 
-def _load_builtin() -> None:
-    _BUILTIN_LOADED.append(True)
-    import t2tedge.targets.builtin  # noqa: F401  (registers the six targets and the torch reference)
+def _ensure_builtin() -> None:
+    if not _BUILTIN_LOADED:
+        _BUILTIN_LOADED.append(True)
+        import importlib
+
+        for module in BUILTIN_MODULES:
+            importlib.import_module(f"t2tedge.targets.{module}")
 
 
 def targets() -> dict[str, Target]:
@@ -310,6 +328,51 @@ def target_for_file(path: str | os.PathLike) -> Target:
 def plan_target() -> Target:
     """The target whose INT8 build computes the quantization plan."""
     return next(t for t in targets().values() if t.computes_plan)
+
+
+def int8_prerequisite(target: Target, request: BuildRequest) -> Target | None:
+    """The target whose INT8 file `request` must start from (the plan-making target), or None: the one place that
+    decides which builds read another's file. None for every precision but int8, for targets that calibrate
+    themselves, and for requests that already hold their source (a QDQ file, or `--plan FILE`)."""
+    if request.precision != "int8" or target.int8_from == CALIBRATES:
+        return None
+    if request.source is not None or request.options.get("plan"):
+        return None
+    return plan_target()
+
+
+def int8_origin(target: Target) -> str:
+    """How `target`'s INT8 file is made, in words (parity's report)."""
+    if target.computes_plan:
+        return "the plan's own QDQ file"
+    return {CALIBRATES: "calibrates on its own: this target does not start from the plan",
+            APPLIES_PLAN: "applies the plan (--plan)", READS_QDQ: "built from the plan's QDQ file"}[target.int8_from]
+
+
+def int8_request(target: Target, request: BuildRequest, qdq: Path) -> BuildRequest:
+    """`request` completed with the plan-making target's QDQ file `qdq`: the file itself for a target that reads
+    it, the plan written beside it for one that applies plans."""
+    if target.int8_from == READS_QDQ:
+        return replace(request, source=Path(qdq), checkpoint=None)
+    from t2tedge.quantize.quantization_plan import plan_path_for
+
+    return replace(request, options={**request.options, "plan": str(plan_path_for(Path(qdq)))})
+
+
+def build_artifact(target: Target, request: BuildRequest) -> Path:
+    """What `t2tedge export` does with a checked request: build the INT8 prerequisite first (in a staging folder of
+    the output, removed afterwards) where the target needs one, then the target's own file."""
+    from t2tedge.fileio import staging_dir
+
+    before = int8_prerequisite(target, request)
+    if before is None:
+        return target.build(request)
+    with staging_dir(request.out_dir, before.name) as tmp:
+        shared = {name: value for name, value in request.options.items()
+                  if any(option.name == name for option in before.export_options)}  # an --opset, say
+        first = replace(request, out_dir=tmp, options=shared)
+        before.check_request(first)
+        return target.build(int8_request(target, request, build_artifact(before, first)))
 
 
 def target_for_runtime(runtime: str) -> Target:

@@ -40,13 +40,12 @@ def test_quantize_passes_its_flags_to_quantize_model(recorder, tmp_path, capsys)
                  "--num-calib", "8", "--seed", "3", "--exclude", "Softmax,/head/Gemm", "--target-agreement", "0.99",
                  "--max-float", "4", "--checkpoint", "random", "--out", str(tmp_path)]) == 0
     (call,) = calls
-    model, config, out_dir = call.args
-    assert (model, out_dir) == ("mobilenet_v2_100", tmp_path)
+    model, config, _, settings = call.args
+    assert (model, call.kwargs["published_in"]) == ("mobilenet_v2_100", tmp_path)
     assert config.method == "percentile" and config.global_config.weight_granularity == "per_tensor"
-    kwargs = call.kwargs
-    assert (kwargs["num_calib"], kwargs["seed"], kwargs["target"], kwargs["checkpoint"]) == (8, 3, "tensorrt", None)
-    assert list(kwargs["exclude"]) == ["Softmax", "/head/Gemm"] and kwargs["onnx_path"] is None
-    search = kwargs["search"]
+    assert (settings.num_calib, settings.seed, settings.target, settings.checkpoint) == (8, 3, "tensorrt", None)
+    assert list(settings.keep_float) == ["Softmax", "/head/Gemm"] and settings.onnx_path is None
+    search = settings.search
     assert search.target_agreement == 0.99 and search.max_float == 4 and search.searching
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'mobilenet_v2_100_int8_tensorrt.onnx'} (3 nodes quantized, 1 kept float)" in out
@@ -63,7 +62,7 @@ def test_quantize_takes_a_pretrained_tag_as_weights_and_classes(recorder, tmp_pa
     (call,) = calls
     tag = get_pretrained("t2t_vit_7.imagenette")
     assert call.args[0] == "t2t_vit_7" and call.kwargs["num_classes"] == tag.num_classes == 10
-    assert Path(call.kwargs["checkpoint"]) == tag.checkpoint()
+    assert Path(call.args[3].checkpoint) == tag.checkpoint()
 
 
 def test_export_onnx_passes_its_options(recorder, tmp_path, capsys):

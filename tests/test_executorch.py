@@ -20,7 +20,7 @@ from t2tedge.models import create_model
 pytest.importorskip("executorch", reason="the executorch extra is not installed (make setup installs it)")
 
 from t2tedge.export.executorch_form import delegable_form  # noqa: E402
-from t2tedge.quantize.executorch_ptq import export_executorch_model  # noqa: E402
+from t2tedge.targets.executorch import ExecuTorchSettings, file_name, write_program  # noqa: E402
 from t2tedge.runtimes.executorch import ExecuTorch, program_instructions  # noqa: E402
 from t2tedge.sidecar import read_sidecar, sidecar_path  # noqa: E402
 
@@ -48,9 +48,10 @@ class _Programs(dict):
         self.subject, self.out = subject, out
 
     def __missing__(self, precision):
-        self[precision] = export_executorch_model("t2t_vit_7", self.subject.checkpoint, out_dir=self.out,
-                                                  precision=precision, progress=False,
-                                                  num_classes=self.subject.num_classes)[0]
+        self[precision] = write_program("t2t_vit_7", self.subject.checkpoint,
+                                        self.out / file_name("t2t_vit_7", precision, "xnnpack"),
+                                        ExecuTorchSettings(precision=precision, progress=False),
+                                        num_classes=self.subject.num_classes)[0]
         return self[precision]
 
 
@@ -147,7 +148,8 @@ def test_profile_and_bundle_take_pte(t2t_programs, subject, tmp_path):
 
 def test_coreml_delegate_program_holds_one_coreml_blob(tmp_path):
     pytest.importorskip("coremltools", reason="the coreml extra is not installed")
-    path, meta = export_executorch_model(M, None, out_dir=tmp_path, delegate="coreml", progress=False)
+    path, meta = write_program(M, None, tmp_path / file_name(M, "fp32", "coreml"),
+                               ExecuTorchSettings(delegate="coreml", progress=False))
     assert path.name == f"{M}_coreml.pte" and meta["t2tedge.delegation"]["backends"] == {"CoreMLBackend": 1}
     assert program_instructions(path) == {"delegate_calls": {"CoreMLBackend": 1}, "kernels_outside_delegate": {}}
     # Core ML programs run on Apple devices; here loading says so instead of failing inside the runtime.

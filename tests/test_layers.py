@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {"core": "t2tedge", "core/cli": "t2tedge.cli", "models": "t2tedge.models", "export": "t2tedge.export", "quantize": "t2tedge.quantize",
+FOLDERS = {"core": "t2tedge", "cli": "t2tedge.cli", "models": "t2tedge.models", "export": "t2tedge.export", "quantize": "t2tedge.quantize",
            "runtimes": "t2tedge.runtimes", "targets": "t2tedge.targets", "harness": "t2tedge.harness"}
 ORDER = ["base", "models", "export", "quantize", "runtimes", "targets", "harness", "cli"]
 
 
 def layer_of(module: str) -> str:
     parts = module.split(".")
-    if parts[:2] == ["t2tedge", "cli"]:
-        return "cli"
-    if len(parts) > 1 and f"t2tedge.{parts[1]}" in FOLDERS.values() and parts[1] != "cli":
+    if len(parts) > 1 and f"t2tedge.{parts[1]}" in FOLDERS.values():
         return parts[1]
     return "base"  # t2tedge itself and its plain modules: errors, paths, fileio, data, onnx_graph, ...
 

@@ -19,9 +19,11 @@ from t2tedge.harness.parity import compare, parity_images
 pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed (make setup installs it)")
 pytest.importorskip("litert_torch", reason="the litert extra is not installed (make setup installs it)")
 
-from t2tedge.models import create_model  # noqa: E402
+from t2tedge.models import create_model, get_spec  # noqa: E402
 from t2tedge.quantize.calibration import calibration_samples  # noqa: E402
-from t2tedge.quantize.litert_ptq import calibration_images, export_litert_model, quantize_tflite  # noqa: E402
+from t2tedge.quantize.calibration import calibration_set, images_of  # noqa: E402
+from t2tedge.quantize.litert_ptq import quantize_tflite  # noqa: E402
+from t2tedge.targets.litert import LiteRTSettings, file_name, write_tflite  # noqa: E402
 from t2tedge.runtimes.litert import LiteRT  # noqa: E402
 from t2tedge.sidecar import read_sidecar, sidecar_path  # noqa: E402
 
@@ -32,10 +34,11 @@ M = "mobilenet_v2_100"
 def t2t_files(subject, tmp_path_factory):
     """The trained T2T-ViT-7 as fp32 .tflite, and its w8 and (32-image) static int8 variants made from that file."""
     out = tmp_path_factory.mktemp("litert_t2t")
-    fp32, _ = export_litert_model("t2t_vit_7", subject.checkpoint, out_dir=out, num_classes=subject.num_classes)
-    calibration = calibration_images(calibration_samples(subject.train, 32), "t2t_vit_7", "nhwc")
-    reports = {"w8": quantize_tflite(fp32, out / "w8.tflite", "w8", "T2T-ViT"),
-               "int8": quantize_tflite(fp32, out / "int8.tflite", "int8", "T2T-ViT", calibration)}
+    fp32, _ = write_tflite("t2t_vit_7", subject.checkpoint, out / file_name("t2t_vit_7", "fp32"), LiteRTSettings(),
+                           num_classes=subject.num_classes)
+    calibration = images_of(calibration_samples(subject.train, 32), get_spec("t2t_vit_7").preprocess, "nhwc")
+    reports = {"w8": quantize_tflite(fp32, out / "w8.tflite", "w8", "T2T-ViT").to_dict(),
+               "int8": quantize_tflite(fp32, out / "int8.tflite", "int8", "T2T-ViT", calibration).to_dict()}
     return {"fp32": fp32, "w8": out / "w8.tflite", "int8": out / "int8.tflite", "reports": reports}
 
 
@@ -90,10 +93,9 @@ def test_static_int8_keeps_transformer_ops_float_and_runs_whole_in_xnnpack(t2t_f
 @pytest.fixture(scope="module")
 def mnv2_int8(tmp_path_factory, weights_dir, sample_dir):
     out = tmp_path_factory.mktemp("litert_mnv2")
-    from t2tedge.quantize.litert_ptq import export_litert_model
-
-    path, _ = export_litert_model(M, weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=out, precision="int8",
-                                  calib=sample_dir, num_calib=16)
+    samples, record = calibration_set(sample_dir, 16)
+    path, _ = write_tflite(M, weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out / file_name(M, "int8"),
+                           LiteRTSettings(precision="int8", calibration=samples, calibration_record=record))
     assert path == out / f"{M}_int8.tflite"
     return path
 
@@ -131,7 +133,7 @@ def test_full_integer_file_takes_float_batches_and_keeps_predictions(mnv2_int8, 
 @pytest.mark.slow  # a second layout of the same conversion; NHWC, the default, stays fast
 def test_nchw_layout_matches_torch(tmp_path, weights_dir, val_dir):
     checkpoint = weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"
-    path, meta = export_litert_model(M, checkpoint, out_dir=tmp_path, layout="nchw")
+    path, meta = write_tflite(M, checkpoint, tmp_path / file_name(M, "fp32"), LiteRTSettings(layout="nchw"))
     runtime = LiteRT.load(path, threads=2)
     assert meta["t2tedge.input_shape"] == [1, 3, 224, 224] and runtime.describe().details["input_layout"] == "NCHW"
     images, _ = parity_images(M, val_dir, 8)

@@ -15,7 +15,7 @@ from t2tedge.errors import T2TEdgeError
 from t2tedge.export import export_onnx
 from t2tedge.harness.parity import compare, parity_images, run_parity
 from t2tedge.quantize import preset
-from t2tedge.quantize.pipeline import quantize_model
+from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed (make setup installs it)")
 
@@ -35,8 +35,7 @@ def mnv2_int8(mnv2, sample_dir, tmp_path_factory):
     """A small-calibration INT8 file from `quantize --target openvino` (fast settings; fidelity is the bench's)."""
     out = tmp_path_factory.mktemp("ov_int8")
     config = preset("openvino", method="minmax", weight_rounding="nearest", bias_correction="off")
-    path, _ = quantize_model("mobilenet_v2_100", config, out, calib=sample_dir, num_calib=16, target="openvino",
-                             onnx_path=mnv2[0])
+    path, _ = quantize_model("mobilenet_v2_100", config, out, QuantizeSettings(calib=sample_dir, num_calib=16, target="openvino", onnx_path=mnv2[0]))
     return path
 
 
@@ -90,14 +89,23 @@ def test_our_int8_file_runs_in_int8_kernels_with_the_logits_ort_computes(mnv2_in
 
 
 def test_export_openvino_ir_keeps_metadata_and_logits(mnv2, mnv2_int8, tmp_path):
-    from t2tedge.export.openvino_export import export_openvino
-    from t2tedge.targets import get_target
+    from t2tedge.targets import BuildRequest, get_target
 
-    artifact_metadata = get_target("openvino").read_metadata
+    openvino = get_target("openvino")
+    artifact_metadata = openvino.read_metadata
+
+    def export_openvino(source, out_dir, precision=None):
+        """What `t2tedge export openvino FILE.onnx [--precision P] --out DIR` builds."""
+        from t2tedge.onnx_graph import onnx_precision
+
+        request = BuildRequest(model="mobilenet_v2_100", precision=precision or onnx_precision(source),
+                               out_dir=out_dir, source=source)
+        openvino.check_request(request)
+        return openvino.build(request)
 
     images = np.random.default_rng(1).standard_normal((2, 3, 224, 224), dtype=np.float32)
     for source in (mnv2[0], mnv2_int8):
-        ir = export_openvino(str(source), out_dir=tmp_path)
+        ir = export_openvino(source, out_dir=tmp_path)
         assert ir == tmp_path / f"{source.stem}.xml" and ir.with_suffix(".bin").is_file()
         meta = artifact_metadata(ir)
         assert meta["t2tedge.model"] == "mobilenet_v2_100" and meta["t2tedge.source_onnx"] == source.name
@@ -105,8 +113,8 @@ def test_export_openvino_ir_keeps_metadata_and_logits(mnv2, mnv2_int8, tmp_path)
         assert np.abs(OpenVINO.load(ir).run(images) - OpenVINO.load(source).run(images)).max() <= 1e-5
     assert OpenVINO.load(tmp_path / f"{mnv2_int8.stem}.xml").describe().precision == "int8"
     half = tmp_path / "fp16"
-    export_openvino(str(mnv2[0]), out_dir=half, weights="fp16")
-    full_bin, half_bin = tmp_path / "mobilenet_v2_100.bin", half / "mobilenet_v2_100.bin"
+    export_openvino(mnv2[0], out_dir=half, precision="fp16")
+    full_bin, half_bin = tmp_path / "mobilenet_v2_100.bin", half / "mobilenet_v2_100_fp16.bin"
     assert half_bin.stat().st_size < 0.6 * full_bin.stat().st_size
     assert not [p for p in half.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 

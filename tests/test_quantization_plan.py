@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from t2tedge.cli import main
 from t2tedge.errors import DataError
 from t2tedge.quantize.config import QuantConfig
+from t2tedge.quantize.records import CalibrationInfo
 from t2tedge.quantize.quantization_plan import (apply_plan_weights, arrays_path, load_plan, module_path, plan_from_qdq,
                                    plan_path_for)
 from t2tedge.quantize.ptq import quantize_onnx
@@ -57,7 +58,8 @@ def planned(tmp_path_factory):
     qdq = out / "net_int8.onnx"
     quantize_onnx(fp32, qdq, ArrayCalibration(images), QuantConfig(method="minmax", bias_correction="off",
                                                               pixel_grid_input=False))
-    plan = plan_from_qdq(qdq, net, model_name="net", weights="w", calibration={"images": 16}, recipe={})
+    plan = plan_from_qdq(qdq, net, model_name="net", weights="w", calibration=CalibrationInfo(folder="random", images=16, seed=0),
+                         recipe=QuantConfig())
     return net, qdq, plan, images, out
 
 
@@ -92,8 +94,8 @@ def test_the_plan_round_trips_and_refuses_what_is_not_one(planned, tmp_path):
     assert all(np.array_equal(again.arrays[k], plan.arrays[k]) for k in plan.arrays)
     assert plan_path_for(tmp_path / "m_int8.onnx").name == "m_int8.plan.json"
     data = json.loads(path.read_text())
-    path.write_text(json.dumps({**data, "version": 99}))
-    with pytest.raises(DataError, match="version 99"):
+    path.write_text(json.dumps({**data, "schema": "t2tedge.quant-plan/99"}))
+    with pytest.raises(DataError, match="quant-plan/99"):
         load_plan(path)
     path.write_text(json.dumps(data))
     arrays_path(path).write_bytes(b"not an npz")
@@ -183,7 +185,7 @@ def test_litert_applies_the_plan_with_the_files_weights_and_grids(planned, tmp_p
     apply_plan_weights(module, plan)
     fp32, int8 = tmp_path / "net.tflite", tmp_path / "net_int8.tflite"
     convert_module(ChannelsLast(module).eval(), torch.zeros(1, 16, 16, 3), fp32)
-    report = quantize_tflite_with_plan(fp32, int8, plan)
+    report = quantize_tflite_with_plan(fp32, int8, plan).to_dict()
     assert report["plan"]["layers_applied"] == 2 and [d["layer"] for d in report["plan"]["deviations"]] == ["head"]
     read = file_qparams(int8)
     assert [r["op"] for r in read] == ["CONV_2D", "CONV_2D"]

@@ -14,16 +14,15 @@ from conftest import assert_matches_schema
 from t2tedge.cli import main
 from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 from t2tedge.quantize import OpQuantConfig, QuantConfig, plan, preset
-from t2tedge.quantize.pipeline import quantize_model
-from t2tedge.results import QuantizeReport
+from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
+from t2tedge.quantize.records import QuantizeReport
 
 
 @pytest.fixture(scope="module")
 def mobilenet_int8(tmp_path_factory, weights_dir, sample_dir):
     """The library pipeline behind `t2tedge quantize`, called as a user's script would."""
     out = tmp_path_factory.mktemp("int8")
-    path, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), out, calib=sample_dir, num_calib=32,
-                                  checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    path, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), out, QuantizeSettings(calib=sample_dir, num_calib=32, checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"))
     assert path == out / "mobilenet_v2_100_int8.onnx"
     assert QuantizeReport.read(path.with_suffix(".json")) == report
     assert_matches_schema(json.loads(path.with_suffix(".json").read_text()), QuantizeReport)
@@ -120,9 +119,7 @@ def test_layer_sqnr_flags_a_collapsing_config_and_not_the_default(mobilenet_int8
     assert min(row["sqnr_db"] for row in report["layers"]) > report["threshold_db"]
     # Per-tensor weights are what collapses MobileNetV2 under plain ORT PTQ: the report must point at it.
     warnings = []
-    _, collapsed = quantize_model("mobilenet_v2_100", preset("onnxruntime", per_channel=False, bias_correction="off"),
-                                  tmp_path, calib=sample_dir, num_calib=32, warn=warnings.append,
-                                  checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    _, collapsed = quantize_model("mobilenet_v2_100", preset("onnxruntime", per_channel=False, bias_correction="off"), tmp_path, QuantizeSettings(calib=sample_dir, num_calib=32, checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"), warn=warnings.append)
     assert any("below 10 dB SQNR" in line for line in warnings)
     layers = collapsed.layer_sqnr
     assert len(layers.flagged) > 20 and layers.layers[0]["sqnr_db"] > 10  # the first conv is still fine
@@ -140,8 +137,7 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
     from t2tedge.runtimes import get_runtime
 
     fp32 = export_onnx("t2t_vit_7", t2t7_checkpoint, out_dir=tmp_path)
-    int8, report = quantize_model("t2t_vit_7", preset("onnxruntime"), tmp_path / "int8", calib=sample_dir, num_calib=32,
-                                  onnx_path=fp32)
+    int8, report = quantize_model("t2t_vit_7", preset("onnxruntime"), tmp_path / "int8", QuantizeSettings(calib=sample_dir, num_calib=32, onnx_path=fp32))
     soft_splits = [n for n in report.float_nodes if "/soft_split" in n]
     assert len(soft_splits) == 2 and not any("/soft_split" in n for n in report.quantized_nodes)
     assert report.layer_sqnr.images == 8 and report.layer_sqnr.flagged == []
@@ -170,14 +166,14 @@ def test_t2t_vit_7_int8_keeps_sqnr_on_real_images_from_a_static_batch_export(t2t
 def test_a_failure_after_quantizing_leaves_no_int8_model(weights_dir, sample_dir, tmp_path, monkeypatch):
     from t2tedge.errors import T2TEdgeError
     from t2tedge.quantize import layer_sqnr
+    from t2tedge.targets.onnx_fed import publish_quantized
 
     def fail(*args, **kwargs):
         raise T2TEdgeError("per-layer report failed")
 
     monkeypatch.setattr(layer_sqnr, "layer_sqnr", fail)
     with pytest.raises(T2TEdgeError, match="per-layer report failed"):
-        quantize_model("mobilenet_v2_100", preset("onnxruntime"), tmp_path / "int8", calib=sample_dir, num_calib=8,
-                       checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+        publish_quantized("mobilenet_v2_100", preset("onnxruntime"), tmp_path / "int8", QuantizeSettings(calib=sample_dir, num_calib=8, checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"))
     assert not (tmp_path / "int8").exists() or list((tmp_path / "int8").iterdir()) == []
 
 
@@ -343,8 +339,7 @@ def test_quantize_cli_errors(argv, message, tmp_path, capsys):
 def test_tensorrt_target_passes_check_and_writes_cache(weights_dir, sample_dir, tmp_path, capsys):
     from t2tedge.quantize.tensorrt_checks import read_calibration_cache
 
-    qdq, report = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=16,
-                                 target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    qdq, report = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, QuantizeSettings(calib=sample_dir, num_calib=16, target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"))
     assert qdq.name == "mobilenet_v2_100_int8_tensorrt.onnx"
     assert main(["check-trt", str(qdq)]) == 0
     assert "OK for TensorRT" in capsys.readouterr().out
@@ -449,9 +444,7 @@ def test_sensitivity_ranking_and_fallback_mechanics(weights_dir, sample_dir, tmp
 def test_mixed_precision_reaches_target_on_mobilenet_v2(weights_dir, sample_dir, tmp_path):
     from t2tedge.quantize.pipeline import SearchSettings
 
-    _, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), tmp_path, calib=sample_dir, num_calib=256,
-                               search=SearchSettings(target_agreement=0.99), say=lambda line: None,
-                               checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    _, report = quantize_model("mobilenet_v2_100", preset("onnxruntime"), tmp_path, QuantizeSettings(calib=sample_dir, num_calib=256, search=SearchSettings(target_agreement=0.99), checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"), say=lambda line: None)
     searched = report.mixed_precision
     assert searched["reached"] and report.sensitivity
     assert set(searched["kept_float"]) <= set(report.float_nodes)

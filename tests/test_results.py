@@ -13,6 +13,7 @@ import pytest
 
 from conftest import assert_matches_schema
 from t2tedge import metadata_keys
+from t2tedge.quantize.schemas import QUANTIZE_RECORDS
 from t2tedge.results import (RESULT_TYPES, DataInfo, LatencyStats, MachineInfo, ProfileRecord, ResultFormatError,
                              Table4Cell, Table4Result, json_schema, read_measurements, schema_file_name)
 
@@ -29,7 +30,7 @@ def measured_cell(**changes) -> Table4Cell:
     return Table4Cell(**{**values, **changes})
 
 
-@pytest.mark.parametrize("cls", RESULT_TYPES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", RESULT_TYPES + QUANTIZE_RECORDS, ids=lambda c: c.__name__)
 def test_the_schema_files_are_the_classes(cls):
     """A field changed in t2tedge.results without `python scripts/write_schemas.py` fails here."""
     checked_in = json.loads((SCHEMAS / schema_file_name(cls)).read_text())

@@ -21,7 +21,7 @@ from t2tedge.export import OnnxExportOptions, export_onnx
 from t2tedge.export.tensorrt_engine import INSTALL_HINT, EngineOptions, build_engine, build_plan
 from t2tedge.onnx_graph import has_qdq, onnx_precision
 from t2tedge.quantize import preset
-from t2tedge.quantize.pipeline import quantize_model
+from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
 from tensorrt_standin import SURFACES, make_tensorrt
 
 
@@ -257,8 +257,7 @@ def test_int8_from_qdq_and_on_tensorrt_10_from_calibration_cache(gpu, weights_di
 
     from t2tedge.export.tensorrt_engine import tensorrt_major
 
-    qdq, _ = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, calib=sample_dir, num_calib=32,
-                            target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth")
+    qdq, _ = quantize_model("mobilenet_v2_100", preset("tensorrt"), tmp_path, QuantizeSettings(calib=sample_dir, num_calib=32, target="tensorrt", checkpoint=weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth"))
     explicit = build_engine(qdq, tmp_path / "explicit.engine")
     assert explicit.explicit_quantization and explicit.precision == "int8"
     fp32 = export_onnx("mobilenet_v2_100", weights_dir / "mobilenet_v2_1.0_imagenet_tfsame.pth", out_dir=tmp_path,

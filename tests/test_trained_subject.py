@@ -11,7 +11,7 @@ import torch
 from t2tedge.data import discover, evenly_spread, load_batch
 from t2tedge.models import get_spec
 from t2tedge.quantize import preset
-from t2tedge.quantize.pipeline import quantize_model
+from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
 
 HELD_OUT = 400
 
@@ -31,8 +31,7 @@ def exports(subject, tmp_path_factory):
     out = tmp_path_factory.mktemp("subject")
     fp32 = export_onnx("t2t_vit_7", subject.checkpoint, out_dir=out, options=OnnxExportOptions(dynamic_batch=True),
                        num_classes=subject.num_classes)
-    int8, _ = quantize_model("t2t_vit_7", preset("onnxruntime"), out / "int8", calib=subject.train, num_calib=64,
-                             onnx_path=fp32, num_classes=subject.num_classes)
+    int8, _ = quantize_model("t2t_vit_7", preset("onnxruntime"), out / "int8", QuantizeSettings(calib=subject.train, num_calib=64, onnx_path=fp32), num_classes=subject.num_classes)
     return fp32, int8
 
 

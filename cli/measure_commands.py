@@ -157,7 +157,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from t2tedge.export.onnx_export import check_onnx_fits
     from t2tedge.quantize import QuantConfig, preset
-    from t2tedge.quantize.pipeline import SearchSettings, quantize_model
+    from t2tedge.quantize.pipeline import QuantizeSettings, SearchSettings
+    from t2tedge.targets.onnx_fed import publish_quantized
 
     searching = args.sensitivity or bool(args.target_agreement)
     for flag, value in (("--max-float", args.max_float), ("--num-heldout", args.num_heldout)):
@@ -176,10 +177,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     search = SearchSettings(sensitivity=args.sensitivity or bool(args.target_agreement),
                             target_agreement=args.target_agreement, max_float=args.max_float,
                             num_heldout=args.num_heldout or 200)
-    out, report = quantize_model(args.model, config, args.out, calib=args.calib, num_calib=args.num_calib,
-                                 seed=args.seed, target=args.target, onnx_path=args.onnx, checkpoint=checkpoint,
-                                 exclude=comma_list(args.exclude) if args.exclude else (), search=search,
-                                 sqnr_threshold=args.sqnr_threshold, **class_override(args))
+    settings = QuantizeSettings(calib=args.calib, num_calib=args.num_calib, seed=args.seed, target=args.target,
+                                onnx_path=args.onnx, checkpoint=checkpoint,
+                                keep_float=tuple(comma_list(args.exclude)) if args.exclude else (), search=search,
+                                sqnr_threshold=args.sqnr_threshold)
+    out, report = publish_quantized(args.model, config, args.out, settings, **class_override(args))
     cache = report.trt_calibration_cache
     print(f"wrote {out} ({len(report.quantized_nodes)} nodes quantized, {len(report.float_nodes)} kept float), "
           f"{out.with_suffix('.json')}" + (f" and {cache.path} (for TensorRT 10 only: TensorRT 11 builds {out.name})"

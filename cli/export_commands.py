@@ -15,7 +15,7 @@ from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 def cmd_export(args: argparse.Namespace) -> int:
     """`t2tedge export TARGET MODEL|FILE.onnx --precision P ...`: one shape for every target."""
     from t2tedge.onnx_graph import onnx_precision
-    from t2tedge.targets import DEFAULT_NUM_CALIB, BuildRequest, get_target
+    from t2tedge.targets import DEFAULT_NUM_CALIB, BuildRequest, build_artifact, get_target
 
     target = get_target(args.format)
     source = Path(args.source) if args.source.endswith(".onnx") else None
@@ -39,7 +39,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise DataError(f"calibration folder not found: {request.calib}")
     if source is None:
         request = replace(request, checkpoint=resolve_checkpoint(model, args.checkpoint))
-    path = target.build(request)
+    path = build_artifact(target, request)
     detail = target.summarize(path) if target.summarize else ""
     companions = [p.name for p in target.files(path)[1:] if p.exists()]
     print(f"wrote {path}" + (f" and {', '.join(companions)}" if companions else "")
