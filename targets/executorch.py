@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample
 from t2tedge.errors import DataError, UsageError
 from t2tedge.fileio import staging_dir
-from t2tedge.quantize.records import CalibrationInfo
 from t2tedge.sidecar import publish_with_sidecar, read_sidecar, sidecar_files, sidecar_metadata
 from t2tedge.targets.registry import APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, register
+
+if TYPE_CHECKING:  # the quantize layer needs torch; this module is read on devices without it (bundles)
+    from t2tedge.quantize.records import CalibrationInfo
 
 
 @dataclass(frozen=True)

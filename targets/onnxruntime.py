@@ -40,8 +40,8 @@ register(Target(
                 "fp16 with float32 input and output (onnxconverter-common), nodes whose values leave fp16's range "
                 "on --calib images kept fp32: the file strongly typed TensorRT engines are built from. int8 is "
                 "`t2tedge quantize`'s QDQ file with its defaults (MSE ranges, GPTQ rounding, bias correction, "
-                "calibrated on --calib), with the quantization plan beside it that LiteRT and ExecuTorch apply and "
-                "OpenVINO reads; `t2tedge quantize` has the power options (methods, configs, sensitivity search).",
+                "calibrated on --calib), with the quantization plan beside it that the other targets' INT8 builds "
+                "start from; `t2tedge quantize` has the power options (methods, configs, sensitivity search).",
     precisions={"fp32": None, "fp16": None, "int8": None,
                 "w8": "ONNX Runtime's dynamic int8 is not built here; ship int8"},
     not_measured_here={"fp16": "ONNX Runtime's CPU provider runs an fp16 graph through casts to fp32 kernels; fp16 "

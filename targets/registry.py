@@ -1,6 +1,6 @@
 """The target registry: one descriptor per deployment target, read by every command and by Table 4.
 
-A target is what a user ships a model to (ONNX Runtime, OpenVINO, TensorRT, Core ML, LiteRT, ExecuTorch). Its
+A target is what a user ships a model to (a runtime on a phone, an edge box or a GPU server). Its
 descriptor holds every fact the rest of the toolkit needs about it: the files its runtime runs and how they are
 recognised, how our metadata is read from them, which files travel with one, the precisions it builds, its typed
 load and export options, and its build function (model + precision + calibration -> the artifact on disk, the call

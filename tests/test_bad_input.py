@@ -184,7 +184,7 @@ CASES = [
     # 6. silent acceptance
     ("int32 checkpoint", ["export", "onnx", M, "--checkpoint", "{int32}", "--out", "{out}"], 1, "integer tensors"),
     ("config with unknown keys", ["quantize", M, "--onnx", "{mnv2}", "--config", "{config}", "--out", "{out}"], 1,
-     "unknown keys quantise_bias"),
+     "unknown field(s) quantise_bias"),
     ("--exclude matching nothing", ["quantize", M, "--onnx", "{mnv2}", "--exclude", "Convv", "--num-calib", "2",
                                     "--out", "{out}"], 1, "--exclude Convv matches no op type or node name"),
     ("bundle of a text file named .onnx", ["export", "bundle", "{fake}", "--out", "{out}/b.tar.gz"], 1,
