@@ -4,6 +4,7 @@ alone. The scripts in this folder import it (it sits beside them on sys.path).""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -31,12 +32,23 @@ def weights_for(name: str) -> tuple[Path | None, dict, str]:
     return real, {}, "ImageNet" if real else "random (seeded)"
 
 
+def evaluation_folder(name: str) -> Path:
+    """The labelled images a model is scored on: its trained subject's val folder, else imagenet-val1300."""
+    subject = trained_subject(name)
+    return subject.val if subject is not None else shared_path("data", "imagenet-val1300")
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def data_for(name: str, limit: int | None, num_calib: int) -> tuple[list[Sample], list[Sample], int]:
     subject = trained_subject(name)
     if subject is not None:
         evaluation = evenly_spread(discover(subject.val, num_classes=subject.num_classes), limit)
         return evaluation, calibration_samples(subject.train, num_calib), subject.num_classes
-    evaluation = evenly_spread(discover(shared_path("data", "imagenet-val1300")), limit)
+    evaluation = evenly_spread(discover(evaluation_folder(name)), limit)
     return evaluation, calibration_samples(shared_path("data", "imagenet-sample"), num_calib, exclude=evaluation), 1000
 
 

@@ -36,14 +36,13 @@ from t2tedge.export.executorch_export import export_program, lower_program
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.parity import run_parity
-from t2tedge.models import get_spec, trained_subject
+from t2tedge.models import get_spec
 from t2tedge.native_output import native_output_captured
-from t2tedge.paths import shared_path
 from t2tedge.quantize.calibration import images_of
 from t2tedge.quantize.executorch_ptq import quantize_static
 from t2tedge.targets.executorch import ExecuTorchSettings, file_name, write_program
 
-from bench_common import bench_arguments, data_for, print_rows, score_files, timed_alone, weights_for
+from bench_common import bench_arguments, evaluation_folder, data_for, print_rows, score_files, timed_alone, weights_for
 
 
 def naive_program(name: str, checkpoint, overrides: dict, destination: Path) -> dict:
@@ -76,8 +75,7 @@ def delegation_rows(names, workdir: Path, threads: int) -> list[dict]:
     rows = []
     for name in names:
         checkpoint, overrides, label = weights_for(name)
-        subject = trained_subject(name)
-        data = subject.val if subject else shared_path("data", "imagenet-val1300")
+        data = evaluation_folder(name)
         report = run_parity(name, ["torch", "executorch"], data, n=64, batch=32, checkpoint=checkpoint,
                             threads=threads, workdir=workdir, **overrides)
         result, details = report["pairs"][0], report["runtimes"]["executorch"]["details"]

@@ -35,13 +35,12 @@ from t2tedge.export.litert_export import ChannelsLast
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.parity import run_parity
-from t2tedge.models import create_model, get_spec, trained_subject
+from t2tedge.models import create_model, get_spec
 from t2tedge.native_output import native_output_captured
-from t2tedge.paths import shared_path
 from t2tedge.quantize.calibration import images_of
 from t2tedge.targets.litert import LiteRTSettings, file_name, write_tflite
 
-from bench_common import bench_arguments, data_for, print_rows, score_files, timed_alone, weights_for
+from bench_common import bench_arguments, evaluation_folder, data_for, print_rows, score_files, timed_alone, weights_for
 
 def pt2e_peer(name: str, checkpoint, overrides: dict, calibration: np.ndarray, destination: Path) -> None:
     """litert-torch's PT2E quantizer, symmetric per-channel, calibrated on the same images, then converted."""
@@ -70,8 +69,7 @@ def parity_rows(names, workdir: Path, threads: int) -> list[dict]:
     rows = []
     for name in names:
         checkpoint, overrides, label = weights_for(name)
-        subject = trained_subject(name)
-        data = subject.val if subject else shared_path("data", "imagenet-val1300")
+        data = evaluation_folder(name)
         report = run_parity(name, ["torch", "litert"], data, n=64, batch=32, checkpoint=checkpoint, threads=threads,
                             workdir=workdir, **overrides)
         result, details = report["pairs"][0], report["runtimes"]["litert"]["details"]

@@ -7,7 +7,6 @@ Prints a table and writes results/bench_onnx.json. Run with `make bench-onnx`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,8 @@ from t2tedge.export.ort_optimize import optimize_for_onnxruntime
 from t2tedge.models import create_model
 from t2tedge.models.complexity import count_macs
 from t2tedge.runtimes.onnxruntime_cpu import OnnxRuntimeCPU
+
+from bench_common import write_json
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
@@ -127,8 +128,7 @@ def main() -> int:
           f"{100 * achieved / peak:.0f}%   (target >= 60%)")
     print(f"  1 thread: {single_ms:.2f} ms, {flops / single_ms / 1e6:.1f} GFLOP/s of a {single_peak:.1f} GFLOP/s peak = "
           f"{100 * result['single_thread_fraction_of_peak']:.0f}%")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0
 
 

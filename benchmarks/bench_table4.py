@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import timed_alone
+from bench_common import timed_alone, write_json
 
 from t2tedge.fileio import sha256_file
 from t2tedge.harness.table4 import Grid, GridSettings
@@ -92,8 +92,7 @@ def main() -> int:
             if f"{p}_grid_ms" in row else "- | - | -" for p in quantized)
         print(f"| {row['runtime']} | {row['fp32_grid_ms']:.2f} | {row['fp32_profile_ms']:.2f} | "
               f"{row['grid_over_profile']:.2f} | {'yes' if row['same_file'] else 'no'} | {extra} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(args.out, rows)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from t2tedge import __version__
@@ -62,7 +63,20 @@ _OS_ERRORS = {
     errno.EPERM: ("operation not permitted (an immutable or protected file?)",
                   "remove the protection (chattr -i) or write elsewhere (--out)"),
     errno.EROFS: ("the file system is read-only", "write elsewhere (--out)"),
+    errno.ENAMETOOLONG: ("a file or folder name is longer than the file system allows", "choose a shorter name"),
 }
+# What the user typed and the file system cannot take at all: usage (exit 2), not a data error.
+_USAGE_ERRNOS = (errno.ENAMETOOLONG,)
+
+
+def _where(exc: OSError) -> str:
+    if not exc.filename:
+        return ""
+    name = str(exc.filename)
+    if exc.errno == errno.ENAMETOOLONG:
+        longest = max(Path(name).parts, key=len)
+        name = f"{name[:60]}... (a name of {len(longest)} characters)"
+    return f" ({name})"
 
 
 class Terminated(BaseException):
@@ -126,9 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 143 if terminated else 130
         if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
             what, advice = _OS_ERRORS[exc.errno]
-            where = f" ({exc.filename})" if exc.filename else ""
-            print(f"t2tedge: error: {what}{where}; {advice}", file=sys.stderr)
-            return 1
+            print(f"t2tedge: error: {what}{_where(exc)}; {advice}", file=sys.stderr)
+            return 2 if exc.errno in _USAGE_ERRNOS else 1
         text = first_line(exc, 300) if str(exc).strip() else ""
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         print(f"t2tedge: error: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else text}"

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from t2tedge.cli.options import at_least, checkpoint_arg, resolve_checkpoint
 from t2tedge.cli.ort_commands import ort_format_parser
-from t2tedge.errors import DataError
+from t2tedge.errors import DataError, UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
+from t2tedge.targets import DEFAULT_NUM_CALIB
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`t2tedge export TARGET MODEL|FILE.onnx --precision P ...`: one shape for every target."""
     from t2tedge.onnx_graph import onnx_precision
-    from t2tedge.targets import DEFAULT_NUM_CALIB, BuildRequest, build_artifact, get_target
+    from t2tedge.targets import BuildRequest, build_artifact, get_target
 
     target = get_target(args.format)
     source = Path(args.source) if args.source.endswith(".onnx") else None
@@ -35,6 +36,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                            num_classes=args.num_classes or 1000, options=options)
     ensure_writable_dir(args.out)
     target.check_request(request, given)
+    if request.calib is not None and request.calib.is_file():
+        raise UsageError(f"--calib {request.calib} is a file, not a folder of images")
     if request.calib is not None and not request.calib.is_dir():
         raise DataError(f"calibration folder not found: {request.calib}")
     if source is None:
@@ -95,7 +98,8 @@ def export_parser(sub) -> None:
         reads = ("int8 calibration images" + ("; fp16: the images its range check runs on"
                                              if "fp16" in target.calibrated else ""))
         p.add_argument("--calib", type=Path, metavar="DIR", help=f"{reads} (default: ../shared/data/imagenet-sample)")
-        p.add_argument("--num-calib", type=at_least(1), metavar="N", help="calibration images drawn (default: 256)")
+        p.add_argument("--num-calib", type=at_least(1), metavar="N",
+                       help=f"calibration images drawn (default: {DEFAULT_NUM_CALIB})")
         for option in target.export_options:
             if option.flag_only:
                 p.add_argument(option.flag, dest=option.name, action="store_const", const=True, help=option.help)

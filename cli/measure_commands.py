@@ -7,6 +7,7 @@ from pathlib import Path
 
 from t2tedge.cli.options import (
     DEFAULT_EVAL_DATA,
+    say_note,
     at_least,
     checkpoint_arg,
     class_override,
@@ -142,7 +143,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if args.onnx:
         from t2tedge.export.onnx_export import check_onnx_fits
 
-        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+        say_note(check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force))
     checkpoint = resolve_checkpoint(args.model, args.checkpoint)
     report = run_parity(args.model, runtimes, args.data, n=args.limit, batch=args.batch, checkpoint=checkpoint,
                         onnx_path=args.onnx, threads=args.threads, load_options=load_options,
@@ -171,7 +172,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     else:
         config = preset(args.target, args.method, args.per_channel, args.weight_rounding, args.bias_correction)
     if args.onnx is not None:
-        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+        say_note(check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force))
     ensure_writable_dir(args.out)
     checkpoint = None if args.onnx is not None else resolve_checkpoint(args.model, args.checkpoint)
     search = SearchSettings(sensitivity=args.sensitivity or bool(args.target_agreement),
@@ -194,6 +195,8 @@ def cmd_check_trt(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.data is None:
         raise UsageError("--limit counts the --data images the fp16 range check reads; add --data DIR")
+    if args.data is not None and args.data.is_file():
+        raise UsageError(f"--data {args.data} is a file, not a folder of images")
     if args.data is not None and not args.data.is_dir():
         raise DataError(f"image folder not found: {args.data}")
     report = check_tensorrt_file(args.onnx, args.data, args.limit or 16)
@@ -215,12 +218,14 @@ def cmd_check_trt(args: argparse.Namespace) -> int:
 
 
 def profile_parser(sub) -> None:
+    from t2tedge.targets import targets
+
+    suffixes = ", ".join(f"{'/'.join(t.suffixes)}: {t.name}" for t in targets().values() if not t.reference)
     p = sub.add_parser(
         "profile", help="latency protocol (and accuracy with --data) for one artifact on this host",
-        description="Measure an exported artifact with its runtime, chosen from the suffix (.onnx/.ort: "
-                    "onnxruntime, .mlpackage: coreml, .engine/.plan: tensorrt, .xml: openvino, .tflite: litert, .pte: "
-                    "executorch): warm-up, then --runs timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 "
-                    "throughput. Writes a profile record (schema t2tedge.profile/1: one Table 4 cell and the "
+        description=f"Measure an exported artifact with its runtime, chosen from the suffix ({suffixes}): "
+                    "warm-up, then --runs timed batch-1 runs (min/p50/p90/p99/mean) and batch-8 throughput. "
+                    "Writes a profile record (schema t2tedge.profile/1: one Table 4 cell and the "
                     "machine) that `t2tedge table4 --merge` takes. With --ops: load and first-inference time, "
                     "peak memory, then every op's time from the runtime's own profiler (ONNX Runtime, OpenVINO, "
                     "ExecuTorch; TensorRT on a GPU) mapped to model blocks, op types and precisions (schema "
@@ -278,7 +283,8 @@ def quantize_parser(sub) -> None:
     source.add_argument("--checkpoint", metavar="PATH|random", help="export these weights first (see `export onnx`)")
     p.add_argument("--calib", type=Path, default=shared_path("data", "imagenet-sample"),
                    help="calibration images, disjoint from evaluation data (default: %(default)s)")
-    p.add_argument("--num-calib", type=at_least(1), default=256, help="calibration images drawn with --seed (default: %(default)s)")
+    p.add_argument("--num-calib", type=at_least(1), default=DEFAULT_NUM_CALIB,
+                   help="calibration images drawn with --seed (default: %(default)s)")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--method", choices=["mse", "minmax", "percentile", "entropy"], default="mse",
                    help="activation range calibration; mse picks, per tensor, the clipping range with the least "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from t2tedge.cli.options import (
     DEFAULT_EVAL_DATA,
+    say_note,
     at_least,
     checkpoint_arg,
     force_arg,
@@ -88,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if target.reference:
             raise UsageError(f"--onnx needs a runtime that runs ONNX files, not {target.name}; "
                              f"use --runtime onnxruntime (or openvino, tensorrt)")
-        check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force)
+        say_note(check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force))
     checkpoint = None if args.onnx else resolve_checkpoint(args.model, args.checkpoint)  # the file has its weights
     samples = discover(args.data, num_classes=args.num_classes)
     if args.limit:

@@ -145,3 +145,11 @@ def apply_pretrained_tag(args: argparse.Namespace) -> None:
             args.num_classes = tag.num_classes
         if getattr(args, "checkpoint", "absent") is None:
             args.checkpoint = str(tag.checkpoint())
+
+
+def say_note(note: str | None) -> None:
+    """A library's note to the user (what a command assumes), on stderr beside the result."""
+    if note:
+        import sys
+
+        print(note, file=sys.stderr)

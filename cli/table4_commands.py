@@ -19,7 +19,7 @@ def cmd_table4(args: argparse.Namespace) -> int:
         write_outputs,
     )
     from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
-    from t2tedge.targets import PRECISIONS, targets
+    from t2tedge.targets import DEFAULT_NUM_CALIB, PRECISIONS, targets
 
     measuring = [flag for flag, value in (("--models", args.models), ("--runtimes", args.runtimes),
                                           ("--precisions", args.precisions), ("--suite", args.suite),
@@ -40,10 +40,15 @@ def cmd_table4(args: argparse.Namespace) -> int:
     if args.merge:
         table = merge([load_table(p) for p in args.merge])
         ensure_writable_dir(args.out)
+        from t2tedge.harness.table4_views import versions_note
+
+        note = versions_note(table)
+        if note:
+            print(f"note: {note}")
     else:
         suite = args.suite or "imagenet"
         settings = GridSettings(data=args.data or SUITES[suite].data(), limit=args.limit, threads=args.threads,
-                                runs=args.runs or 50, num_calib=args.num_calib or 256, suite=suite)
+                                runs=args.runs or 50, num_calib=args.num_calib or DEFAULT_NUM_CALIB, suite=suite)
         ensure_writable_dir(args.out)
         if args.artifacts is not None:
             ensure_writable_dir(args.artifacts, "--artifacts")
@@ -65,7 +70,7 @@ def cmd_table4(args: argparse.Namespace) -> int:
 
 def table4_parser(sub) -> None:
     from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
-    from t2tedge.targets import PRECISIONS, targets
+    from t2tedge.targets import DEFAULT_NUM_CALIB, PRECISIONS, targets
 
     p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x targets x precisions",
                        description="Every cell builds its file with the target's build function and the defaults of "
@@ -83,7 +88,8 @@ def table4_parser(sub) -> None:
     p.add_argument("--limit", type=at_least(1), help="N images evenly spread over the classes, for quick runs")
     p.add_argument("--runs", type=at_least(1), help="timed batch-1 runs per cell after warm-up (default: 50)")
     p.add_argument("--num-calib", type=at_least(1),
-                   help="calibration images for the int8 cells, from the suite's calibration folder (default: 256)")
+                   help=f"calibration images for the int8 cells, from the suite's calibration folder (default: "
+                        f"{DEFAULT_NUM_CALIB})")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: %(default)s)")
     p.add_argument("--artifacts", type=Path, metavar="DIR",

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from t2tedge.errors import DataError
+from t2tedge.errors import DataError, UsageError
 from t2tedge.paths import shared_path, synset_words_file
 
 # Calibration images drawn when a command is not told how many (--num-calib).
@@ -61,12 +61,19 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _require_folder(root: Path, what: str) -> None:
+    """A folder the user named: a file there is a usage error (exit 2), nothing there a data error."""
+    if root.is_file():
+        raise UsageError(f"{root} is a file, not an {what}" if what[0] in "aeiou" else f"{root} is a file, not a {what}")
+    if not root.is_dir():
+        raise DataError(f"{what} not found: {root}")
+
+
 def discover_images(root: str | Path) -> list[Sample]:
     """Every image under `root`, recursively, labels unknown (-1): what calibration needs from a user's photos.
     Hidden files and folders are skipped."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder not found: {root}")
+    _require_folder(root, "image folder")
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                     and all(_visible(Path(part)) for part in p.relative_to(root).parts))
     if not images:
@@ -81,8 +88,7 @@ def _default_ground_truth() -> Path:
 def discover(root: str | Path, num_classes: int = 1000, labels_file: str | Path | None = None) -> list[Sample]:
     """List (image, label) pairs under `root`, sorted by path."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
+    _require_folder(root, "data folder")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
     if class_dirs:
         if num_classes == 1000:

@@ -4,6 +4,7 @@ starts from), whether a model is quantized or fp16, and dropping initializers no
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import onnx
 
@@ -80,3 +81,31 @@ def prune_unused_initializers(model: onnx.ModelProto) -> int:
     for init in stale:
         graph.initializer.remove(init)
     return len(stale)
+
+
+def external_data_files(path: str | os.PathLike, model: onnx.ModelProto | None = None) -> tuple[Path, ...]:
+    """The files an ONNX model keeps tensors in beside itself (`MODEL.onnx.data`, what large exports and several
+    tools write), each checked: a DataError names one that is missing, or shorter than the tensors it must hold."""
+    from t2tedge.errors import DataError
+
+    path = Path(path)
+    if model is None:
+        model = onnx.load(str(path), load_external_data=False)
+    needs: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entry = {item.key: item.value for item in tensor.external_data}
+        end = int(entry.get("offset", 0)) + int(entry.get("length", 0))
+        needs[entry["location"]] = max(needs.get(entry["location"], 0), end)
+    files = []
+    for location, end in needs.items():
+        data = path.parent / location
+        if not data.is_file():
+            raise DataError(f"{path.name} keeps its weights in {location}, which is not beside it; copy the two "
+                            f"files together")
+        if data.stat().st_size < end:
+            raise DataError(f"{location} is truncated: {data.stat().st_size} bytes, and {path.name} reads up to "
+                            f"byte {end}; copy it again")
+        files.append(data)
+    return tuple(files)

@@ -50,3 +50,13 @@ def sidecar_metadata(artifact: str | os.PathLike) -> dict[str, str]:
 def sidecar_files(artifact: str | os.PathLike) -> tuple[Path, ...]:
     """The sidecar, as a file that travels with its artifact, where it exists."""
     return (sidecar_path(artifact),) if sidecar_path(artifact).is_file() else ()
+
+
+def check_flatbuffer_with_sidecar(path: Path, magic: bytes, at: int, kind: str) -> None:
+    """A sidecar format's file, parsed without running it: its flatbuffer identifier `magic` at byte `at`, and a
+    sidecar that reads (a truncated or edited one is refused here, not on the device)."""
+    from t2tedge.errors import DataError
+
+    if path.read_bytes()[at:at + len(magic)] != magic:
+        raise DataError(f"{path} is not {kind} (a '{magic.decode()}' flatbuffer)")
+    read_sidecar(path)

@@ -9,7 +9,9 @@ are made from the fp32 file by `t2tedge.quantize.litert_ptq`; `t2tedge.targets.l
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, first_line, require_installed
 from t2tedge.export.common import artifact_metadata
+from t2tedge.fileio import staging_prefix
 from t2tedge.native_output import native_output_captured
 from t2tedge.models import get_spec
 
@@ -48,17 +51,26 @@ def _failure_line(exc: Exception, log: Path) -> str:
 
 
 def convert_module(module: torch.nn.Module, sample: torch.Tensor, destination: Path) -> None:
-    """litert-torch conversion of `module` on `sample`, written to `destination` (a staging path)."""
+    """litert-torch conversion of `module` on `sample`, written to `destination` (a staging path). The converter
+    writes into a scratch folder of the system temp and Python copies the file over: LLVM ends the whole process
+    (exit 1, no Python exception) when its output stream fails, so a full --out disk must meet Python's write,
+    which raises and lets the staging folder be removed."""
     require_installed("litert_torch", INSTALL)
     print("converting with litert-torch ...", file=sys.stderr, flush=True)
-    with native_output_captured() as log:
-        try:
-            import litert_torch
+    with tempfile.TemporaryDirectory(prefix=staging_prefix("litert")) as scratch:
+        written = Path(scratch) / destination.name
+        with native_output_captured() as log:
+            try:
+                import litert_torch
 
-            converted = litert_torch.convert(module, (sample,))
-            converted.export(str(destination))
-        except Exception as exc:  # the converter raises many types, with pages of MLIR
-            raise T2TEdgeError(f"LiteRT conversion failed: {_failure_line(exc, log)}") from None
+                converted = litert_torch.convert(module, (sample,))
+                converted.export(str(written))
+            except Exception as exc:  # the converter raises many types, with pages of MLIR
+                raise T2TEdgeError(f"LiteRT conversion failed: {_failure_line(exc, log)}") from None
+        try:
+            shutil.copyfile(written, destination)
+        except OSError as exc:  # named by the file being written, not by the scratch copy
+            raise OSError(exc.errno, exc.strerror, str(destination)) from None
 
 
 def input_metadata(layout: str, precision: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ from t2tedge import metadata_keys as keys
 from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.export.common import build_model, class_labels
 from t2tedge.fileio import atomic_path
+from t2tedge.onnx_graph import external_data_files
 from t2tedge.models import get_spec
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -134,18 +135,24 @@ def load_onnx_graph(path: str | os.PathLike) -> onnx.ModelProto:
                         f"`t2tedge export onnx` wrote") from None
     if not proto.graph.node or not proto.graph.input or not proto.graph.output:
         raise DataError(f"{path} is not a readable ONNX model (no graph); pass the .onnx that `t2tedge export onnx` wrote")
+    external_data_files(path, proto)  # a data file missing or cut short is named here, before any runtime reads it
     return proto
 
 
 def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int | None = None,
-                    force: bool = False) -> None:
+                    force: bool = False) -> str | None:
     """Refuse an ONNX file that is not what the command says it is: another model stamped in its metadata, another
-    class count, another input size. `force` accepts a mismatch (a user's own export with other names)."""
+    class count, another input size. `force` accepts a mismatch (a user's own export with other names). Returns the
+    note a command prints for a file we did not make (no t2tedge metadata): it is run as the model the command
+    names, with that model's preprocessing (the one rule of every command that names a model; `profile`, which
+    names none, asks for --model)."""
     proto = load_onnx_graph(path)
-    if force:
-        return
-    hint = "; name the right model, or pass --force to use the file anyway"
     stamped = read_metadata(proto).get(keys.MODEL)
+    note = None if stamped else (f"note: {Path(path).name} carries no t2tedge metadata; it is run as {model_name}, "
+                                 f"with {model_name}'s preprocessing and class order")
+    if force:
+        return note
+    hint = "; name the right model, or pass --force to use the file anyway"
     if stamped and stamped != model_name:
         raise DataError(f"{path} holds {stamped}, but the command names {model_name}{hint}")
     output = proto.graph.output[0].type.tensor_type.shape.dim
@@ -157,6 +164,7 @@ def check_onnx_fits(path: str | os.PathLike, model_name: str, num_classes: int |
     size = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]]
     if all(size) and size and size != [crop, crop]:
         raise DataError(f"{path} takes {'x'.join(map(str, size))} images, but {model_name} takes {crop}x{crop}{hint}")
+    return note
 
 
 def export_onnx(model_name: str, checkpoint: str | os.PathLike | None = None, out_dir: str | os.PathLike = "artifacts/onnx",

@@ -98,9 +98,9 @@ def make_bundle(artifacts: list[str | os.PathLike], destination: str | os.PathLi
     with atomic_path(destination, suffix=".tar.gz") as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             for path, target in zip(paths, targets):
-                for file in target.files(path):
+                for file in target.files(path):  # companions keep their place beside the artifact
                     if file.exists():
-                        tar.add(file, arcname=f"artifacts/{file.name}")
+                        tar.add(file, arcname=f"artifacts/{file.relative_to(path.parent).as_posix()}")
             for package in PACKAGES:
                 folder = Path(importlib.import_module(package).__path__[0])
                 for source in sorted(folder.glob("*.py")):

@@ -24,7 +24,7 @@ from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.fileio import temp_staging_dir
 from t2tedge.harness.artifacts import artifact_for, takes_onnx
 from t2tedge.models import get_spec
-from t2tedge.targets import BuildRequest, get_target, int8_origin, int8_prerequisite, int8_request
+from t2tedge.targets import DEFAULT_NUM_CALIB, BuildRequest, get_target, int8_origin, int8_prerequisite, int8_request
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
@@ -126,7 +126,7 @@ def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike
                checkpoint: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
                threads: int | None = None, workdir: str | os.PathLike | None = None,
                load_options: dict[str, dict[str, Any]] | None = None, num_classes: int = 1000,
-               precision: str = "fp32", calib: str | os.PathLike | None = None, num_calib: int = 256
+               precision: str = "fp32", calib: str | os.PathLike | None = None, num_calib: int = DEFAULT_NUM_CALIB
                ) -> dict[str, Any]:
     """Run `runtimes` (targets) on the same images, each on the file `t2tedge export` writes for it; the first is
     the reference. Returns the JSON-ready report. `load_options`: target name -> options for its `load` (e.g.

@@ -58,6 +58,14 @@ def _hash_bytes(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
+def _warn_rebuilt(entry: Path, exc: Exception, what: str) -> None:
+    import sys
+
+    from t2tedge.errors import first_line
+
+    print(f"warning: cache entry {entry} is unreadable ({first_line(exc, 120)}); {what}", file=sys.stderr)
+
+
 @dataclass
 class CellPlan:
     """A cell that will be measured: its target, weights and the fields every such cell carries."""
@@ -121,7 +129,11 @@ class Grid:
         """The file an earlier build left in `folder` with every companion, or None."""
         built = folder / BUILT_RECORD
         if built.is_file():
-            path = folder / json.loads(built.read_text())["artifact"]
+            try:
+                path = folder / json.loads(built.read_text())["artifact"]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+                _warn_rebuilt(built, exc, "building the file again")
+                return None
             if all(f.exists() for f in target.files(path)):
                 return path
         return None
@@ -185,8 +197,8 @@ class Grid:
         if cached.is_file():
             try:
                 return dataclasses.replace(Table4Cell.read(cached), cached=True)
-            except ResultFormatError:
-                pass  # written by an older toolkit: measured again
+            except ResultFormatError as exc:  # damaged, or written by an older toolkit: a cache is disposable
+                _warn_rebuilt(cached, exc, "measuring the cell again")
         return None
 
     def latency_settings(self) -> LatencySettings:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from t2tedge import __version__
 from t2tedge.results import Table4Cell, Table4Result
 
 PRECISION_ORDER = ("fp32", "fp16", "w8", "int8")
 MARKERS = {"fp32": "o", "fp16": "s", "w8": "D", "int8": "^"}
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
 
 
 def _count(value: int | None, scale: float) -> str:
@@ -62,6 +59,14 @@ def skipped_lines(table: Table4Result) -> list[str]:
             for reason, cells in reasons.items()]
 
 
+def versions_note(table: Table4Result) -> str | None:
+    """Which toolkit versions measured the cells, when any is not this toolkit's (a merge of older records)."""
+    versions = sorted({c.version for c in table.cells if c.measured and c.version})
+    if not versions or versions == [__version__]:
+        return None
+    return f"Cells measured by toolkit versions {', '.join(versions)}; this is {__version__} (each cell's is in table4.json)"
+
+
 def render_markdown(table: Table4Result) -> str:
     machine = table.machine
     lines = ["# Table 4: lite T2T-ViT vs MobileNets, measured", ""]
@@ -75,9 +80,9 @@ def render_markdown(table: Table4Result) -> str:
     lines.append(f"Data: {folder} ({images} images). Each cell is the file `t2tedge export` writes for it, timed at "
                  "batch 1 (p50, ms); agreement is top-1 agreement with the model's fp32 reference. Every field, "
                  "the artifacts' names and sha256 included, is in table4.json.")
-    versions = sorted({c.version for c in table.cells if c.measured and c.version})
-    if len(versions) > 1:
-        lines.append(f"Merged from toolkit versions {', '.join(versions)} (each cell's is in table4.json).")
+    versions = versions_note(table)
+    if versions:
+        lines.append(versions + ".")
     untrained = sorted({c.model for c in table.cells if c.measured and c.weights == "untrained"})
     if untrained:
         lines.append(f"Untrained (random weights, accuracy not comparable): {', '.join(untrained)}.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2tedge.errors import CheckpointError, T2TEdgeError
+from t2tedge.errors import CheckpointError, UsageError
 from t2tedge.fileio import sha256_file
 from t2tedge.models.registry import get_spec, list_models
 
@@ -101,4 +101,4 @@ def get_pretrained(name: str) -> PretrainedTag:
     except KeyError:
         model = split_tag(name)[0]
         known = list_pretrained(model) or list_pretrained()
-        raise T2TEdgeError(f"unknown pretrained tag {name!r}; known: {', '.join(known)}") from None
+        raise UsageError(f"unknown pretrained tag {name!r}; known: {', '.join(known)}") from None

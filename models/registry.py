@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import UsageError
 from t2tedge.models import mobilenet, t2t_vit
 from t2tedge.models.checkpoint import load_checkpoint
 
@@ -122,7 +122,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise T2TEdgeError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise UsageError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
 RANDOM_WEIGHTS = "random"

@@ -17,6 +17,7 @@ import onnx
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
+from t2tedge.onnx_graph import external_data_files
 from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
 from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
 from t2tedge.quantize.int8_pooling import quantize_global_pooling
@@ -74,6 +75,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         # scratch folder, never the user's file (a read-only folder, or two runs on one source, would collide).
         source = Path(tmp) / "fp32.onnx"
         shutil.copyfile(fp32_path, source)
+        for data in external_data_files(fp32_path):  # a model that keeps its weights beside it: them too
+            copied = Path(tmp) / data.relative_to(Path(fp32_path).parent)
+            copied.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, copied)
         ranges_cache = Path(ranges_cache or Path(tmp) / "ranges.json")
         if not ranges_cache.is_file():
             if reader is None:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample
-from t2tedge.errors import DataError, UsageError
+from t2tedge.errors import UsageError
 from t2tedge.fileio import staging_dir
-from t2tedge.sidecar import publish_with_sidecar, read_sidecar, sidecar_files, sidecar_metadata
+from t2tedge.sidecar import (check_flatbuffer_with_sidecar, publish_with_sidecar, read_sidecar, sidecar_files,
+                             sidecar_metadata)
 from t2tedge.targets.registry import APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, register
 
 if TYPE_CHECKING:  # the quantize layer needs torch; this module is read on devices without it (bundles)
@@ -111,9 +112,7 @@ def build(request: BuildRequest) -> Path:
 
 
 def verify(path: Path) -> None:
-    if path.read_bytes()[4:6] != b"ET":
-        raise DataError(f"{path} is not an ExecuTorch program (an 'ET' flatbuffer)")
-    read_sidecar(path)  # a truncated or edited sidecar is refused here, not on the device
+    check_flatbuffer_with_sidecar(path, b"ET", 4, "an ExecuTorch program")
     try:
         import executorch  # noqa: F401
     except ImportError:

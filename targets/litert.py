@@ -17,7 +17,8 @@ from t2tedge import metadata_keys as keys
 from t2tedge.data import Sample
 from t2tedge.errors import DataError, T2TEdgeError, first_line
 from t2tedge.fileio import staging_dir
-from t2tedge.sidecar import publish_with_sidecar, read_sidecar, sidecar_files, sidecar_metadata
+from t2tedge.sidecar import (check_flatbuffer_with_sidecar, publish_with_sidecar, read_sidecar, sidecar_files,
+                             sidecar_metadata)
 from t2tedge.targets.registry import APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, register
 
 if TYPE_CHECKING:  # the quantize layer needs torch; this module is read on devices without it (bundles)
@@ -94,9 +95,7 @@ def build(request: BuildRequest) -> Path:
 
 
 def verify(path: Path) -> None:
-    if path.read_bytes()[4:8] != b"TFL3":
-        raise DataError(f"{path} is not a LiteRT model (a 'TFL3' flatbuffer)")
-    read_sidecar(path)  # a truncated or edited sidecar is refused here, not on the device
+    check_flatbuffer_with_sidecar(path, b"TFL3", 4, "a LiteRT model")
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:

@@ -75,6 +75,14 @@ def int8_onnx(request: BuildRequest, scheme: str, out_dir: Path) -> Path:
 def onnx_metadata(path: Path) -> dict[str, str]:
     import onnxruntime as ort
 
+    if path.suffix == ".onnx":
+        try:  # the onnx package is on hosts, not always on devices (bundles check their files by sha256 there)
+            from t2tedge.onnx_graph import external_data_files
+        except ImportError:
+            pass
+        else:
+            external_data_files(path)  # a missing or cut data file named in our words, not ORT's
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -21,6 +21,15 @@ def validate(request: BuildRequest) -> None:
         raise UsageError("--batch and --dynamic-batch exclude each other")
 
 
+def external_data(path: Path) -> tuple[Path, ...]:
+    """The data files an .onnx keeps its weights in beside itself (they travel with it: bundles, sizes)."""
+    if path.suffix != ".onnx":
+        return ()
+    from t2tedge.onnx_graph import external_data_files
+
+    return external_data_files(path)
+
+
 def build(request: BuildRequest) -> Path:
     if request.precision == "int8":
         return int8_onnx(request, "onnxruntime", request.out_dir)
@@ -46,7 +55,7 @@ register(Target(
                 "w8": "ONNX Runtime's dynamic int8 is not built here; ship int8"},
     not_measured_here={"fp16": "ONNX Runtime's CPU provider runs an fp16 graph through casts to fp32 kernels; fp16 "
                                "arithmetic is measured on TensorRT (the file it builds from)"},
-    build=build, read_metadata=onnx_metadata, verify=verify_onnx, calibrated=("fp16", "int8"),
+    build=build, read_metadata=onnx_metadata, verify=verify_onnx, companions=external_data, calibrated=("fp16", "int8"),
     load_options=(Option("provider", "onnxruntime execution provider (default: cpu)", ("cpu", "xnnpack")),),
     export_options=ONNX_EXPORT_OPTIONS, validate=validate, out_folder="onnx", computes_plan=True,
     int8_from=CALIBRATES, profile_variants=({}, {"provider": "xnnpack"}),

@@ -131,3 +131,24 @@ def assert_matches_schema(data: dict, cls) -> None:
 
     schema = Path(__file__).resolve().parent.parent / "docs" / "schemas" / schema_file_name(cls)
     jsonschema.validate(data, json.loads(schema.read_text()))
+
+
+def assert_op_trace(record) -> None:
+    """What a per-op record of a runtime with its own profiler holds on any machine, idle or busy (how long ops take,
+    and how their sum compares with the wall time, are the benchmarks' numbers: make profile-report): every op
+    reported with a finite, non-negative time, the op sum their sum, every op either claimed by a model block or
+    listed as unclaimed, blocks claiming nearly every op (by count), and each block row counting its own ops."""
+    import collections
+    import math
+
+    import pytest
+
+    assert record.op_timing == "measured" and record.ops and record.profiler
+    assert all(math.isfinite(op.ms) and op.ms >= 0 for op in record.ops)
+    assert record.op_sum_ms == pytest.approx(sum(op.ms for op in record.ops)) and record.op_sum_ms > 0
+    assert record.wall_ms > 0
+    claimed = [op for op in record.ops if op.block is not None]
+    assert len(claimed) >= 0.9 * len(record.ops), (len(claimed), len(record.ops), record.unclaimed[:10])
+    assert sorted(record.unclaimed) == sorted(op.name for op in record.ops if op.block is None)
+    assert {row.name: row.ops for row in record.blocks} == collections.Counter(op.block for op in claimed)
+    assert record.load_ms > 0 and record.first_run_ms > 0 and record.peak_rss_mb >= record.load_peak_rss_mb > 0

@@ -27,5 +27,5 @@ def test_info_matches_paper(name, capsys):
 
 
 def test_unknown_model_is_a_clear_error(capsys):
-    assert main(["info", "t2t_vit_99"]) == 1
+    assert main(["info", "t2t_vit_99"]) == 2  # a name that names nothing is usage
     assert "unknown model 't2t_vit_99'" in capsys.readouterr().err

@@ -103,7 +103,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message,code", [
-    (["export", "onnx", "resnet50"], "unknown model 'resnet50'", 1),
+    (["export", "onnx", "resnet50"], "unknown model 'resnet50'", 2),
     (["export", "onnx", "t2t_vit_7", "--opset", "9"], "--opset: must be from 13 to 21, not 9", 2),
     (["export", "onnx", "t2t_vit_7", "--opset", "99"], "--opset: must be from 13 to 21, not 99", 2),
 ])

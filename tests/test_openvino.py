@@ -165,11 +165,11 @@ def test_missing_extra_and_misplaced_hint_are_one_line_errors(mnv2, monkeypatch,
 
 
 def test_ops_profile_reads_the_performance_counters_of_an_int8_file(mnv2_int8):
-    from t2tedge.harness.op_profile import claimed_share, profile_ops
+    from conftest import assert_op_trace
+    from t2tedge.harness.op_profile import profile_ops
 
     record = profile_ops(mnv2_int8, runtime="openvino", runs=5, warmup=2, threads=2)
-    assert record.op_timing == "measured" and record.profiler.startswith("OpenVINO performance counters")
-    assert 0.5 < record.op_sum_ms / record.wall_ms <= 1.3, (record.op_sum_ms, record.wall_ms)  # test_profile.py
-    assert claimed_share(record) >= 0.95, record.unclaimed[:10]
+    assert record.profiler.startswith("OpenVINO performance counters")
+    assert_op_trace(record)
     int8 = [op for op in record.ops if op.precision == "int8"]
     assert len({op.block for op in int8}) >= 19, {op.block for op in int8}  # every block's convolutions in int8
