@@ -207,7 +207,7 @@ def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: st
         # normaliser was: its int8 zero turned the division into inf, and every later range into NaN).
         raise T2TEdgeError(f"w8a8 calibration gave non-finite activation scales for {len(broken)} tensors (first: "
                            f"{broken[0]}); this model cannot take coremltools' activation quantization, use "
-                           f"--compress w8 or palettize6")
+                           f"--precision w8 or --palettize 6")
     return finalized
 
 

@@ -110,7 +110,7 @@ def _cache_calibrator(trt, cache: bytes):
     return CacheCalibrator()
 
 
-def build_plan(major: int, held: str, options: EngineOptions) -> tuple[str, list[str], bool]:
+def engine_recipe(major: int, held: str, options: EngineOptions) -> tuple[str, list[str], bool]:
     """(engine precision, builder flags to set, whether the network is strongly typed) for a file of precision
     `held` on TensorRT `major`; refuses what that version cannot build, in one line."""
     precision = options.precision or held
@@ -143,7 +143,7 @@ def build_engine(onnx_path: str | os.PathLike, destination: str | os.PathLike,
         raise T2TEdgeError(f"ONNX file not found: {onnx_path}")
     held = onnx_precision(onnx_path)
     major = tensorrt_major(trt)
-    precision, flags, strongly_typed = build_plan(major, held, options)
+    precision, flags, strongly_typed = engine_recipe(major, held, options)
     lines: list[str] = []
     logger = _logger(trt, lines)
     builder = trt.Builder(logger)
@@ -188,7 +188,7 @@ def engine_source(onnx_path: Path, precision: str | None, workdir: Path) -> tupl
     """(the ONNX file to build, the engine precision to ask for) when an engine of `precision` is wanted from
     `onnx_path`: an fp32 file asked for fp16 is converted to our FP16 ONNX in `workdir` first (initializers checked;
     `t2tedge export tensorrt` also checks activations on real images), since TensorRT 11 takes precision from the
-    file. Everything else is built as it is (and refused by `build_plan` where it cannot be)."""
+    file. Everything else is built as it is (and refused by `engine_recipe` where it cannot be)."""
     from t2tedge.export.onnx_fp16 import fp16_name, write_fp16_onnx
 
     if precision == "fp16" and onnx_precision(onnx_path) == "fp32":

@@ -25,7 +25,7 @@ from t2tedge import __version__
 from t2tedge.errors import T2TEdgeError, UsageError, first_line
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import ShardScore, accuracy_fields, score_shard, shard_bounds
-from t2tedge.harness.table4 import CellPlan, Grid, finish
+from t2tedge.harness.table4 import CellTask, Grid, finish
 from t2tedge.harness.timing import time_alone
 from t2tedge.models import get_spec
 from t2tedge.results import Table4Cell, Table4Result
@@ -153,7 +153,7 @@ def _remote(ray) -> dict[str, Any]:
 @dataclass
 class _Cell:
     index: int
-    plan: CellPlan
+    job: CellTask
     path: Path | None = None
     key: str = ""
     artifact_hash: str = ""
@@ -193,13 +193,13 @@ class RayGrid:
         self.images_total = self.images_done = 0
         try:
             for index, (model_name, runtime, precision) in enumerate(grid.cells()):
-                plan = grid.plan_cell(model_name, runtime, precision)
-                if isinstance(plan, Table4Cell):
-                    self.cells[index] = plan
+                job = grid.prepare_cell(model_name, runtime, precision)
+                if isinstance(job, Table4Cell):
+                    self.cells[index] = job
                     self.bar.update()
                     continue
-                cell = _Cell(index, plan)
-                artifact = self._artifact(plan.model, plan.target, precision, plan.checkpoint)
+                cell = _Cell(index, job)
+                artifact = self._artifact(job.model, job.target, precision, job.checkpoint)
                 if isinstance(artifact, Path):
                     self._start(cell, artifact)
                 else:
@@ -252,9 +252,9 @@ class RayGrid:
 
     def _start(self, cell: _Cell, path: Path) -> None:
         """The cell's file exists: the cached cell, or its shard and timing tasks."""
-        grid, plan = self.grid, cell.plan
+        grid, job = self.grid, cell.job
         cell.path = path
-        cell.key, cell.artifact_hash = grid.cell_key(plan, path)
+        cell.key, cell.artifact_hash = grid.cell_key(job, path)
         cached = grid.cached_cell(cell.key)
         if cached is not None:
             self.cells[cell.index] = cached
@@ -262,23 +262,23 @@ class RayGrid:
             return
         bounds = shard_bounds(len(grid.samples), self.options.shard_images)
         for start, stop in bounds:
-            task = self.remote["score"].remote(self.grid_ref, plan.model, plan.target.name, path, start, stop)
+            task = self.remote["score"].remote(self.grid_ref, job.model, job.target.name, path, start, stop)
             self.waiting[task] = ("score", cell)
         cell.shards_left = len(bounds)
         self.images_total += len(grid.samples)
         self.stats.shards += len(bounds)
-        self.waiting[self.remote["time"].remote(self.grid_ref, plan.target.name, path)] = ("time", cell)
+        self.waiting[self.remote["time"].remote(self.grid_ref, job.target.name, path)] = ("time", cell)
         self.stats.timings += 1
-        if plan.model not in self.complexity:  # in the driver, while the cluster works: it needs torch
-            self.complexity[plan.model] = grid.complexity(plan.model)
+        if job.model not in self.complexity:  # in the driver, while the cluster works: it needs torch
+            self.complexity[job.model] = grid.complexity(job.model)
 
     def _maybe_finish(self, cell: _Cell) -> None:
         if cell.shards_left or cell.timing is None or cell.index in self.cells:
             return
         measured = accuracy_fields(cell.shards, len(self.grid.samples)) if self.grid.samples else {}
         # The timing's fields carry the machine it ran on, which the cell (and its cache entry) keeps.
-        self.cells[cell.index] = self.grid.finish_cell(cell.plan, cell.path, cell.key, cell.artifact_hash,
-                                                  {**measured, **cell.timing}, self.complexity[cell.plan.model])
+        self.cells[cell.index] = self.grid.finish_cell(cell.job, cell.path, cell.key, cell.artifact_hash,
+                                                  {**measured, **cell.timing}, self.complexity[cell.job.model])
         self.bar.update()
 
     def _fail(self, kind: str, what: Any, error: str) -> None:
@@ -287,9 +287,9 @@ class RayGrid:
         for cell in (what if kind == "build" else [what]):
             if cell.index in self.cells:
                 continue
-            plan = cell.plan
-            self.cells[cell.index] = Table4Cell(**plan.fields, status="failed", reason=f"{kind} failed: {error}")
-            name = f"{plan.model} {plan.target.name} {plan.precision}"
+            job = cell.job
+            self.cells[cell.index] = Table4Cell(**job.fields, status="failed", reason=f"{kind} failed: {error}")
+            name = f"{job.model} {job.target.name} {job.precision}"
             self.stats.failed.append(name)
             self.bar.write(f"{name}: {kind} failed: {error}", file=sys.stderr)
             self.bar.update()

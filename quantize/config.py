@@ -163,7 +163,7 @@ def has_constant_input(node: onnx.NodeProto, initializers: set[str]) -> bool:
 FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
 
 
-def plan(config: QuantConfig, graph: onnx.GraphProto) -> dict[str, OpQuantConfig]:
+def nodes_to_quantize(config: QuantConfig, graph: onnx.GraphProto) -> dict[str, OpQuantConfig]:
     """Node name -> setting for every node that will be quantized under `config`."""
     initializers = {init.name for init in graph.initializer}
     chosen = {}

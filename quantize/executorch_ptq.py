@@ -1,4 +1,5 @@
-"""ExecuTorch programs in fp32 and int8, with ExecuTorch's and torchao's own quantization APIs.
+"""Quantized ExecuTorch programs, with ExecuTorch's and torchao's own quantization APIs: a module in, an exported
+(quantized) program out; `t2tedge.targets.executorch` lowers, stages and publishes.
 
 Precisions (XNNPACK delegate):
 - `fp32`.
@@ -6,9 +7,10 @@ Precisions (XNNPACK delegate):
   `Int8DynamicActivationIntxWeightConfig`, what ExecuTorch's XNNPACK recipes call 8da8w; XNNPACK's QD8 kernels).
   Needs no calibration. This is the int8 program for T2T-ViT: the float residual stream and per-token scales keep
   it within 0.1% agreement of fp32. ConvNets have one nn.Linear (the classifier), so it changes little there.
-- `int8`: full static PT2E quantization with ExecuTorch's `XNNPACKQuantizer` (per-channel int8 weights, per-tensor
-  int8 activations with ranges calibrated on real images through the model's preprocessing). ConvNets quantize
-  every op the quantizer covers. T2T-ViT quantizes its nn.Linear layers only and keeps LayerNorm, softmax, GELU,
+- `int8`: full static PT2E quantization (per-channel int8 weights, per-tensor int8 activations). What `export`
+  ships applies the quantization plan (`quantize_with_plan`: the ONNX INT8 file's ranges, int8 weights and biases);
+  `quantize_static`, ExecuTorch's `XNNPACKQuantizer` calibrating on images itself, is the peer the benchmarks
+  compare. Calibrating itself, ConvNets quantize every op the quantizer covers. T2T-ViT quantizes its nn.Linear layers only and keeps LayerNorm, softmax, GELU,
   the Performer and the attention matmuls in float, the same ViT-aware choice as our ONNX and LiteRT paths.
 
 Two annotations differ from the quantizer's defaults:

@@ -6,9 +6,10 @@ Precisions:
 - `w8`: dynamic range: int8 per-channel weights for the fully connected layers and full convolutions, whose
   kernels quantize their input per inference and return float. Needs no calibration. Depthwise convolutions
   stay float: XNNPACK has no dynamic-range depthwise kernel, and they left the delegate (3 partitions).
-- `int8`: full-integer static PTQ calibrated on real images through the model's preprocessing, int8 per-channel
-  weights, int8 activations with calibrated per-tensor ranges. ConvNets quantize every op the quantizer
-  supports. T2T-ViT quantizes its convolutions and fully connected layers and keeps LayerNorm, softmax, GELU and
+- `int8`: full-integer static PTQ, int8 per-channel weights, int8 activations with per-tensor ranges. What `export`
+  ships applies the quantization plan (`quantize_tflite_with_plan`: the ONNX INT8 file's ranges and int8 weights on
+  exactly the layers it quantizes); `quantize_tflite` calibrating on images itself is the peer the benchmarks
+  compare. Calibrating itself, ConvNets quantize every op the quantizer supports. T2T-ViT quantizes its convolutions and fully connected layers and keeps LayerNorm, softmax, GELU and
   the activation x activation matmuls of attention in float, the same ViT-aware choice as our ONNX path: int8
   there costs accuracy and, on XNNPACK, split the graph into 88 delegate partitions, and int8 DIV failed to run.
 

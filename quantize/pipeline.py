@@ -242,10 +242,10 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
                                    search.num_heldout if search.searching else LAYER_SQNR_IMAGES, settings.seed,
                                    search.searching)
         if search.searching:
-            plan, config = search_mixed_precision(fp32, out, reader, config, held_out, tmp, search, say)
+            quantized, config = search_mixed_precision(fp32, out, reader, config, held_out, tmp, search, say)
         else:
-            plan = quantize_onnx(fp32, out, reader, config)
-        layers = report_layer_sqnr(plan["quantized_nodes"], fp32, out, held_out[0][:LAYER_SQNR_IMAGES],
+            quantized = quantize_onnx(fp32, out, reader, config)
+        layers = report_layer_sqnr(quantized["quantized_nodes"], fp32, out, held_out[0][:LAYER_SQNR_IMAGES],
                                    settings.sqnr_threshold, held_out[2], warn)
         cache_info = None
         if settings.target == "tensorrt":
@@ -258,7 +258,7 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
         layers_planned = write_plan(out, plan_file, model_name, settings.checkpoint, calibration=calibration,
                                     recipe=config, requantization=requantization, **overrides)
     report = QuantizeReport(**{
-        **plan, "model": model_name, "destination": str(final_dir / name), "target": settings.target,
+        **quantized, "model": model_name, "destination": str(final_dir / name), "target": settings.target,
         "config": config, "calibration": calibration, "layer_sqnr": layers, "trt_calibration_cache": cache_info,
         "plan": PlanReference(path=str(final_dir / plan_file.name), layers=layers_planned)})
     out.with_suffix(".json").write_text(report.to_json())

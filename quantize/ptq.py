@@ -19,7 +19,7 @@ from t2tedge.errors import T2TEdgeError
 from t2tedge.fileio import atomic_path
 from t2tedge.onnx_graph import external_data_files
 from t2tedge.ort_session import QDQ_DISABLED_OPTIMIZERS
-from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
+from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, nodes_to_quantize
 from t2tedge.quantize.int8_pooling import quantize_global_pooling
 from t2tedge.quantize.input_grid import align_input_quantization
 from t2tedge.quantize.ranges import ort_method, write_ranges
@@ -51,7 +51,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     proto = onnx.load(str(fp32_path))
-    chosen = plan(config, proto.graph)
+    chosen = nodes_to_quantize(config, proto.graph)
     if not chosen:
         raise T2TEdgeError("the quantization config leaves no node to quantize")
     settings = set(chosen.values())

@@ -16,7 +16,7 @@ import onnx
 
 from t2tedge.metrics import sqnr_db
 from t2tedge.ort_session import logits as ort_logits
-from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, plan
+from t2tedge.quantize.config import FOLDABLE_ACTIVATIONS, QuantConfig, nodes_to_quantize
 from t2tedge.quantize.ptq import quantize_onnx
 
 
@@ -77,7 +77,7 @@ class PTQSession:
         graph = onnx.load(str(self.fp32_path), load_external_data=False).graph
         self.graph = graph
         kinds = {n.name: n.op_type for n in graph.node}
-        self.candidates = [n for n in plan(config, graph) if kinds[n] not in FOLDABLE_ACTIVATIONS]
+        self.candidates = [n for n in nodes_to_quantize(config, graph) if kinds[n] not in FOLDABLE_ACTIVATIONS]
         self._count = 0
 
     def _logits(self, path: Path) -> np.ndarray:

@@ -91,6 +91,51 @@ def world(tmp_path_factory, weights_dir, val_dir):
     files["ckpt_dir"] = root / "ckpt_dir"
     (root / "unknown_keys.json").write_text('{"method": "mse", "quantise_bias": false}')
     files["config"] = root / "unknown_keys.json"
+    files.update(_external_data_models(root, files["mnv2"]))
+    files.update(_damaged_plans(root))
+    (root / "foreign.json").write_text('{"results": [{"model": "mobilenet_v2_100", "latency_ms": 3.1}]}\n')
+    files["foreign"] = root / "foreign.json"
+    return files
+
+
+def _external_data_models(root: Path, fp32: Path) -> dict[str, Path]:
+    """The same ONNX model saved as large exports are, weights in `m.onnx.data` beside it: whole, without its data
+    file, and with the data file cut short."""
+    files = {}
+    for kind in ("ext", "ext_missing", "ext_cut"):
+        (root / kind).mkdir()
+        onnx.save(onnx.load(str(fp32)), str(root / kind / "m.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+        files[kind] = root / kind / "m.onnx"
+    (root / "ext_missing" / "m.onnx.data").unlink()
+    data = root / "ext_cut" / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:4096])
+    return files
+
+
+def _damaged_plans(root: Path) -> dict[str, Path]:
+    """Quantization plans of MobileNetV2's stem convolution (32 channels), each damaged one way."""
+    from t2tedge.quantize.config import QuantConfig
+    from t2tedge.quantize.quantization_plan import LayerPlan, QuantPlan, arrays_path
+    from t2tedge.quantize.records import CalibrationInfo
+
+    def plan(weight_channels: int, scale: float) -> QuantPlan:
+        layer = LayerPlan(op="Conv", channels=32, input_range=(-1.0, 1.0), output_range=(0.0, 6.0))
+        arrays = {"features.0.0.weight": np.ones((weight_channels, 3, 3, 3), np.int8),
+                  "features.0.0.scale": np.full(32, scale, np.float32)}
+        return QuantPlan(model="mobilenet_v2_100", weights="", calibration=CalibrationInfo("photos", 8, 0),
+                         recipe=QuantConfig(), layers={"features.0.0": layer}, arrays=arrays)
+
+    (root / "plans").mkdir()
+    files = {"plan_nan": root / "plans" / "nan.plan.json", "plan_shape": root / "plans" / "shape.plan.json",
+             "plan_version": root / "plans" / "old.plan.json"}
+    plan(32, float("nan")).save(files["plan_nan"])
+    plan(16, 0.01).save(files["plan_shape"])
+    plan(32, 0.01).save(files["plan_version"])
+    old = json.loads(files["plan_version"].read_text())
+    del old["schema"]
+    files["plan_version"].write_text(json.dumps({**old, "version": 1}))
+    assert arrays_path(files["plan_version"]).is_file()
     return files
 
 
@@ -384,6 +429,41 @@ CASES = [
      "unknown target 'tensorflow'"),
     ("export tensorrt without TensorRT", ["export", "tensorrt", M, "--out", "{out}"], 2,
      "TensorRT is not installed"),
+    # 10. ONNX models that keep their weights in a data file beside them
+    ("eval of an ONNX whose data file is missing", ["eval", M, "--onnx", "{ext_missing}", "--limit", "1", "--data",
+                                                    "{val}"], 1, "m.onnx keeps its weights in m.onnx.data, which is "
+                                                                 "not beside it"),
+    ("profile of an ONNX whose data file is missing", ["profile", "{ext_missing}", "--runs", "1", "--out",
+                                                       "{out}/cell.json"], 1, "which is not beside it"),
+    ("quantize of an ONNX whose data file is cut", ["quantize", M, "--onnx", "{ext_cut}", "--out", "{out}"], 1,
+     "m.onnx.data is truncated: 4096 bytes"),
+    ("bundle of an ONNX whose data file is cut", ["export", "bundle", "{ext_cut}", "--out", "{out}/b.tar.gz"], 1,
+     "m.onnx.data is truncated"),
+    ("export openvino of an ONNX whose data file is missing", ["export", "openvino", "{ext_missing}", "--out",
+                                                               "{out}"], 1, "which is not beside it"),
+    # 11. quantization plans are checked before anything is built from them
+    ("export litert --plan with a NaN scale", ["export", "litert", M, "--precision", "int8", "--plan", "{plan_nan}",
+                                               "--out", "{out}"], 1,
+     "nan.plan.json: layer features.0.0: a scale is not finite or not positive"),
+    ("export executorch --plan of the wrong shapes", ["export", "executorch", M, "--precision", "int8", "--plan",
+                                                      "{plan_shape}", "--out", "{out}"], 1,
+     "layer features.0.0: weights int8 [16, 3, 3, 3], expected int8 with 32 output channels"),
+    ("export litert --plan of another version", ["export", "litert", M, "--precision", "int8", "--plan",
+                                                 "{plan_version}", "--out", "{out}"], 1,
+     "is a plan of version 1; this t2t-edge reads t2tedge.quant-plan/2"),
+    # 12. files we did not make, and names that name nothing
+    ("table4 --merge of a file we did not make", ["table4", "--merge", "{foreign}", "--out", "{out}"], 1,
+     "is not a Table 4 result or profile record"),
+    ("table4 --models of an unknown model", ["table4", "--models", "resnet50", "--out", "{out}"], 2,
+     "unknown model 'resnet50'"),
+    ("an unknown pretrained tag", ["export", "onnx", "t2t_vit_7.in22k", "--out", "{out}"], 2,
+     "unknown pretrained tag 't2t_vit_7.in22k'"),
+    ("export litert --calib is a file", ["export", "litert", M, "--precision", "int8", "--calib", "{file}", "--out",
+                                         "{out}"], 2, "is a file, not a folder of images"),
+    ("export --out name too long", ["export", "onnx", M, "--out", "{out}/" + "a" * 300], 2,
+     "longer than the file system allows"),
+    ("profile --out name too long", ["profile", "{mnv2}", "--runs", "1", "--out", "{out}/" + "b" * 300 + ".json"], 2,
+     "longer than the file system allows"),
 ]
 
 
@@ -597,3 +677,103 @@ def test_an_error_under_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
     assert main(["list"]) == 1
     last = capsys.readouterr().err.split("\r")[-1]
     assert last.lstrip("\x1b[A ").startswith("t2tedge: error: cannot read image x.jpg")
+
+
+def test_an_external_data_model_goes_through_export_quantize_profile_and_a_bundle(world, tmp_path, sample_dir,
+                                                                                   capsys):
+    """`m.onnx` + `m.onnx.data`: converted, quantized and profiled as it is, and a bundle carries both files, lists
+    both in its manifest, and profiles the model on the "device" (no torch there)."""
+    import shutil
+    import tarfile
+
+    source = world["ext"]
+    assert main(["export", "openvino", str(source), "--out", str(tmp_path / "ir")]) == 0
+    assert main(["quantize", M, "--onnx", str(source), "--num-calib", "4", "--calib", str(sample_dir), "--out",
+                 str(tmp_path / "int8")]) == 0
+    assert main(["profile", str(source), "--runs", "2", "--warmup", "1", "--out", str(tmp_path / "cell.json")]) == 0
+    bundle = tmp_path / "device.tar.gz"
+    assert main(["export", "bundle", str(source), "--out", str(bundle)]) == 0
+    with tarfile.open(bundle) as tar:
+        assert {"artifacts/m.onnx", "artifacts/m.onnx.data"} <= set(tar.getnames())
+        tar.extractall(tmp_path / "device", filter="data")
+    manifest = json.loads((tmp_path / "device" / "manifest.json").read_text())
+    assert [f["path"] for f in manifest["artifacts"][0]["files"]] == ["artifacts/m.onnx", "artifacts/m.onnx.data"]
+    (tmp_path / "device" / "torch").mkdir()
+    (tmp_path / "device" / "torch" / "__init__.py").write_text("raise ImportError('no torch on this device')\n")
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": "2"}
+    done = subprocess.run(["sh", "profile.sh"], cwd=tmp_path / "device", env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "device" / "results").glob("m.onnx*.json")), done.stdout
+    # The device's check names a data file that did not arrive whole.
+    shutil.copy(tmp_path / "device" / "artifacts" / "m.onnx", tmp_path / "device" / "artifacts" / "m.onnx.data")
+    done = subprocess.run(["sh", "profile.sh"], cwd=tmp_path / "device", env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "artifacts/m.onnx.data missing or changed" in done.stderr
+
+
+def test_a_file_we_did_not_make_runs_as_the_named_model_and_says_so(world, capsys):
+    """The one rule for files without our metadata: a command that names a model runs the file as that model and
+    says so in one line; `profile`, which names none, asks for --model."""
+    assert main(["eval", M, "--onnx", str(world["bare"]), "--limit", "1", "--data", str(world["val"])]) == 0
+    note = f"note: bare.onnx carries no t2tedge metadata; it is run as {M}, with {M}'s preprocessing and class order"
+    assert note in capsys.readouterr().err
+    assert main(["parity", M, "--onnx", str(world["bare"]), "--limit", "1", "--data", str(world["val"])]) == 0
+    assert note in capsys.readouterr().err
+    assert main(["profile", str(world["bare"]), "--runs", "1", "--out", str(world["root"] / "outs" / "p.json")]) == 1
+    assert "--model" in capsys.readouterr().err
+
+
+def test_a_damaged_table4_cache_is_rebuilt_with_a_warning(world, tmp_path, capsys):
+    argv = ["table4", "--models", M, "--runtimes", "onnxruntime", "--precisions", "fp32", "--limit", "2", "--runs",
+            "2", "--data", str(world["val"]), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (built,) = tmp_path.rglob("built.json")
+    (cell,) = (tmp_path / "cache").glob("*.json")
+    built.write_text('{"artifact": "mobilenet')  # cut short, as a full disk or a killed run leaves it
+    cell.write_text("{")
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"warning: cache entry {built} is unreadable" in err and "building the file again" in err
+    assert "measuring the cell again" in err
+    table = json.loads((tmp_path / "table4.json").read_text())
+    assert [c["status"] for c in table["cells"]] == ["measured"] and json.loads(built.read_text())["artifact"]
+
+
+def test_a_merge_names_the_toolkit_versions_of_its_cells(tmp_path, capsys):
+    from t2tedge import __version__
+    from t2tedge.results import DataInfo, LatencyStats, MachineInfo, Table4Cell, Table4Result
+
+    machine = MachineInfo(cpu="x", cores=2, system="Linux", python="3.11", hostname_hash="abc")
+    latency = LatencyStats(min_ms=1.0, p50_ms=1.5, p90_ms=2.0, p99_ms=2.5, mean_ms=1.6, runs=5, warmup=1)
+    old = Table4Result(version="0.0.9", machine=machine, data=DataInfo(folder="val", images=2), cells=[Table4Cell(
+        model=M, runtime="onnxruntime", precision="fp32", family="MobileNetV2", weights="trained", status="measured",
+        top1=0.5, images=2, latency_b1=latency, version="0.0.9")])
+    (tmp_path / "old.json").write_text(old.to_json())
+    assert main(["table4", "--merge", str(tmp_path / "old.json"), "--out", str(tmp_path / "merged")]) == 0
+    line = f"Cells measured by toolkit versions 0.0.9; this is {__version__}"
+    assert line in capsys.readouterr().out and line in (tmp_path / "merged" / "table4.md").read_text()
+
+
+@pytest.fixture
+def small_full_disk(tmp_path):
+    """A 3 MB file system of its own (tmpfs), so a LiteRT file cannot fit: needs root, as CI and sessions run."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_litert_on_a_full_disk_says_so_and_leaves_nothing(small_full_disk, capsys):
+    """LLVM (inside the converter) ends the process without a word when its output fails; the converter writes to
+    a scratch folder and our copy meets the full disk instead."""
+    out = small_full_disk / "out"
+    assert main(["export", "litert", M, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("t2tedge: error: no space left on the device being written") and str(out) in err
+    assert list(out.iterdir()) == []

@@ -13,7 +13,7 @@ import torch
 from conftest import assert_matches_schema
 from t2tedge.cli import main
 from t2tedge.export.ort_optimize import optimize_for_onnxruntime
-from t2tedge.quantize import OpQuantConfig, QuantConfig, plan, preset
+from t2tedge.quantize import OpQuantConfig, QuantConfig, nodes_to_quantize, preset
 from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
 from t2tedge.quantize.records import QuantizeReport
 
@@ -185,13 +185,13 @@ def test_config_precedence_and_json_round_trip(tmp_path):
          onnx.helper.make_node("MatMul", ["a", "z"], ["b"], name="/attn/MatMul"),
          onnx.helper.make_node("Softmax", ["b"], ["c"], name="/attn/Softmax")],
         "g", [], [], initializer=[onnx.numpy_helper.from_array(np.zeros((1,), np.float32), n) for n in ("w", "w2")])
-    assert set(plan(QuantConfig(), graph)) == {"/stem/Conv", "/stem/Clip", "/head/MatMul"}
-    assert set(plan(QuantConfig(quantize_activation_matmul=True), graph)) >= {"/attn/MatMul"}
+    assert set(nodes_to_quantize(QuantConfig(), graph)) == {"/stem/Conv", "/stem/Clip", "/head/MatMul"}
+    assert set(nodes_to_quantize(QuantConfig(quantize_activation_matmul=True), graph)) >= {"/attn/MatMul"}
     no_matmul = QuantConfig().with_float(["MatMul"], graph)
-    assert set(plan(no_matmul, graph)) == {"/stem/Conv", "/stem/Clip"}
+    assert set(nodes_to_quantize(no_matmul, graph)) == {"/stem/Conv", "/stem/Clip"}
     by_name = QuantConfig(op_type_configs={"MatMul": None}, op_name_configs={"/head/*": OpQuantConfig()})
-    assert set(plan(by_name, graph)) == {"/stem/Conv", "/stem/Clip", "/head/MatMul"}
-    assert set(plan(QuantConfig().with_float(["/stem/Conv"], graph), graph)) == {"/head/MatMul"}
+    assert set(nodes_to_quantize(by_name, graph)) == {"/stem/Conv", "/stem/Clip", "/head/MatMul"}
+    assert set(nodes_to_quantize(QuantConfig().with_float(["/stem/Conv"], graph), graph)) == {"/head/MatMul"}
     by_name.save(tmp_path / "q.json")
     assert QuantConfig.load(tmp_path / "q.json").to_dict() == by_name.to_dict()
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from t2tedge.cli import main
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.export import OnnxExportOptions, export_onnx
-from t2tedge.export.tensorrt_engine import INSTALL_HINT, EngineOptions, build_engine, build_plan
+from t2tedge.export.tensorrt_engine import INSTALL_HINT, EngineOptions, build_engine, engine_recipe
 from t2tedge.onnx_graph import has_qdq, onnx_precision
 from t2tedge.quantize import preset
 from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
@@ -171,10 +171,10 @@ def test_tensorrt_11_surface_lacks_what_it_removed_and_the_builder_refuses_it(st
             getattr(trt.BuilderFlag, flag)
     assert int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0
     with pytest.raises(UsageError, match="TensorRT 11 reads no calibration cache"):
-        build_plan(11, "fp32", EngineOptions(precision="int8", calibration_cache="x.cache"))
+        engine_recipe(11, "fp32", EngineOptions(precision="int8", calibration_cache="x.cache"))
     with pytest.raises(UsageError, match="strongly typed engines: this fp32 ONNX file gives an fp32 engine, not fp16"):
         build_engine(_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "x.engine", EngineOptions(precision="fp16"))
-    assert build_plan(10, "fp32", EngineOptions(precision="fp16")) == ("fp16", ["FP16"], False)
+    assert engine_recipe(10, "fp32", EngineOptions(precision="fp16")) == ("fp16", ["FP16"], False)
 
 
 def test_calib_cache_on_tensorrt_11_is_one_line_and_exit_2(standin, t2t7_dynbatch, tmp_path, capsys):
