@@ -22,7 +22,9 @@ from t2tedge.data import discover, evenly_spread
 from t2tedge.errors import first_line
 from t2tedge.export.common import build_model
 from t2tedge.export.coreml_checks import activation_scales, package_size, roundtrip_network
-from t2tedge.export.coreml_export import CoreMLExportOptions, calibrate_w8a8, export_coreml
+from t2tedge.export.coreml_export import CoreMLExportOptions
+from t2tedge.quantize.coreml_ptq import calibrate_w8a8
+from t2tedge.targets.coreml import write_package
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.evaluate import evaluate
 from t2tedge.models import default_checkpoint, get_spec, trained_subject
@@ -67,7 +69,7 @@ def main() -> int:
                        "weights": weights if trained else "untrained"}
                 start = time.perf_counter()
                 try:
-                    package = export_coreml(name, checkpoint, out_dir=tmp, progress=False,
+                    package = write_package(name, checkpoint, tmp, progress=False,
                                             options=CoreMLExportOptions(compress=compress, target=target), **overrides)
                 except Exception as exc:  # report the cell and go on with the others
                     row["error"] = first_line(exc, 160)

@@ -194,7 +194,7 @@ def roundtrip_network(model_name: str, package: str | os.PathLike, checkpoint: s
     """The torch network as the converter saw it, carrying the package's stored weights.
 
     By default the export-form model with BatchNorm folded; for a w8a8 package pass the calibrated model
-    (`coreml_export.calibrate_w8a8`), whose activation fake-quantization then runs with the package's weights.
+    (`t2tedge.quantize.coreml_ptq.calibrate_w8a8`), whose activation fake-quantization then runs with the package's weights.
     """
     from t2tedge.export.common import build_model
     from t2tedge.models.mobilenet import fold_batchnorm

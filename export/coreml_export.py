@@ -1,21 +1,20 @@
-"""Core ML export: an ML Program that takes a pixel buffer, optionally compressed with coremltools.optimize.
+"""Core ML conversion: an ML Program that takes a pixel buffer.
 
 The image input carries the model's normalisation (ImageType scale/bias when one std serves all channels,
-else a first per-channel op), so an app feeds a CVPixelBuffer directly. Compression runs on the converted
-program (w8, palettize6/4). For w8a8 the activations are calibrated on real images on the torch side with
-coremltools.optimize.torch, because `MLModel.predict` does not exist off macOS, and the weights then take
-the w8 path after conversion.
+else a first per-channel op), so an app feeds a CVPixelBuffer directly. Compression (w8, palettize6/4) and the
+w8a8 activation calibration are the quantizer's (t2tedge.quantize.coreml_ptq); t2tedge.targets.coreml ties the
+steps together and writes the package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -23,12 +22,10 @@ import torch.nn as nn
 from t2tedge import __version__
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import DataError, RuntimeUnavailable, T2TEdgeError, first_line
-from t2tedge.export.common import build_model, class_labels
-from t2tedge.fileio import atomic_dir
+from t2tedge.export.common import class_labels
 from t2tedge.models import get_spec
-from t2tedge.models.mobilenet import explicit_same_padding, freeze_same_padding
+from t2tedge.models.mobilenet import freeze_same_padding
 from t2tedge.models.registry import PreprocessConfig
-from t2tedge.models.t2t_vit import PerformerAttention
 
 # ML Program needs iOS 15 / macOS 12 or newer; activation quantization (w8a8) needs iOS 17 / macOS 14.
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
@@ -150,100 +147,31 @@ def _patch_int_cast() -> None:
     _INT_CAST_PATCHED = True
 
 
-# Modules whose activations stay float under w8a8. T2T-ViT's Performer attention: its random-feature
-# exponentials span many orders of magnitude and per-tensor int8 rounded its normaliser to zero, so the division
-# gave inf and every later range NaN. Its projections, MLP and LayerNorms around it are quantized as usual.
-FLOAT_ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (PerformerAttention,)
-
-
-def calibrate_w8a8(model: nn.Module, preprocess: PreprocessConfig, calib_dir: str | os.PathLike,
-                   num_calib: int, seed: int = 0, progress: bool = True) -> nn.Module:
-    """Activation quantization for Core ML, calibrated (min/max) on real images with coremltools.optimize.torch.
-
-    Returns the finalized torch model: it runs with int8-fake-quantized activations in torch and converts
-    to Core ML quantize/dequantize ops with the same scales. Weights stay float here; `convert` quantizes
-    them after conversion with Core ML's own per-channel int8 (the `w8` path).
-
-    Both choices were measured on MobileNetV2 (imagenet-val1300, 128 calibration images): weights
-    fake-quantized through torch's conv-BN emulation agree with fp32 on only 94% of images (Core ML's w8 on
-    the converted program: 99%), and symmetric activations spend a bit on the sign of post-ReLU6 tensors
-    (-0.6 point) where affine ones cost -0.1.
-    """
-    from coremltools.optimize.torch.quantization import (LinearQuantizer, LinearQuantizerConfig,
-                                                         ModuleLinearQuantizerConfig)
-
-    from t2tedge.data import discover_images, load_batch, readable_samples, split
-
-    samples = discover_images(calib_dir)
-    if not samples:
-        raise DataError(f"no calibration images in {calib_dir}")
-    chosen, _ = split(samples, min(num_calib, len(samples)), seed=seed)
-    chosen = readable_samples(chosen, "calibration images")
-    # Without this, TF-SAME convs trace as functional convs and their pre-BN outputs get quantized.
-    explicit_same_padding(model, preprocess.crop)
-    config = LinearQuantizerConfig(global_config=ModuleLinearQuantizerConfig(
-        quantization_scheme="affine", weight_dtype=torch.float32, activation_observer="min_max", milestones=None),
-        module_type_configs={module_type: None for module_type in FLOAT_ACTIVATION_MODULES})
-    quantizer = LinearQuantizer(model, config)
-    example = torch.zeros(1, 3, preprocess.crop, preprocess.crop)
-    try:
-        prepared = quantizer.prepare(example_inputs=(example,), inplace=False)
-    except Exception as exc:  # torch.fx raises many types on untraceable code
-        raise T2TEdgeError(f"w8a8 calibration cannot trace this model with torch.fx: {first_line(exc)}") from None
-    prepared.eval()
-    from tqdm import tqdm
-
-    batch_size = 32
-    with torch.no_grad():
-        for start in tqdm(range(0, len(chosen), batch_size), desc="w8a8 calibration", unit="batch",
-                          disable=not progress):
-            images, _ = load_batch(chosen[start:start + batch_size], preprocess)
-            prepared(torch.from_numpy(images))
-    finalized = quantizer.finalize(inplace=False).eval()
-    broken = [name for name, value in finalized.state_dict().items()
-              if "_scale_" in name and value.numel() == 1 and not torch.isfinite(value).all()]
-    if broken:
-        # A module not in FLOAT_ACTIVATION_MODULES whose activations int8 cannot hold (as the Performer's
-        # normaliser was: its int8 zero turned the division into inf, and every later range into NaN).
-        raise T2TEdgeError(f"w8a8 calibration gave non-finite activation scales for {len(broken)} tensors (first: "
-                           f"{broken[0]}); this model cannot take coremltools' activation quantization, use "
-                           f"--precision w8 or --palettize 6")
-    return finalized
-
-
-def _compress_program(mlmodel, options: CoreMLExportOptions):
-    import coremltools.optimize.coreml as cto
-
-    if options.compress in ("w8", "w8a8"):  # w8a8: activations were quantized in torch before conversion
-        config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=config))
-    if options.compress.startswith("palettize"):
-        # Per-tensor LUTs run on every target from iOS16. iOS18's per-grouped-channel tables were measured
-        # here on MobileNetV2 (group 16): larger packages (0.55x fp16 at 4 bits) and no better accuracy.
-        config = cto.OpPalettizerConfig(nbits=int(options.compress[len("palettize"):]), mode="kmeans",
-                                        granularity="per_tensor")
-        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=config))
-    return mlmodel
-
-
-def _quiet_coremltools() -> Callable[[], None]:
+@contextlib.contextmanager
+def quiet_coremltools() -> Iterator[None]:
     """coremltools warns at import and per pass about versions it has not tested; keep the CLI output readable."""
     logger = logging.getLogger("coremltools")
     previous = logger.level
     logger.setLevel(logging.ERROR)
-    return lambda: logger.setLevel(previous)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(previous)
 
 
-def convert(model_name: str, network: nn.Module, weights: str, options: CoreMLExportOptions,
-            progress: bool = True):
-    """The in-memory MLModel for an export-form network (compression applied, metadata stamped)."""
-    ct = require_coremltools()
+def prepare_network(model_name: str, network: nn.Module) -> nn.Module:
+    """The export-form network as Core ML converts it: TF SAME padding frozen into explicit pads."""
     spec = get_spec(model_name)
-    pre = spec.preprocess
-    network = freeze_same_padding(network, pre.crop) if spec.padding == "tf_same" else network
-    if options.compress == "w8a8":
-        calib = options.calib or _default_calib_dir()
-        network = calibrate_w8a8(network, pre, calib, options.num_calib, options.seed, progress)
+    return freeze_same_padding(network, spec.preprocess.crop) if spec.padding == "tf_same" else network
+
+
+def convert(model_name: str, network: nn.Module, options: CoreMLExportOptions):
+    """(the in-memory MLModel of a prepared network, its class count): the image input carries the normalisation;
+    compression and metadata are later steps (t2tedge.targets.coreml)."""
+    ct = require_coremltools()
+    pre = get_spec(model_name).preprocess
     scale, bias, normalize = image_input_transform(pre)
     classifier = options.output == "classifier"
     deploy = DeployModel(network, normalize, probabilities=classifier).eval()
@@ -263,24 +191,15 @@ def convert(model_name: str, network: nn.Module, weights: str, options: CoreMLEx
         kwargs["classifier_config"] = ct.ClassifierConfig(labels, predicted_feature_name=LABEL_NAME)
     else:
         kwargs["outputs"] = [ct.TensorType(name=LOGITS_NAME)]
-    restore = _quiet_coremltools()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mlmodel = ct.convert(traced, **kwargs)
-            mlmodel = _compress_program(mlmodel, options)
-    except T2TEdgeError:
-        raise
-    except Exception as exc:  # the converter raises bare ValueError/TypeError/RuntimeError
-        raise T2TEdgeError(f"Core ML conversion of {model_name} failed: {type(exc).__name__}: "
-                           f"{first_line(exc)}") from None
-    finally:
-        restore()
-    stamp_metadata(mlmodel, model_name, weights, options, num_classes)
-    return mlmodel
+    with quiet_coremltools():
+        try:
+            return ct.convert(traced, **kwargs), num_classes
+        except Exception as exc:  # the converter raises bare ValueError/TypeError/RuntimeError
+            raise T2TEdgeError(f"Core ML conversion of {model_name} failed: {type(exc).__name__}: "
+                               f"{first_line(exc)}") from None
 
 
-def _default_calib_dir() -> Path:
+def default_calib_dir() -> Path:
     from t2tedge.paths import shared_path
 
     folder = shared_path("data", "imagenet-sample")
@@ -321,18 +240,3 @@ def stamp_metadata(mlmodel, model_name: str, weights: str, options: CoreMLExport
         keys.TARGET: options.target,
         keys.OUTPUT: options.output,
     })
-
-
-def export_coreml(model_name: str, checkpoint: str | os.PathLike | None = None,
-                  out_dir: str | os.PathLike = "artifacts/coreml", options: CoreMLExportOptions = CoreMLExportOptions(),
-                  destination: str | os.PathLike | None = None, progress: bool = True, **overrides) -> Path:
-    """Export `model_name` to an .mlpackage and return its path; nothing is left behind on failure."""
-    require_coremltools()
-    network, weights = build_model(model_name, checkpoint, **overrides)
-    mlmodel = convert(model_name, network, weights, options, progress=progress)
-    destination = Path(destination) if destination else Path(out_dir) / artifact_name(model_name, options)
-    if destination.suffix != ".mlpackage":
-        raise T2TEdgeError(f"a Core ML ML Program is saved as a .mlpackage directory, not {destination.name}")
-    with atomic_dir(destination) as tmp:
-        mlmodel.save(str(tmp))
-    return destination

@@ -1,10 +1,14 @@
 """Core ML: an ML Program (.mlpackage) with an image input, for iOS and macOS. Converted and compressed on any
-host (coremltools); predicts only on macOS. Its int8 (w8a8) calibrates activations on real images in torch itself.
+host (coremltools); predicts only on macOS. The story of one package: the network (TF SAME padding frozen), its
+activations calibrated on real images in torch for int8 (w8a8: Core ML's own calibration, it applies no plan),
+conversion, weight compression (w8, palettize), our metadata, and the package saved whole.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from t2tedge.errors import DataError, T2TEdgeError, UsageError, first_line
 from t2tedge.targets.registry import CALIBRATES, BuildRequest, Option, Target, register
@@ -35,10 +39,37 @@ def validate(request: BuildRequest) -> None:
     require_coremltools()
 
 
-def build(request: BuildRequest) -> Path:
-    from t2tedge.export.coreml_export import export_coreml
+def write_package(model_name: str, checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
+                  options=None, progress: bool = True, **overrides: Any) -> Path:
+    """Build the network, calibrate its activations (int8: w8a8), convert, compress the weights, stamp our metadata,
+    and save `out_dir/NAME.mlpackage` whole or not at all. `options`: a CoreMLExportOptions (default: fp16)."""
+    from t2tedge.export.common import build_model
+    from t2tedge.export.coreml_export import (CoreMLExportOptions, artifact_name, convert, default_calib_dir,
+                                              prepare_network, quiet_coremltools, require_coremltools,
+                                              stamp_metadata)
+    from t2tedge.fileio import atomic_dir
+    from t2tedge.models import get_spec
+    from t2tedge.quantize.coreml_ptq import calibrate_w8a8, compress_program
 
-    return export_coreml(request.model, request.checkpoint, out_dir=request.out_dir, options=export_options(request),
+    require_coremltools()
+    options = options or CoreMLExportOptions()
+    network, weights = build_model(model_name, checkpoint, **overrides)
+    network = prepare_network(model_name, network)
+    if options.compress == "w8a8":
+        network = calibrate_w8a8(network, get_spec(model_name).preprocess, options.calib or default_calib_dir(),
+                                 options.num_calib, options.seed, progress)
+    mlmodel, num_classes = convert(model_name, network, options)
+    with quiet_coremltools():
+        mlmodel = compress_program(mlmodel, options.compress)
+    stamp_metadata(mlmodel, model_name, weights, options, num_classes)
+    destination = Path(out_dir) / artifact_name(model_name, options)
+    with atomic_dir(destination) as tmp:
+        mlmodel.save(str(tmp))
+    return destination
+
+
+def build(request: BuildRequest) -> Path:
+    return write_package(request.model, request.checkpoint, request.out_dir, export_options(request),
                          progress=request.progress, **request.overrides)
 
 

@@ -22,18 +22,15 @@ from t2tedge.export.coreml_checks import (  # noqa: E402
     package_size,
     roundtrip_network,
 )
-from t2tedge.export.coreml_export import (  # noqa: E402
-    CoreMLExportOptions,
-    calibrate_w8a8,
-    export_coreml,
-    image_input_transform,
-)
+from t2tedge.export.coreml_export import CoreMLExportOptions, image_input_transform  # noqa: E402
+from t2tedge.quantize.coreml_ptq import calibrate_w8a8  # noqa: E402
+from t2tedge.targets.coreml import write_package  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def t2t7_packages(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("coreml_t2t")
-    return {c: export_coreml("t2t_vit_7", None, out_dir=out, options=CoreMLExportOptions(compress=c), progress=False)
+    return {c: write_package("t2t_vit_7", None, out, options=CoreMLExportOptions(compress=c), progress=False)
             for c in ("none", "w8", "palettize4")}
 
 
@@ -73,7 +70,7 @@ def test_compressed_sizes_against_fp16(t2t7_packages):
 
 
 def test_logits_output_and_fp32(tmp_path):
-    path = export_coreml("t2t_vit_7", None, out_dir=tmp_path, progress=False,
+    path = write_package("t2t_vit_7", None, tmp_path, progress=False,
                          options=CoreMLExportOptions(output="logits", precision="fp32", target="iOS17"))
     assert path.name == "t2t_vit_7_fp32_logits.mlpackage"
     report = inspect_package(path)
@@ -120,7 +117,7 @@ def _round_trip_top1(compress: str, mnv2_eval, tmp_path) -> tuple[float, float, 
     """(fp32 top-1, top-1 with the weights read back from a `compress` package, their prediction agreement) on the
     `mnv2_eval` images."""
     images, labels, checkpoint, fp32_predictions = mnv2_eval
-    package = export_coreml("mobilenet_v2_100", checkpoint, out_dir=tmp_path, progress=False,
+    package = write_package("mobilenet_v2_100", checkpoint, tmp_path, progress=False,
                             options=CoreMLExportOptions(compress=compress))
     network, trip = roundtrip_network("mobilenet_v2_100", package, checkpoint)
     assert trip.unmatched == [] and trip.compressed > 30
@@ -151,7 +148,7 @@ def test_mobilenet_v2_w8a8_round_trip_within_half_a_point(mnv2_eval, sample_dir,
     from t2tedge.models import get_spec
 
     images, labels, checkpoint, fp32_predictions = mnv2_eval
-    package = export_coreml("mobilenet_v2_100", checkpoint, out_dir=tmp_path, progress=False,
+    package = write_package("mobilenet_v2_100", checkpoint, tmp_path, progress=False,
                             options=CoreMLExportOptions(compress="w8a8", target="iOS17", calib=str(sample_dir)))
     report = inspect_package(package)
     assert report.op_counts["quantize"] > 50 and report.op_counts["constexpr_affine_dequantize"] > 30
@@ -173,7 +170,7 @@ def _w8a8_subject_package(tmp_path, num_calib: int):
     if subject is None:
         pytest.skip("no trained T2T-ViT-7 subject (models/weights or ../shared imagenette2 missing)")
     options = CoreMLExportOptions(compress="w8a8", target="iOS17", calib=str(subject.train), num_calib=num_calib)
-    package = export_coreml("t2t_vit_7", subject.checkpoint, out_dir=tmp_path, options=options, progress=False,
+    package = write_package("t2t_vit_7", subject.checkpoint, tmp_path, options=options, progress=False,
                             num_classes=subject.num_classes)
     return subject, package
 
@@ -232,7 +229,7 @@ def test_every_op_of_the_t2t_vit_export_form_stays_finite_in_fp16(val_dir):
 
 
 def test_failed_export_leaves_nothing_and_keeps_the_previous_package(tmp_path, monkeypatch):
-    first = export_coreml("t2t_vit_7", None, out_dir=tmp_path, progress=False)
+    first = write_package("t2t_vit_7", None, tmp_path, progress=False)
     before = sorted(p.relative_to(first) for p in first.rglob("*"))
 
     def broken_save(self, path):
@@ -242,11 +239,11 @@ def test_failed_export_leaves_nothing_and_keeps_the_previous_package(tmp_path, m
 
     monkeypatch.setattr(ct.models.MLModel, "save", broken_save)
     with pytest.raises(OSError):
-        export_coreml("t2t_vit_7", None, out_dir=tmp_path, progress=False)
+        write_package("t2t_vit_7", None, tmp_path, progress=False)
     assert sorted(p.relative_to(first) for p in first.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
     with pytest.raises(OSError):
-        export_coreml("t2t_vit_7", None, out_dir=tmp_path, progress=False,
+        write_package("t2t_vit_7", None, tmp_path, progress=False,
                       options=CoreMLExportOptions(compress="w8"))
     assert not (tmp_path / "t2t_vit_7_w8.mlpackage").exists()
 
