@@ -276,6 +276,8 @@ def parity_parser(sub) -> None:
 
 
 def quantize_parser(sub) -> None:
+    from t2tedge.quantize.config import BIAS_CORRECTIONS, CALIBRATION_METHODS, QUANTIZATION_TARGETS, WEIGHT_ROUNDINGS
+
     p = sub.add_parser("quantize", help="post-training INT8 (QDQ ONNX) calibrated on real images")
     p.add_argument("model")
     source = p.add_mutually_exclusive_group()
@@ -286,22 +288,22 @@ def quantize_parser(sub) -> None:
     p.add_argument("--num-calib", type=at_least(1), default=DEFAULT_NUM_CALIB,
                    help="calibration images drawn with --seed (default: %(default)s)")
     p.add_argument("--seed", type=at_least(0), default=0)
-    p.add_argument("--method", choices=["mse", "minmax", "percentile", "entropy"], default="mse",
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="mse",
                    help="activation range calibration; mse picks, per tensor, the clipping range with the least "
                         "int8 error (measured best on MobileNetV1/V2 and T2T-ViT-7, see docs/quantization.md) (default: %(default)s)")
     granularity = p.add_mutually_exclusive_group()
     granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                              help="per-channel symmetric int8 weights (default)")
     granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weights")
-    p.add_argument("--weight-rounding", choices=["gptq", "nearest"], default="gptq",
+    p.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default="gptq",
                    help="gptq rounds each layer's int8 weights against its real calibration inputs so rounding "
                         "errors cancel in the layer's output (MobileNetV1 agreement 95.9%% -> 97.8%%, see docs/quantization.md); "
                         "nearest rounds every weight on its own (default: %(default)s)")
-    p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--bias-correction", choices=BIAS_CORRECTIONS, default="auto",
                    help="move each quantized layer's bias by the mean shift that quantizing its inputs causes, "
                         "layer by layer on the calibration images (MobileNetV1 SQNR +3.2 dB, see docs/quantization.md); auto "
                         "keeps it only where it raises logits SQNR on those images by 0.5 dB (default: %(default)s)")
-    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
+    p.add_argument("--target", choices=QUANTIZATION_TARGETS, default="onnxruntime",
                    help="onnxruntime: uint8 asymmetric activations, int32 biases (ORT's fast x86 path); openvino: the "
                         "same choices, measured best for OpenVINO's int8 kernels too (attention MatMuls stay float; "
                         "docs/openvino.md), written as MODEL_int8_openvino.onnx; tensorrt: symmetric int8 activations, "

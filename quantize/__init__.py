@@ -1,9 +1,23 @@
-"""Post-training quantization: one config shape, real-image calibration, QDQ INT8 through onnxruntime."""
+"""Post-training quantization: one config shape, real-image calibration, QDQ INT8 through onnxruntime, the
+quantization plan, and the per-runtime quantizers.
 
-from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
-from t2tedge.quantize.config import OpQuantConfig, QuantConfig, nodes_to_quantize, preset
-from t2tedge.quantize.pipeline import QuantizeSettings, SearchSettings, quantize_model
-from t2tedge.quantize.ptq import quantize_onnx
+The names below are loaded when first used, so importing one light module of the package (the config's
+vocabularies, the records) does not import the whole pipeline and torch with it.
+"""
 
-__all__ = ["ImageCalibrationReader", "OpQuantConfig", "QuantConfig", "QuantizeSettings", "SearchSettings", "calibration_samples", "nodes_to_quantize",
-           "preset", "quantize_model", "quantize_onnx"]
+import importlib
+
+_EXPORTS = {
+    "ImageCalibrationReader": "calibration", "calibration_samples": "calibration",
+    "OpQuantConfig": "config", "QuantConfig": "config", "nodes_to_quantize": "config", "preset": "config",
+    "QuantizeSettings": "pipeline", "SearchSettings": "pipeline", "quantize_model": "pipeline",
+    "quantize_onnx": "ptq",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

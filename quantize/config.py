@@ -10,12 +10,13 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, Iterable
-
-import onnx
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 from t2tedge.errors import T2TEdgeError
 from t2tedge.results import Record, ResultFormatError
+
+if TYPE_CHECKING:  # only read here, never built: the CLI's choices import this module without onnx
+    import onnx
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 # nearest: each int8 weight is its float weight's nearest step. gptq: rounded against the layer's real inputs
