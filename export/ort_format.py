@@ -8,7 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from t2tedge.errors import T2TEdgeError
+from t2tedge.errors import DataError, T2TEdgeError, first_line
+from t2tedge.onnx_graph import external_data_files
 from t2tedge.fileio import atomic_path
 
 STYLES = {"fixed": "Fixed", "runtime": "Runtime"}
@@ -27,6 +28,12 @@ def export_ort(onnx_path: str | os.PathLike, out_dir: str | os.PathLike | None =
         raise T2TEdgeError(f"ONNX file not found: {onnx_path}")
     if style not in STYLES or platform not in PLATFORMS:
         raise T2TEdgeError(f"ORT format: style is one of {', '.join(STYLES)}, platform one of {', '.join(PLATFORMS)}")
+    try:
+        external_data_files(onnx_path)  # a missing or cut data file, in one line of ours
+    except DataError:
+        raise
+    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a file that is not a model
+        raise T2TEdgeError(f"cannot read {onnx_path}: {first_line(exc)}") from None
     out_dir = Path(out_dir) if out_dir else onnx_path.parent
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", "--output_dir", tmp,

@@ -22,7 +22,7 @@ from typing import Any
 from t2tedge import metadata_keys as keys
 from t2tedge.errors import T2TEdgeError, UsageError, first_line
 from t2tedge.fileio import atomic_path, ensure_writable_file, sha256_file
-from t2tedge.onnx_graph import contrib_op_counts, has_qdq
+from t2tedge.onnx_graph import contrib_op_counts, external_data_files, has_qdq
 
 INT8_WEIGHT_CHOICES = ("int8", "uint8", "auto")
 OPTIMIZED_SUFFIX = ".ort-cpu.onnx"
@@ -64,7 +64,10 @@ def optimize_for_onnxruntime(source: str | os.PathLike, destination: str | os.Pa
     if target.resolve() == source.resolve():
         raise UsageError(f"--out {target} is the source file; name another file")
     try:
+        external_data_files(source)  # a missing or cut data file, in one line of ours
         proto = onnx.load(str(source))
+    except T2TEdgeError:
+        raise
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a file that is not a model
         raise T2TEdgeError(f"cannot read {source}: {first_line(exc)}") from None
     metadata = {prop.key: prop.value for prop in proto.metadata_props}

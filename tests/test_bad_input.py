@@ -439,6 +439,10 @@ CASES = [
      "m.onnx.data is truncated: 4096 bytes"),
     ("bundle of an ONNX whose data file is cut", ["export", "bundle", "{ext_cut}", "--out", "{out}/b.tar.gz"], 1,
      "m.onnx.data is truncated"),
+    ("optimize of an ONNX whose data file is missing", ["optimize", "{ext_missing}", "--out", "{out}/x.onnx"], 1,
+     "which is not beside it"),
+    ("export ort of an ONNX whose data file is cut", ["export", "ort", "{ext_cut}", "--out", "{out}"], 1,
+     "m.onnx.data is truncated"),
     ("export openvino of an ONNX whose data file is missing", ["export", "openvino", "{ext_missing}", "--out",
                                                                "{out}"], 1, "which is not beside it"),
     # 11. quantization plans are checked before anything is built from them
