@@ -90,8 +90,11 @@ parity: setup
 # RAY=auto runs the grid on a local Ray instance, RAY=host:6379 on a running cluster (docs/cluster.md).
 RAY_FLAGS = $(if $(RAY),--ray $(RAY))
 
+# DATA=/path/to/imagenet/val: the paper's Table 4 on your own ImageNet validation set, every model with its official
+# release weights (downloaded once); LABELS= the devkit ground truth of a flat val folder, CALIB= calibration photos.
 table4: setup
-	$(T2TEDGE) table4 --out results $(RAY_FLAGS)
+	$(T2TEDGE) table4 --out results $(if $(DATA),--data $(DATA) --weights official) $(if $(LABELS),--labels $(LABELS)) \
+	  $(if $(CALIB),--calib $(CALIB)) $(RAY_FLAGS)
 
 # Every model trained from scratch on Imagenette with one recipe; models without such weights yet are skipped.
 table4-imagenette: setup

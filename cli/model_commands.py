@@ -39,6 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_pretrained():
         tag = get_pretrained(name)
         print(f"  {name:<28}{tag.num_classes:>5} classes  {tag.note}")
+        print(f"  {'':<28}{'here' if tag.present() else 'not here yet'}: {tag.origin()}")
     return 0
 
 

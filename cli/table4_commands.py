@@ -25,7 +25,9 @@ def cmd_table4(args: argparse.Namespace) -> int:
                                           ("--precisions", args.precisions), ("--suite", args.suite),
                                           ("--data", args.data), ("--limit", args.limit), ("--runs", args.runs),
                                           ("--num-calib", args.num_calib), ("--threads", args.threads),
-                                          ("--artifacts", args.artifacts), ("--ray", args.ray))
+                                          ("--artifacts", args.artifacts), ("--ray", args.ray),
+                                          ("--weights", args.weights), ("--labels", args.labels),
+                                          ("--calib", args.calib))
                  if value is not None]
     if args.merge and measuring:
         raise UsageError(f"--merge joins measured files and measures nothing; drop {', '.join(measuring)}")
@@ -47,8 +49,15 @@ def cmd_table4(args: argparse.Namespace) -> int:
             print(f"note: {note}")
     else:
         suite = args.suite or "imagenet"
+        if args.weights == "official" and suite != "imagenet":
+            raise UsageError(f"--weights official is the imagenet suite's; the {suite} suite trains its own")
+        if args.labels is not None and not args.labels.is_file():
+            raise UsageError(f"--labels {args.labels}: no such file")
+        if args.calib is not None and not args.calib.is_dir():
+            raise UsageError(f"--calib {args.calib} is not a folder of images")
         settings = GridSettings(data=args.data or SUITES[suite].data(), limit=args.limit, threads=args.threads,
-                                runs=args.runs or 50, num_calib=args.num_calib or DEFAULT_NUM_CALIB, suite=suite)
+                                runs=args.runs or 50, num_calib=args.num_calib or DEFAULT_NUM_CALIB, suite=suite,
+                                weights=args.weights or "local", labels=args.labels, calib=args.calib)
         ensure_writable_dir(args.out)
         if args.artifacts is not None:
             ensure_writable_dir(args.artifacts, "--artifacts")
@@ -69,7 +78,7 @@ def cmd_table4(args: argparse.Namespace) -> int:
 
 
 def table4_parser(sub) -> None:
-    from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS
+    from t2tedge.harness.table4_grid import SUITES, TABLE4_MODELS, WEIGHT_SOURCES
     from t2tedge.targets import DEFAULT_NUM_CALIB, PRECISIONS, targets
 
     p = sub.add_parser("table4", help="the paper's Table 4 grid, measured: models x targets x precisions",
@@ -84,9 +93,21 @@ def table4_parser(sub) -> None:
                         "imagenet-sample calibration; imagenette: every model trained from scratch on Imagenette, "
                         "its val, calibrated on its train; models without such weights are skipped "
                         "(default: imagenet)")
-    p.add_argument("--data", type=Path, help="evaluation images (default: the suite's)")
+    p.add_argument("--data", type=Path, help="evaluation images: class folders, or a flat ImageNet val folder "
+                                              "(ILSVRC2012_val_*.JPEG; its labels from --labels) (default: the "
+                                              "suite's)")
+    p.add_argument("--labels", type=Path, metavar="FILE",
+                   help="ground truth of a flat ImageNet val folder: lines 'ILSVRC2012_val_00000001.JPEG INDEX' "
+                        "(the devkit's, as caffe's val.txt writes it) (default: ../shared's copy)")
+    p.add_argument("--weights", choices=WEIGHT_SOURCES,
+                   help="imagenet suite: local = the weights found here (../shared, releases fetched before), "
+                        "untrained otherwise; official = every model's MODEL.official release, downloaded once "
+                        "(default: local)")
     p.add_argument("--limit", type=at_least(1), help="N images evenly spread over the classes, for quick runs")
     p.add_argument("--runs", type=at_least(1), help="timed batch-1 runs per cell after warm-up (default: 50)")
+    p.add_argument("--calib", type=Path, metavar="DIR",
+                   help="calibration images of the int8 cells, any folder of photos, never the evaluated ones "
+                        "(default: the suite's: ../shared imagenet-sample or imagenette2/train)")
     p.add_argument("--num-calib", type=at_least(1),
                    help=f"calibration images for the int8 cells, from the suite's calibration folder (default: "
                         f"{DEFAULT_NUM_CALIB})")

@@ -91,7 +91,10 @@ def discover(root: str | Path, num_classes: int = 1000, labels_file: str | Path 
     _require_folder(root, "data folder")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
     if class_dirs:
-        if num_classes == 1000:
+        if num_classes == 1000 and len(class_dirs) == 1000 and not synset_words_file().is_file():
+            # The whole ImageNet val in class folders: their sorted wnids are the standard class order itself.
+            index = {d.name: i for i, d in enumerate(class_dirs)}
+        elif num_classes == 1000:
             index = {w: i for i, w in enumerate(imagenet_wnids())}
             unknown = [d.name for d in class_dirs if d.name not in index]
             if unknown:
@@ -107,7 +110,8 @@ def discover(root: str | Path, num_classes: int = 1000, labels_file: str | Path 
         if images and all(p.name.startswith("ILSVRC2012_val_") for p in images):
             truth_path = Path(labels_file) if labels_file else _default_ground_truth()
             if not truth_path.is_file():
-                raise DataError(f"labels file for flat ImageNet val not found: {truth_path}")
+                raise DataError(f"labels file for flat ImageNet val not found: {truth_path}; pass the devkit's ground "
+                                f"truth (lines 'ILSVRC2012_val_00000001.JPEG INDEX') with --labels FILE")
             truth = dict(line.split() for line in truth_path.read_text().splitlines() if line.strip())
             missing = [p.name for p in images if p.name not in truth]
             if missing:

@@ -46,6 +46,9 @@ class GridSettings:
     throughput_batch: int = 8
     num_calib: int = DEFAULT_NUM_CALIB
     suite: str = "imagenet"
+    weights: str = "local"  # local | official (t2tedge.harness.table4_grid.WEIGHT_SOURCES)
+    labels: Path | None = None  # a flat ImageNet val folder's ground-truth file, where ../shared has none
+    calib: Path | None = None  # calibration images of the int8 cells (default: the suite's)
     # Time each cell's file in a process of its own (t2tedge.harness.timing): the grid's process holds every earlier
     # cell's runtime and thread pools. Off for a target registered only in this process.
     time_alone: bool = True
@@ -99,9 +102,13 @@ class Grid:
         self.cache_dir = out / "cache"
         self.artifacts = artifacts or out / "artifacts"
         # Absolute paths: the same on every worker of a cluster, and in the data hash however --data was spelt.
-        samples = discover(Path(settings.data).resolve(), num_classes=self.suite.num_classes)
+        samples = discover(Path(settings.data).resolve(), num_classes=self.suite.num_classes,
+                           labels_file=settings.labels)
         self.samples = evenly_spread(samples, settings.limit)
         self.data_hash = _hash_bytes("\n".join(str(s.path) for s in self.samples).encode())
+
+    def calibration_folder(self) -> Path:
+        return Path(self.settings.calib).resolve() if self.settings.calib else self.suite.calibration_folder()
 
     def cells(self) -> list[tuple[str, str, str]]:
         return [(m, t.name, p) for m in self.models for t in self.targets for p in self.precisions]
@@ -109,7 +116,7 @@ class Grid:
     def build_request(self, model_name: str, precision: str, checkpoint: Path | None, out_dir: Path) -> BuildRequest:
         """What `t2tedge export TARGET MODEL --precision P --calib SUITE_CALIBRATION --num-calib N` asks for."""
         return BuildRequest(model=model_name, precision=precision, out_dir=out_dir, checkpoint=checkpoint,
-                            calib=self.suite.calibration_folder(), num_calib=self.settings.num_calib,
+                            calib=self.calibration_folder(), num_calib=self.settings.num_calib,
                             num_classes=self.suite.num_classes, exclude=tuple(self.samples))
 
     def artifact_folder(self, model_name: str, target: Target, precision: str,
@@ -119,7 +126,7 @@ class Grid:
         weights = sha256_file(checkpoint) if checkpoint else "untrained"
         recipe = {"version": __version__, "target": target.name, "model": model_name,
                   "precision": precision, "weights": weights, "num_classes": self.suite.num_classes,
-                  "calibration": str(self.suite.calibration_folder()) if precision in target.calibrated else None,
+                  "calibration": str(self.calibration_folder()) if precision in target.calibrated else None,
                   "num_calib": self.settings.num_calib if precision in target.calibrated else None}
         digest = _hash_bytes(json.dumps(recipe, sort_keys=True).encode())[:12]
         return self.artifacts / target.name / f"{model_name}_{precision}_{digest}", recipe
@@ -171,7 +178,7 @@ class Grid:
         """What a cell needs measured, or the cell itself when it is skipped."""
         spec = get_spec(model_name)
         target = get_target(runtime)
-        checkpoint = self.suite.checkpoint(model_name)
+        checkpoint = self.suite.checkpoint(model_name, self.settings.weights)
         missing = self.suite.missing_weights(model_name)
         weights = "trained" if checkpoint else "none" if missing else "untrained"
         fields: dict[str, Any] = {"model": model_name, "runtime": target.name, "precision": precision,
@@ -240,7 +247,7 @@ class Grid:
 
     def data_info(self) -> DataInfo:
         return DataInfo(folder=str(self.settings.data), images=len(self.samples), suite=self.suite.name,
-                        calibration=str(self.suite.calibration_folder()))
+                        calibration=str(self.calibration_folder()))
 
     def run(self) -> Table4Result:
         from tqdm import tqdm

@@ -30,9 +30,15 @@ class Suite:
 
         return shared_path("data", *self.calibration.split("/"))
 
-    def checkpoint(self, model_name: str) -> Path | None:
+    def checkpoint(self, model_name: str, weights: str = "local") -> Path | None:
+        """`weights` local: the models' weights found here (../shared, the release cache), untrained otherwise;
+        official: every model's `MODEL.official` release, downloaded once (imagenet only)."""
         from t2tedge.models import default_checkpoint, trained_subject
 
+        if self.name == "imagenet" and weights == "official":
+            from t2tedge.models.pretrained import get_pretrained
+
+            return get_pretrained(f"{model_name}.official").checkpoint()
         if self.name == "imagenet":
             return default_checkpoint(model_name)
         subject = trained_subject(model_name)
@@ -45,6 +51,9 @@ class Suite:
                     f"(`t2tedge train`, on a GPU; models/weights/README.md)")
         return None
 
+
+# Where a grid's ImageNet weights come from (`t2tedge table4 --weights`).
+WEIGHT_SOURCES = ("local", "official")
 
 SUITES = {"imagenet": Suite("imagenet", "imagenet-val1300", "imagenet-sample", 1000),
           "imagenette": Suite("imagenette", "imagenette2/val", "imagenette2/train", 10)}

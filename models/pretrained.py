@@ -47,6 +47,22 @@ class PretrainedTag:
             return shared_path("weights", str(self.file))
         return None
 
+    def origin(self) -> str:
+        """Where the weights come from, in words: a file of the package or of ../shared, or the release URL."""
+        path = self.local_path()
+        if path is not None:
+            return str(path)
+        return str(get_spec(self.model).release_url)
+
+    def present(self) -> bool:
+        """Whether the weights are here without a download (a release already fetched into the cache)."""
+        path = self.local_path()
+        if path is not None:
+            return path.is_file()
+        from t2tedge.models.release import cached_official
+
+        return cached_official(self.model) is not None
+
     def checkpoint(self) -> Path:
         """The weights file, checked against the recorded sha256."""
         path = self.local_path()
@@ -82,7 +98,9 @@ for _model in list_models():
                                 "TensorFlow-trained ImageNet weights with TF SAME padding (../shared/weights)"))
     if _spec.release_url:
         _register(PretrainedTag(_model, "official", "official", None, _spec.release_sha256, 1000, IMAGENET_1K,
-                                "the official ImageNet release (downloaded once; its sha256 is recorded then)"))
+                                "the official ImageNet release (downloaded once; its sha256 is recorded then)"
+                                + (f"; its float TFLite weights converted, published top-1 {_spec.release_top1}%"
+                                   if _spec.release_member else "")))
 
 
 def list_pretrained(model: str | None = None) -> list[str]:

@@ -60,6 +60,9 @@ class ModelSpec:
     shared_weights: str | None = None  # file name under ../shared/weights used when no checkpoint is given
     license: str = "see the source of the weights"
     release_sha256: str | None = None  # pinned digest of the release file; None: recorded at first download
+    # The release is an archive: the float TFLite file in it whose weights are converted (t2tedge.models.release).
+    release_member: str | None = None
+    release_top1: float | None = None  # the top-1 the release itself publishes (ImageNet val, single crop)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -94,10 +97,18 @@ _t2t("t2t_vit_12", 12, 256, 4, 2.0, "performer", PaperReference(76.5, 6.9, 1.8, 
 _t2t("t2t_vit_14", 14, 384, 6, 3.0, "performer", PaperReference(81.5, 21.5, 4.8, "T2T-ViT paper, Table 1"), "81.5_T2T_ViT_14.pth.tar")
 _t2t("t2t_vit_t_14", 14, 384, 6, 3.0, "transformer", PaperReference(81.7, 21.5, 6.1, "T2T-ViT paper, Table 1"), "81.7_T2T_ViTt_14.pth.tar")
 
-for _name, _cls, _width, _paper in [
-    ("mobilenet_v1_100", mobilenet.MobileNetV1, 1.0, PaperReference(70.6, 4.2, 0.6, "T2T-ViT paper, Table 4")),
-    ("mobilenet_v2_100", mobilenet.MobileNetV2, 1.0, PaperReference(72.0, 3.5, 0.3, "T2T-ViT paper, Table 4")),
-    ("mobilenet_v2_140", mobilenet.MobileNetV2, 1.4, PaperReference(74.7, 6.9, 0.6, "T2T-ViT paper, Table 4")),
+# The float releases the MobileNets' own papers point to (tensorflow/models: research/slim/nets/mobilenet_v1.md and
+# research/slim/nets/mobilenet/README.md), each a .tgz holding the float TFLite file, with the top-1 they publish.
+_V1_RELEASE = "http://download.tensorflow.org/models/mobilenet_v1_2018_02_22/{}.tgz"
+_V2_RELEASE = "https://storage.googleapis.com/mobilenet_v2/checkpoints/{}.tgz"
+
+for _name, _cls, _width, _paper, _release, _top1 in [
+    ("mobilenet_v1_100", mobilenet.MobileNetV1, 1.0, PaperReference(70.6, 4.2, 0.6, "T2T-ViT paper, Table 4"),
+     _V1_RELEASE.format("mobilenet_v1_1.0_224"), 70.9),
+    ("mobilenet_v2_100", mobilenet.MobileNetV2, 1.0, PaperReference(72.0, 3.5, 0.3, "T2T-ViT paper, Table 4"),
+     _V2_RELEASE.format("mobilenet_v2_1.0_224"), 71.8),
+    ("mobilenet_v2_140", mobilenet.MobileNetV2, 1.4, PaperReference(74.7, 6.9, 0.6, "T2T-ViT paper, Table 4"),
+     _V2_RELEASE.format("mobilenet_v2_1.4_224"), 75.0),
 ]:
     register(ModelSpec(
         name=_name, family=_cls.__name__, constructor=_cls, kwargs=dict(width_mult=_width),
@@ -106,6 +117,8 @@ for _name, _cls, _width, _paper in [
         shared_weights={"mobilenet_v1_100": "mobilenet_v1_1.0_imagenet_tfsame.pth",
                         "mobilenet_v2_100": "mobilenet_v2_1.0_imagenet_tfsame.pth"}.get(_name),
         license="Apache-2.0 (TensorFlow-trained MobileNet weights)",
+        release_url=_release, release_member=_release.rsplit("/", 1)[-1].replace(".tgz", ".tflite"),
+        release_top1=_top1,
     ))
 
 
@@ -130,7 +143,9 @@ RANDOM_INIT_SEED = 0
 
 
 def default_checkpoint(name: str, checkpoint: str | os.PathLike | None = None) -> Path | None:
-    """The checkpoint to use: the given one; "random" for none; else the model's real weights in ../shared if any."""
+    """The checkpoint to use, one rule for every model: the given one; "random" for none; else the model's real
+    weights in ../shared (this repository's tests); else its official release when it is in the user cache already
+    (`MODEL.official` fetched it once); else None (random weights: the CLI says which tag brings real ones)."""
     if checkpoint is not None:
         return None if str(checkpoint) == RANDOM_WEIGHTS else Path(checkpoint)
     spec = get_spec(name)
@@ -140,6 +155,10 @@ def default_checkpoint(name: str, checkpoint: str | os.PathLike | None = None) -
         candidate = shared_path("weights", spec.shared_weights)
         if candidate.is_file():
             return candidate
+    if spec.release_url:
+        from t2tedge.models.release import cached_official
+
+        return cached_official(name)
     return None
 
 

@@ -7,9 +7,15 @@ Imports no torch and no runtime library at module level: the descriptors that us
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from t2tedge.errors import DataError, T2TEdgeError, UsageError, first_line
 from t2tedge.targets.registry import BuildRequest, Option
+
+if TYPE_CHECKING:  # the quantize layer needs torch; this module is read on devices without it (bundles)
+    from t2tedge.quantize.config import QuantConfig
+    from t2tedge.quantize.pipeline import QuantizeSettings
+    from t2tedge.quantize.records import QuantizeReport
 
 ONNX_EXPORT_OPTIONS = (
     Option("opset", "ONNX opset, 13..21 (default: 17)", kind=int, bounds=(13, 21)),
@@ -46,7 +52,8 @@ def calibration_folder(request: BuildRequest) -> Path:
     return shared_path("data", "imagenet-sample")
 
 
-def publish_quantized(model_name: str, config, out_dir: Path, settings, **kwargs) -> tuple[Path, object]:
+def publish_quantized(model_name: str, config: QuantConfig, out_dir: Path, settings: QuantizeSettings,
+                      **kwargs: Any) -> tuple[Path, QuantizeReport]:
     """`quantize_model` into a staging folder of `out_dir`, then model, report, plan and cache moved into place
     together: a failure or a full disk never leaves an INT8 model without its report and plan."""
     from t2tedge.fileio import publish_together, staging_dir

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from t2tedge.errors import DataError, T2TEdgeError, UsageError
 from t2tedge.data import DEFAULT_NUM_CALIB
+from t2tedge.errors import DataError, T2TEdgeError, UsageError
 
 # The one precision vocabulary of every command and every output.
 PRECISIONS = ("fp32", "fp16", "w8", "int8")

@@ -123,3 +123,30 @@ def test_unreadable_calibration_images_are_skipped_while_enough_remain(tmp_path,
         (photos / f"n01440764_broken{i}.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="7 of 13 calibration images are unreadable, too few readable ones remain"):
         calibration_samples(photos, 13)
+
+
+def test_imagenet_val_in_both_layouts_without_shared(tmp_path, monkeypatch):
+    """A user's ImageNet val: 1000 class folders (their sorted wnids are the class order), or the flat folder with
+    the devkit's ground truth given by path; no ../shared needed for either."""
+    from PIL import Image
+
+    from t2tedge.data import discover
+
+    monkeypatch.setenv("T2TEDGE_SHARED", str(tmp_path / "no-shared"))
+    folders = tmp_path / "val_folders"
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    for wnid in (wnids[0], wnids[999]):
+        (folders / wnid).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folders / wnid / f"{wnid}_1.JPEG")
+    for wnid in wnids[1:999]:
+        (folders / wnid).mkdir()
+    assert [(s.path.parent.name, s.label) for s in discover(folders)] == [(wnids[0], 0), (wnids[999], 999)]
+    flat = tmp_path / "val_flat"
+    flat.mkdir()
+    for n in (1, 2):
+        Image.new("RGB", (8, 8)).save(flat / f"ILSVRC2012_val_{n:08d}.JPEG")
+    with pytest.raises(DataError, match="pass the devkit's ground truth"):
+        discover(flat)
+    truth = tmp_path / "val.txt"
+    truth.write_text("ILSVRC2012_val_00000001.JPEG 65\nILSVRC2012_val_00000002.JPEG 970\n")
+    assert [s.label for s in discover(flat, labels_file=truth)] == [65, 970]
