@@ -33,11 +33,13 @@ def test_download_is_cached_and_its_digest_recorded(served_release, tmp_path):
         fetch_official("t2t_vit_7")
 
 
-def test_pinned_digest_must_match(served_release, monkeypatch):
+def test_pinned_digest_must_match(served_release, monkeypatch, tmp_path):
     spec = dataclasses.replace(registry.get_spec("t2t_vit_7"), release_sha256="0" * 64)
     monkeypatch.setitem(registry._REGISTRY, "t2t_vit_7", spec)
-    with pytest.raises(CheckpointError, match="expected 0000"):
+    with pytest.raises(CheckpointError, match="not the 0000000000000000... recorded for t2t_vit_7.official; nothing "
+                                              "was kept"):
         fetch_official("t2t_vit_7")
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
 
 
 def test_unreachable_url_names_it_and_the_alternatives(served_release, tmp_path):
