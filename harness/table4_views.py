@@ -64,7 +64,8 @@ def versions_note(table: Table4Result) -> str | None:
     versions = sorted({c.version for c in table.cells if c.measured and c.version})
     if not versions or versions == [__version__]:
         return None
-    return f"Cells measured by toolkit versions {', '.join(versions)}; this is {__version__} (each cell's is in table4.json)"
+    return (f"Merged from toolkit versions {', '.join(versions)} (each cell's is in table4.json)"
+            + ("" if __version__ in versions else f"; this toolkit is {__version__}"))
 
 
 def render_markdown(table: Table4Result) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from t2tedge.errors import UsageError
+from t2tedge.errors import DataError, UsageError
 from t2tedge.fileio import staging_dir
 from t2tedge.targets.onnx_fed import (ONNX_EXPORT_OPTIONS, export_fp32, fp16_onnx, int8_onnx, onnx_metadata,
                                       verify_onnx)
@@ -22,12 +22,18 @@ def validate(request: BuildRequest) -> None:
 
 
 def external_data(path: Path) -> tuple[Path, ...]:
-    """The data files an .onnx keeps its weights in beside itself (they travel with it: bundles, sizes)."""
+    """The data files an .onnx keeps its weights in beside itself (they travel with it: bundles, sizes). A file
+    that is no ONNX model has none; `verify` says what it is."""
     if path.suffix != ".onnx":
         return ()
     from t2tedge.onnx_graph import external_data_files
 
-    return external_data_files(path)
+    try:
+        return external_data_files(path)
+    except DataError:
+        raise
+    except Exception:  # protobuf's DecodeError and friends: not a model at all
+        return ()
 
 
 def build(request: BuildRequest) -> Path:

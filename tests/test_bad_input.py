@@ -764,7 +764,7 @@ def test_a_merge_names_the_toolkit_versions_of_its_cells(tmp_path, capsys):
         top1=0.5, images=2, latency_b1=latency, version="0.0.9")])
     (tmp_path / "old.json").write_text(old.to_json())
     assert main(["table4", "--merge", str(tmp_path / "old.json"), "--out", str(tmp_path / "merged")]) == 0
-    line = f"Cells measured by toolkit versions 0.0.9; this is {__version__}"
+    line = f"Merged from toolkit versions 0.0.9 (each cell's is in table4.json); this toolkit is {__version__}"
     assert line in capsys.readouterr().out and line in (tmp_path / "merged" / "table4.md").read_text()
 
 
