@@ -21,7 +21,7 @@ DOWNSTREAM = ("openvino", "litert", "executorch")
 
 
 @pytest.fixture
-def recorded(monkeypatch, tmp_path):
+def recorded(monkeypatch):
     """quantize_model writes a stand-in QDQ file and plan; openvino, litert and executorch record their requests."""
     quantized: list[tuple[str, str, int]] = []
     requests: dict[str, list[BuildRequest]] = {name: [] for name in DOWNSTREAM}
@@ -67,8 +67,7 @@ def test_each_target_says_how_its_int8_is_made():
     assert int8_request(get_target("litert"), request, qdq).options["plan"] == str(plan_path_for(qdq))
 
 
-def test_a_table4_grid_quantizes_once_and_every_int8_cell_starts_from_that_file(recorded, tmp_path, val_dir,
-                                                                                sample_dir):
+def test_a_table4_grid_quantizes_once_and_every_int8_cell_starts_from_that_file(recorded, tmp_path, val_dir):
     from t2tedge.harness.table4 import Grid, GridSettings
 
     quantized, requests = recorded

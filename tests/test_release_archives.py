@@ -38,7 +38,7 @@ def float_tflite(name: str, destination: Path) -> Path:
         for key, value in model.state_dict().items():
             if key.endswith("running_var"):
                 value.uniform_(0.5, 2.0)
-            elif key.endswith(("running_mean", "bn.bias")) or (key.endswith(".bias") and value.ndim == 1):
+            elif key.endswith(("running_mean", ".bias")):
                 value.uniform_(-0.2, 0.2)
     crop = get_spec(name).preprocess.crop
     convert_module(ChannelsLast(model).eval(), torch.zeros(1, crop, crop, 3), destination)
