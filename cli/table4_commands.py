@@ -49,10 +49,15 @@ def cmd_table4(args: argparse.Namespace) -> int:
             print(f"note: {note}")
     else:
         suite = args.suite or "imagenet"
-        if args.weights == "official" and suite != "imagenet":
-            raise UsageError(f"--weights official is the imagenet suite's; the {suite} suite trains its own")
+        if args.weights is not None and suite != "imagenet":
+            raise UsageError(f"--weights {args.weights} chooses the imagenet suite's weights; the {suite} suite "
+                             f"trains its own")
         if args.labels is not None and not args.labels.is_file():
             raise UsageError(f"--labels {args.labels}: no such file")
+        data = args.data or SUITES[suite].data()
+        if args.labels is not None and data.is_dir() and any(p.is_dir() for p in data.iterdir()):
+            raise UsageError(f"--labels labels a flat ImageNet val folder; {data} holds class folders, whose names "
+                             f"are the labels")
         if args.calib is not None and not args.calib.is_dir():
             raise UsageError(f"--calib {args.calib} is not a folder of images")
         settings = GridSettings(data=args.data or SUITES[suite].data(), limit=args.limit, threads=args.threads,
