@@ -6,9 +6,9 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from t2tedge.cli.options import at_least, checkpoint_arg, resolve_checkpoint
+from t2tedge.cli.options import at_least, check_image_folder, checkpoint_arg, resolve_checkpoint
 from t2tedge.cli.ort_commands import ort_format_parser
-from t2tedge.errors import DataError, UsageError
+from t2tedge.errors import DataError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.targets import DEFAULT_NUM_CALIB
 
@@ -36,10 +36,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                            num_classes=args.num_classes or 1000, options=options)
     ensure_writable_dir(args.out)
     target.check_request(request, given)
-    if request.calib is not None and request.calib.is_file():
-        raise UsageError(f"--calib {request.calib} is a file, not a folder of images")
-    if request.calib is not None and not request.calib.is_dir():
-        raise DataError(f"calibration folder not found: {request.calib}")
+    check_image_folder(request.calib, "--calib", "calibration folder not found")
     if source is None:
         request = replace(request, checkpoint=resolve_checkpoint(model, args.checkpoint))
     path = build_artifact(target, request)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from t2tedge.cli.options import (
     DEFAULT_EVAL_DATA,
-    say_note,
     at_least,
+    check_image_folder,
     checkpoint_arg,
     class_override,
     comma_list,
@@ -19,8 +19,9 @@ from t2tedge.cli.options import (
     load_options_by_target,
     num_classes_arg,
     resolve_checkpoint,
+    say_note,
 )
-from t2tedge.errors import DataError, UsageError
+from t2tedge.errors import UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.paths import shared_path
 from t2tedge.targets import DEFAULT_NUM_CALIB
@@ -195,10 +196,7 @@ def cmd_check_trt(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.data is None:
         raise UsageError("--limit counts the --data images the fp16 range check reads; add --data DIR")
-    if args.data is not None and args.data.is_file():
-        raise UsageError(f"--data {args.data} is a file, not a folder of images")
-    if args.data is not None and not args.data.is_dir():
-        raise DataError(f"image folder not found: {args.data}")
+    check_image_folder(args.data, "--data", "image folder not found")
     report = check_tensorrt_file(args.onnx, args.data, args.limit or 16)
     for line in report.errors:
         print(f"error: {line}")

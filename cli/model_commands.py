@@ -8,7 +8,6 @@ from pathlib import Path
 
 from t2tedge.cli.options import (
     DEFAULT_EVAL_DATA,
-    say_note,
     at_least,
     checkpoint_arg,
     force_arg,
@@ -18,6 +17,7 @@ from t2tedge.cli.options import (
     load_options_by_target,
     positive_float,
     resolve_checkpoint,
+    say_note,
 )
 from t2tedge.errors import UsageError
 from t2tedge.fileio import ensure_writable_file, temp_staging_dir

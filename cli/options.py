@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from t2tedge.errors import UsageError
+from t2tedge.errors import DataError, UsageError
 from t2tedge.paths import shared_path
 
 DEFAULT_EVAL_DATA = shared_path("data", "imagenet-val1300")
@@ -150,6 +150,15 @@ def apply_pretrained_tag(args: argparse.Namespace) -> None:
 def say_note(note: str | None) -> None:
     """A library's note to the user (what a command assumes), on stderr beside the result."""
     if note:
-        import sys
-
         print(note, file=sys.stderr)
+
+
+def check_image_folder(path: Path | None, flag: str, missing: str) -> None:
+    """A folder of images the user named with `flag`: a file there is usage (exit 2), nothing there is data
+    (exit 1, `missing: PATH`)."""
+    if path is None:
+        return
+    if path.is_file():
+        raise UsageError(f"{flag} {path} is a file, not a folder of images")
+    if not path.is_dir():
+        raise DataError(f"{missing}: {path}")

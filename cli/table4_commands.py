@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t2tedge.cli.options import at_least, comma_list
+from t2tedge.cli.options import at_least, check_image_folder, comma_list
 from t2tedge.errors import UsageError
 from t2tedge.fileio import ensure_writable_dir
 
@@ -58,8 +58,7 @@ def cmd_table4(args: argparse.Namespace) -> int:
         if args.labels is not None and data.is_dir() and any(p.is_dir() for p in data.iterdir()):
             raise UsageError(f"--labels labels a flat ImageNet val folder; {data} holds class folders, whose names "
                              f"are the labels")
-        if args.calib is not None and not args.calib.is_dir():
-            raise UsageError(f"--calib {args.calib} is not a folder of images")
+        check_image_folder(args.calib, "--calib", "calibration folder not found")
         settings = GridSettings(data=args.data or SUITES[suite].data(), limit=args.limit, threads=args.threads,
                                 runs=args.runs or 50, num_calib=args.num_calib or DEFAULT_NUM_CALIB, suite=suite,
                                 weights=args.weights or "local", labels=args.labels, calib=args.calib)

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 
 from t2tedge import __version__
 from t2tedge.data import discover, evenly_spread
-from t2tedge.errors import RuntimeUnavailable, UsageError
+from t2tedge.errors import RuntimeUnavailable, UsageError, first_line
 from t2tedge.fileio import atomic_write_text, publish_together, sha256_file, staging_dir
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import LatencySettings, measure_accuracy, measure_speed
@@ -62,15 +63,11 @@ def _hash_bytes(*parts: bytes) -> str:
 
 
 def _warn_rebuilt(entry: Path, exc: Exception, what: str) -> None:
-    import sys
-
-    from t2tedge.errors import first_line
-
     print(f"warning: cache entry {entry} is unreadable ({first_line(exc, 120)}); {what}", file=sys.stderr)
 
 
 @dataclass
-class CellTask:
+class CellJob:
     """A cell that will be measured: its target, weights and the fields every such cell carries."""
 
     model: str
@@ -174,7 +171,7 @@ class Grid:
             return str(exc)
         return None
 
-    def prepare_cell(self, model_name: str, runtime: str, precision: str) -> CellTask | Table4Cell:
+    def prepare_cell(self, model_name: str, runtime: str, precision: str) -> CellJob | Table4Cell:
         """What a cell needs measured, or the cell itself when it is skipped."""
         spec = get_spec(model_name)
         target = get_target(runtime)
@@ -187,15 +184,15 @@ class Grid:
         reason = self.skip_reason(model_name, target, precision)
         if reason:
             return Table4Cell(**fields, status="skipped", reason=reason)
-        return CellTask(model_name, target, precision, checkpoint, fields)
+        return CellJob(model_name, target, precision, checkpoint, fields)
 
-    def cell_key(self, task: CellTask, path: Path) -> tuple[str, str]:
+    def cell_key(self, job: CellJob, path: Path) -> tuple[str, str]:
         """(cache key, artifact sha256): the key names the file, the images and the settings measured with."""
         artifact_hash = sha256_file(path) if path.is_file() else _hash_bytes(
             *(sha256_file(p).encode() for p in sorted(path.rglob("*")) if p.is_file()))
         settings = {k: str(v) for k, v in vars(self.settings).items()}
         key = _hash_bytes(artifact_hash.encode(), self.data_hash.encode(), json.dumps(
-            {"cell": [task.model, task.target.name, task.precision], "settings": settings, "version": __version__},
+            {"cell": [job.model, job.target.name, job.precision], "settings": settings, "version": __version__},
             sort_keys=True).encode())
         return key, artifact_hash
 
@@ -216,34 +213,34 @@ class Grid:
         reference_model = create_model(model_name, **self._overrides())
         return {"params": count_params(reference_model), "macs": count_macs(reference_model, spec.preprocess.crop)}
 
-    def finish_cell(self, task: CellTask, path: Path, key: str, artifact_hash: str, measured: dict[str, Any],
+    def finish_cell(self, job: CellJob, path: Path, key: str, artifact_hash: str, measured: dict[str, Any],
                     complexity: dict[str, int]) -> Table4Cell:
         """The measured cell from its accuracy and speed fields, written to the cell cache."""
-        cell = Table4Cell(**task.fields, **measured, **complexity, status="measured", artifact=path.name,
-                          artifact_bytes=task.target.size_bytes(path), artifact_sha256=artifact_hash, cache_key=key)
+        cell = Table4Cell(**job.fields, **measured, **complexity, status="measured", artifact=path.name,
+                          artifact_bytes=job.target.size_bytes(path), artifact_sha256=artifact_hash, cache_key=key)
         atomic_write_text(self.cache_dir / f"{key}.json", cell.to_json())
         return dataclasses.replace(cell, cached=False)
 
     def run_cell(self, model_name: str, runtime: str, precision: str) -> Table4Cell:
-        task = self.prepare_cell(model_name, runtime, precision)
-        if isinstance(task, Table4Cell):
-            return task
-        path = self.artifact(model_name, task.target, precision, task.checkpoint)
-        key, artifact_hash = self.cell_key(task, path)
+        job = self.prepare_cell(model_name, runtime, precision)
+        if isinstance(job, Table4Cell):
+            return job
+        path = self.artifact(model_name, job.target, precision, job.checkpoint)
+        key, artifact_hash = self.cell_key(job, path)
         cached = self.cached_cell(key)
         if cached is not None:
             return cached
         preprocess = get_spec(model_name).preprocess
-        instance = task.target.load(path, threads=self.settings.threads)
+        instance = job.target.load(path, threads=self.settings.threads)
         measured = measure_accuracy(instance, self.samples, preprocess,
-                                    progress=f"{model_name} {task.target.name} {precision}")
+                                    progress=f"{model_name} {job.target.name} {precision}")
         if self.settings.time_alone:
             del instance  # its thread pools must not run beside the timing
-            measured.update(time_alone(path, task.target.name, self.latency_settings(), self.settings.threads,
+            measured.update(time_alone(path, job.target.name, self.latency_settings(), self.settings.threads,
                                        self.out))
         else:
             measured.update(measure_speed(instance, preprocess, self.latency_settings()))
-        return self.finish_cell(task, path, key, artifact_hash, measured, self.complexity(model_name))
+        return self.finish_cell(job, path, key, artifact_hash, measured, self.complexity(model_name))
 
     def data_info(self) -> DataInfo:
         return DataInfo(folder=str(self.settings.data), images=len(self.samples), suite=self.suite.name,

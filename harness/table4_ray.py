@@ -25,7 +25,7 @@ from t2tedge import __version__
 from t2tedge.errors import T2TEdgeError, UsageError, first_line
 from t2tedge.harness.latency import machine_info
 from t2tedge.harness.measure import ShardScore, accuracy_fields, score_shard, shard_bounds
-from t2tedge.harness.table4 import CellTask, Grid, finish
+from t2tedge.harness.table4 import CellJob, Grid, finish
 from t2tedge.harness.timing import time_alone
 from t2tedge.models import get_spec
 from t2tedge.results import Table4Cell, Table4Result
@@ -153,7 +153,7 @@ def _remote(ray) -> dict[str, Any]:
 @dataclass
 class _Cell:
     index: int
-    job: CellTask
+    job: CellJob
     path: Path | None = None
     key: str = ""
     artifact_hash: str = ""

@@ -34,20 +34,23 @@ def release_file(name: str) -> Path:
     return cache_dir() / str(get_spec(name).release_url).rsplit("/", 1)[-1]
 
 
+def _digest_file(release: Path) -> Path:
+    return release.with_name(release.name + ".sha256")
+
+
 def cached_official(name: str) -> Path | None:
     """The official checkpoint of `name` when an earlier `fetch_official` left it in the cache (its digest recorded,
-    and for an archive the converted state dict beside it); None otherwise. Never downloads."""
+    and for an archive the converted state dict beside it), checked as `fetch_official` checks it; None otherwise.
+    Never downloads or converts."""
     from t2tedge.models.registry import get_spec
 
-    spec = get_spec(name)
     archive = release_file(name)
-    digest_file = archive.with_name(archive.name + ".sha256")
+    digest_file = _digest_file(archive)
     if not (archive.is_file() and digest_file.is_file()):
         return None
-    if not spec.release_member:
-        return archive
-    converted = _converted_path(name, archive, digest_file.read_text().strip())
-    return converted if converted.is_file() else None
+    if get_spec(name).release_member and not _converted_path(name, archive, digest_file.read_text().strip()).is_file():
+        return None
+    return fetch_official(name)
 
 
 def _converted_path(name: str, archive: Path, digest: str) -> Path:
@@ -68,7 +71,7 @@ def fetch_official(name: str, timeout: float = 60.0) -> Path:
     if not spec.release_url:
         raise T2TEdgeError(f"{name} has no official release file; pass --checkpoint PATH or --checkpoint random")
     target = release_file(name)
-    digest_file = target.with_name(target.name + ".sha256")
+    digest_file = _digest_file(target)
     if not target.is_file():
         _download(name, spec.release_url, target, timeout, spec.release_sha256)
     digest = sha256_file(target)
@@ -132,7 +135,7 @@ def _converted(name: str, archive: Path, member: str, digest: str) -> Path:
                 tflite = Path(scratch) / found[0].name
         except (tarfile.TarError, EOFError, OSError) as exc:
             archive.unlink(missing_ok=True)  # a cache is disposable: the next use downloads it again
-            archive.with_name(archive.name + ".sha256").unlink(missing_ok=True)
+            _digest_file(archive).unlink(missing_ok=True)
             raise CheckpointError(f"{archive.name} was damaged ({exc}) and is removed; run again to download "
                                   f"it again") from None
         model = create_model(name)

@@ -50,7 +50,7 @@ def file_layers(tflite: str | os.PathLike) -> list[tuple[str, np.ndarray, np.nda
     for op in interpreter._get_ops_details():  # the public API lists no ops; the quantizers read it the same way
         if op["op_name"] not in LAYER_OPS:
             continue
-        inputs = [i for i in op["inputs"]]
+        inputs = op["inputs"]
         weight = interpreter.get_tensor(inputs[1])
         if weight.dtype != np.float32:
             raise DataError(f"{Path(tflite).name} holds {weight.dtype} weights ({tensors[inputs[1]]['name']}): take "
@@ -60,14 +60,14 @@ def file_layers(tflite: str | os.PathLike) -> list[tuple[str, np.ndarray, np.nda
     return layers
 
 
-def model_layers(model: nn.Module) -> list[tuple[str, nn.Module, nn.BatchNorm2d | None]]:
-    """(module path, Conv2d or Linear, the BatchNorm2d right after it or None), in forward order."""
+def model_layers(model: nn.Module) -> list[tuple[str, nn.Module, str | None]]:
+    """(module path, Conv2d or Linear, the path of the BatchNorm2d right after it or None), in forward order."""
     modules = list(model.named_modules())
     found = []
     for position, (name, module) in enumerate(modules):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            following = modules[position + 1][1] if position + 1 < len(modules) else None
-            found.append((name, module, following if isinstance(following, nn.BatchNorm2d) else None))
+            following = modules[position + 1] if position + 1 < len(modules) else (None, None)
+            found.append((name, module, following[0] if isinstance(following[1], nn.BatchNorm2d) else None))
     return found
 
 
@@ -100,12 +100,12 @@ def state_dict_from_tflite(model: nn.Module, tflite: str | os.PathLike) -> dict[
                             f"{list(module.weight.shape)}: it is a file of another architecture or width")
         state[f"{path}.weight"] = torch.from_numpy(np.ascontiguousarray(converted))
         values = np.zeros(converted.shape[0], np.float32) if bias is None else bias[1:] if background else bias
-        if norm is not None:
-            prefix = next(key for key, value in model.named_modules() if value is norm)
-            state[f"{prefix}.weight"] = torch.ones(norm.num_features)
-            state[f"{prefix}.bias"] = torch.from_numpy(np.array(values, np.float32))
-            state[f"{prefix}.running_mean"] = torch.zeros(norm.num_features)
-            state[f"{prefix}.running_var"] = torch.full((norm.num_features,), 1.0 - norm.eps)
+        if norm is not None:  # the BatchNorm after it: the identity plus the file's folded bias
+            eps = model.get_submodule(norm).eps
+            state[f"{norm}.weight"] = torch.ones(len(values))
+            state[f"{norm}.bias"] = torch.from_numpy(np.array(values, np.float32))
+            state[f"{norm}.running_mean"] = torch.zeros(len(values))
+            state[f"{norm}.running_var"] = torch.full((len(values),), 1.0 - eps)
         elif module.bias is not None:
             state[f"{path}.bias"] = torch.from_numpy(np.array(values, np.float32))
         elif bias is not None and np.any(bias):

@@ -348,6 +348,19 @@ def check_plan_fits(plan: QuantPlan, model_name: str, weights: str) -> None:
                         f"weights {weights}: build the plan from the same weights")
 
 
+def planned_model(model_name: str, checkpoint: str | os.PathLike | None, plan: QuantPlan | None,
+                  **overrides: Any) -> tuple[Any, str]:
+    """(the export-form model, its weights stamp), holding `plan`'s grid weights and biases when a plan is given
+    (refused when it was made for another model or other weights): what every target that applies plans builds."""
+    from t2tedge.export.common import build_model
+
+    model, weights = build_model(model_name, checkpoint, **overrides)
+    if plan is not None:
+        check_plan_fits(plan, model_name, weights)
+        apply_plan_weights(model, plan)
+    return model, weights
+
+
 def apply_plan_weights(model: Any, plan: QuantPlan) -> list[str]:
     """Put the plan's grid weights and biases into `model` in place, after folding each BatchNorm that follows a
     planned convolution into it (the reference file's weights are folded ones). Returns the layers set."""

@@ -19,7 +19,8 @@ from t2tedge.errors import UsageError
 from t2tedge.fileio import staging_dir
 from t2tedge.sidecar import (check_flatbuffer_with_sidecar, publish_with_sidecar, read_sidecar, sidecar_files,
                              sidecar_metadata)
-from t2tedge.targets.registry import APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, register
+from t2tedge.targets.registry import (APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, applied_plan,
+                                      register)
 
 if TYPE_CHECKING:  # the quantize layer needs torch; this module is read on devices without it (bundles)
     from t2tedge.quantize.records import CalibrationInfo
@@ -49,20 +50,15 @@ def write_program(model_name: str, checkpoint: str | os.PathLike | None, destina
     """Export, quantize, lower, and publish `destination` with its sidecar. Returns (path, metadata)."""
     import torch
 
-    from t2tedge.export.common import build_model
     from t2tedge.export.executorch_export import export_program, lower_program, program_metadata
     from t2tedge.export.executorch_form import delegable_form
     from t2tedge.models import get_spec
     from t2tedge.quantize.calibration import images_of
     from t2tedge.quantize.executorch_ptq import quantize_program
+    from t2tedge.quantize.quantization_plan import planned_model
 
     spec = get_spec(model_name)
-    model, weights = build_model(model_name, checkpoint, **overrides)
-    if settings.plan is not None:
-        from t2tedge.quantize.quantization_plan import apply_plan_weights, check_plan_fits
-
-        check_plan_fits(settings.plan, model_name, weights)
-        apply_plan_weights(model, settings.plan)
+    model, weights = planned_model(model_name, checkpoint, settings.plan, **overrides)
     module = delegable_form(model)
     sample = torch.zeros(1, 3, spec.preprocess.crop, spec.preprocess.crop)
     report = None
@@ -99,11 +95,7 @@ def validate(request: BuildRequest) -> None:
 
 
 def build(request: BuildRequest) -> Path:
-    plan = None
-    if request.precision == "int8":
-        from t2tedge.quantize.quantization_plan import load_plan
-
-        plan = load_plan(request.options["plan"])  # the INT8 chain gives it (t2tedge.targets.build_artifact)
+    plan = applied_plan(request)
     delegate = request.options.get("delegate") or "xnnpack"
     settings = ExecuTorchSettings(precision=request.precision, delegate=delegate, plan=plan,
                                   allow_outside=bool(request.options.get("allow_outside")), progress=request.progress)

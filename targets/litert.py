@@ -19,7 +19,8 @@ from t2tedge.errors import DataError, T2TEdgeError, first_line
 from t2tedge.fileio import staging_dir
 from t2tedge.sidecar import (check_flatbuffer_with_sidecar, publish_with_sidecar, read_sidecar, sidecar_files,
                              sidecar_metadata)
-from t2tedge.targets.registry import APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, register
+from t2tedge.targets.registry import (APPLIES_PLAN, PLAN_OPTION, BuildRequest, Option, Target, applied_plan,
+                                      register)
 
 if TYPE_CHECKING:  # the quantize layer needs torch; this module is read on devices without it (bundles)
     from t2tedge.quantize.records import CalibrationInfo
@@ -43,20 +44,15 @@ def file_name(model_name: str, precision: str) -> str:
 def write_tflite(model_name: str, checkpoint: str | os.PathLike | None, destination: Path, settings: LiteRTSettings,
                  **overrides: Any) -> tuple[Path, dict[str, Any]]:
     """Convert, quantize, and publish `destination` with its sidecar. Returns (path, metadata)."""
-    from t2tedge.export.common import build_model
     from t2tedge.export.litert_export import convert_fp32, input_metadata
     from t2tedge.models import get_spec
     from t2tedge.quantize import litert_ptq
     from t2tedge.quantize.calibration import images_of
+    from t2tedge.quantize.quantization_plan import planned_model
 
     if settings.precision == "int8" and settings.plan is None and not settings.calibration:
         raise T2TEdgeError("LiteRT int8 applies a quantization plan (or calibrates on images given)")
-    model, weights = build_model(model_name, checkpoint, **overrides)
-    if settings.plan is not None:
-        from t2tedge.quantize.quantization_plan import apply_plan_weights, check_plan_fits
-
-        check_plan_fits(settings.plan, model_name, weights)
-        apply_plan_weights(model, settings.plan)
+    model, weights = planned_model(model_name, checkpoint, settings.plan, **overrides)
     with staging_dir(destination.parent, destination.stem) as staging:
         staged, metadata = convert_fp32(model, model_name, weights, staging, settings.layout,
                                         overrides.get("num_classes", 1000))
@@ -84,11 +80,7 @@ def validate(request: BuildRequest) -> None:
 
 
 def build(request: BuildRequest) -> Path:
-    plan = None
-    if request.precision == "int8":
-        from t2tedge.quantize.quantization_plan import load_plan
-
-        plan = load_plan(request.options["plan"])  # the INT8 chain gives it (t2tedge.targets.build_artifact)
+    plan = applied_plan(request)
     settings = LiteRTSettings(precision=request.precision, layout=request.options.get("layout") or "nhwc", plan=plan)
     return write_tflite(request.model, request.checkpoint, request.out_dir / file_name(request.model, request.precision),
                         settings, **request.overrides)[0]

@@ -341,6 +341,16 @@ def int8_prerequisite(target: Target, request: BuildRequest) -> Target | None:
     return plan_target()
 
 
+def applied_plan(request: BuildRequest):
+    """The QuantPlan an APPLIES_PLAN target's int8 build applies (`--plan`, or the one the INT8 chain gave it); None
+    for every other precision."""
+    if request.precision != "int8":
+        return None
+    from t2tedge.quantize.quantization_plan import load_plan
+
+    return load_plan(request.options["plan"])
+
+
 def int8_origin(target: Target) -> str:
     """How `target`'s INT8 file is made, in words (parity's report)."""
     if target.computes_plan:
