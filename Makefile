@@ -8,7 +8,7 @@ OUT ?= artifacts
 MODELS ?= $(shell $(PY) -c 'from t2tedge.harness.table4_grid import TABLE4_MODELS; print(*TABLE4_MODELS)')
 PYTEST_ARGS ?=
 
-.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-int8 bench-table4 profile-report clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity bench-parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-int8 bench-table4 profile-report clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -20,7 +20,8 @@ help:
 	@echo "make export-executorch  ExecuTorch .pte of the five models to $(OUT)/executorch (PRECISION=w8|int8,"
 	@echo "                    DELEGATE=coreml for iOS)"
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
-	@echo "make parity       torch vs onnxruntime, openvino, litert and executorch parity for the five models"
+	@echo "make parity       parity of the files make export-* wrote, against each other and PyTorch (JUNIT=DIR for CI)"
+	@echo "make bench-parity how long file parity (4 files, 64 images) and block parity (2 files, 16 images) take"
 	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/ (RAY=auto|host:port)"
 	@echo "make table4-imagenette  the grid on Imagenette-trained models (val, calibrated on train) to results/imagenette"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
@@ -84,8 +85,17 @@ export-executorch: setup
 quantize: setup
 	@for m in $(MODELS); do $(T2TEDGE) quantize $$m --out $(OUT)/int8 || exit 1; done
 
+# The file form on what `make export-*` wrote under $(OUT): every file of each model, against each other and the
+# PyTorch reference with the weights the exports took; JUNIT=DIR writes DIR/MODEL.xml for CI.
+PARITY_SUFFIXES = onnx xml tflite pte mlpackage
 parity: setup
-	@for m in $(MODELS); do $(T2TEDGE) parity $$m --runtimes torch,onnxruntime,openvino,litert,executorch || exit 1; done
+	@for m in $(MODELS); do \
+	  files=$$(for s in $(PARITY_SUFFIXES); do ls -d $(OUT)/*/$$m.$$s $(OUT)/*/$${m}_*.$$s 2>/dev/null; done); \
+	  if [ -z "$$files" ]; then echo "no exported files of $$m under $(OUT)/: run make export-onnx (and export-openvino, export-litert, export-executorch) first"; exit 2; fi; \
+	  $(T2TEDGE) parity $$files --reference $$m $(if $(JUNIT),--junit $(JUNIT)/$$m.xml) || exit 1; done
+
+bench-parity: setup
+	$(PY) benchmarks/bench_parity.py --out results/bench_parity.json
 
 # RAY=auto runs the grid on a local Ray instance, RAY=host:6379 on a running cluster (docs/cluster.md).
 RAY_FLAGS = $(if $(RAY),--ray $(RAY))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from t2tedge.cli.options import (
     DEFAULT_EVAL_DATA,
     at_least,
     check_image_folder,
-    checkpoint_arg,
     class_override,
     comma_list,
     force_arg,
@@ -132,23 +132,106 @@ def _compare_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_form(sources: list[str]) -> bool:
+    """`parity FILE FILE...` rather than `parity MODEL`: a name that is a file, or ends as our files do."""
+    from t2tedge.targets import known_suffixes
+
+    return any(Path(s).exists() or Path(s).suffix in known_suffixes() for s in sources)
+
+
+# Options of each form of `parity`, refused in the other.
+_MODEL_FORM = ("runtimes", "onnx", "precision", "calib", "num_calib", "batch", "num_classes")
+_FILE_FORM = ("reference", "blocks", "block_images", "junit", "markdown", "png", "tolerance", "seed", "pairs")
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
+    from t2tedge.cli.options import apply_pretrained_tag
+
+    sources = list(args.model)
+    if _file_form(sources):
+        return _parity_files(args, sources)
+    given = [name for name in _FILE_FORM if getattr(args, name) not in (None, False)]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} goes with the file form (t2tedge parity FILE FILE...)")
+    if len(sources) > 1:
+        missing = next(s for s in sources if not Path(s).exists())
+        raise UsageError(f"{missing}: no such file; parity takes one MODEL, or files")
+    args.model = sources[0]
+    apply_pretrained_tag(args)
+    return _parity_model(args)
+
+
+def _parity_files(args: argparse.Namespace, sources: list[str]) -> int:
+    from t2tedge.fileio import atomic_write_text
+    from t2tedge.harness.file_parity import FileParitySettings, parse_tolerances, run_file_parity
+    from t2tedge.harness.parity_views import (append_step_summary, format_table, junit_xml, render_blocks_png,
+                                              render_markdown)
+
+    given = [name for name in _MODEL_FORM if getattr(args, name, None) is not None]
+    if given or given_load_options(args):
+        flag = given[0] if given else next(iter(given_load_options(args)))
+        raise UsageError(f"--{flag.replace('_', '-')} goes with the model form (t2tedge parity MODEL); files run as "
+                         f"they are on disk")
+    if args.block_images is not None and not args.blocks:
+        raise UsageError("--block-images counts the images of --blocks; add --blocks")
+    outputs = {"--json": (args.json, ".json"), "--junit": (args.junit, ".xml"), "--markdown": (args.markdown, ".md"),
+               "--png": (args.png, ".png")}
+    for flag, (path, suffix) in outputs.items():
+        if path is not None:
+            ensure_writable_file(path, flag, suffix=suffix)
+    if args.png is not None and not args.blocks:
+        raise UsageError("--png draws SQNR per block; add --blocks")
+    check_image_folder(args.data, "--data", "image folder not found")
+    settings = FileParitySettings(data=args.data, limit=args.limit, seed=args.seed or 0, threads=args.threads,
+                                  reference=args.reference, checkpoint=args.checkpoint,
+                                  tolerances=parse_tolerances(args.tolerance), blocks=args.blocks,
+                                  block_images=args.block_images or 16, force=args.force, pairs=args.pairs or "all")
+    record = run_file_parity(sources, settings, progress=lambda line: print(line, file=sys.stderr))
+    print(format_table(record))
+    markdown = render_markdown(record)
+    written = []
+    if args.json:
+        atomic_write_text(args.json, record.to_json())
+        written.append(str(args.json))
+    if args.junit:
+        atomic_write_text(args.junit, junit_xml(record))
+        written.append(str(args.junit))
+    if args.markdown:
+        atomic_write_text(args.markdown, markdown)
+        written.append(str(args.markdown))
+    if args.png:
+        try:
+            render_blocks_png(record, args.png)
+            written.append(str(args.png))
+        except ImportError:
+            say_note("no PNG: matplotlib is not installed (pip install 't2t-edge[plot]')")
+    summary = append_step_summary(markdown)
+    if summary:
+        written.append(f"{summary} (appended)")
+    if written:
+        print(f"wrote {', '.join(written)}")
+    return 0 if record.passed else 1
+
+
+def _parity_model(args: argparse.Namespace) -> int:
     from t2tedge.harness.parity import format_report, run_parity, write_report
 
-    runtimes = comma_list(args.runtimes)
-    if args.precision != "int8" and (args.calib is not None or args.num_calib is not None):
+    runtimes = comma_list(args.runtimes or "torch,onnxruntime")
+    precision = args.precision or "fp32"
+    if precision != "int8" and (args.calib is not None or args.num_calib is not None):
         raise UsageError("--calib and --num-calib go with --precision int8")
     load_options = load_options_by_target(args, runtimes)
     if args.json:
         ensure_writable_file(args.json, "--json", suffix=".json")
+    num_classes = args.num_classes or 1000
     if args.onnx:
         from t2tedge.export.onnx_export import check_onnx_fits
 
-        say_note(check_onnx_fits(args.onnx, args.model, args.num_classes, force=args.force))
+        say_note(check_onnx_fits(args.onnx, args.model, num_classes, force=args.force))
     checkpoint = resolve_checkpoint(args.model, args.checkpoint)
-    report = run_parity(args.model, runtimes, args.data, n=args.limit, batch=args.batch, checkpoint=checkpoint,
+    report = run_parity(args.model, runtimes, args.data, n=args.limit, batch=args.batch or 1, checkpoint=checkpoint,
                         onnx_path=args.onnx, threads=args.threads, load_options=load_options,
-                        num_classes=args.num_classes, precision=args.precision, calib=args.calib,
+                        num_classes=num_classes, precision=precision, calib=args.calib,
                         num_calib=args.num_calib or DEFAULT_NUM_CALIB)
     print(format_report(report))
     if args.json:
@@ -250,26 +333,62 @@ def profile_parser(sub) -> None:
 
 
 def parity_parser(sub) -> None:
-    p = sub.add_parser("parity", help="compare runtimes on the same real images (exit 1 past tolerance)")
-    p.add_argument("model")
-    p.add_argument("--runtimes", default="torch,onnxruntime",
-                   help="comma list; the first is the reference (default: %(default)s)")
-    checkpoint_arg(p)
+    from t2tedge.harness.file_parity import PAIRINGS
+
+    p = sub.add_parser(
+        "parity", help="compare exported files (or runtimes on one model) on the same real images; exit 1 past "
+                       "tolerance",
+        description="File form, for CI on the files you ship: t2tedge parity FILE FILE... [--reference MODEL.TAG]. "
+                    "Each file (.onnx, OpenVINO .xml, .tflite, .pte; .mlpackage on macOS, .engine on an NVIDIA "
+                    "machine) runs as it is on disk through its runtime, on --limit images preprocessed as the "
+                    "files' stamps say; every pair is compared, and each file against the PyTorch reference when "
+                    "--reference is given, within the tolerance of the pair's precisions (docs/parity.md). Files "
+                    "whose runtime is not here are listed as skipped. --blocks (and any pair past its tolerance) "
+                    "compares the pairs block by block and names the first block where they part ways. Exit 1 when "
+                    "a pair breaks its tolerance. Model form: t2tedge parity MODEL --runtimes torch,onnxruntime,... "
+                    "exports the files itself.")
+    p.add_argument("model", nargs="+", metavar="FILE|MODEL",
+                   help="two or more exported files (or one with --reference); or one model name (model form)")
+    files = p.add_argument_group("file form")
+    files.add_argument("--reference", metavar="MODEL[.TAG]",
+                       help="also compare every file with this PyTorch model (its weights: the tag's, or --checkpoint)")
+    files.add_argument("--blocks", action="store_true",
+                       help="compare every pair block by block (module paths: tokens_to_token.attention1, blocks.3, "
+                            "features.7...); pairs past their tolerance always are")
+    files.add_argument("--block-images", type=at_least(1), metavar="N",
+                       help="images the block comparison runs on (default: 16)")
+    files.add_argument("--pairs", choices=PAIRINGS,
+                       help="all: every pair of files (default); reference: each file against --reference only; "
+                            "runtime: the files of each runtime against each other (fp32 vs int8), and the reference")
+    files.add_argument("--tolerance", metavar="[KEY:]METRIC=VALUE,...",
+                       help="override bounds, e.g. int8:cosine=0.97 or top1_agreement=0.95 (KEY: fp32, fp16, bf16, "
+                            "w8, int8, int8_vs_int8)")
+    files.add_argument("--seed", type=at_least(0), help="seed of the image draw (default: 0)")
+    files.add_argument("--junit", type=Path, metavar="PATH.xml", help="JUnit XML report, one test case per pair")
+    files.add_argument("--markdown", type=Path, metavar="PATH.md",
+                       help="Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
+    files.add_argument("--png", type=Path, metavar="PATH.png", help="with --blocks: SQNR per block, one line per pair")
+    model = p.add_argument_group("model form")
+    model.add_argument("--runtimes", help="comma list; the first is the reference (default: torch,onnxruntime)")
+    model.add_argument("--batch", type=at_least(1), help="batch size fed to each runtime (default: 1)")
+    model.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
+    model.add_argument("--precision", choices=("fp32", "int8"),
+                       help="fp32 files (default), or each runtime's INT8 file of one quantization plan, compared pairwise")
+    model.add_argument("--calib", type=Path, metavar="DIR",
+                       help="int8: calibration images for the plan (default: ../shared/data/imagenet-sample)")
+    model.add_argument("--num-calib", type=at_least(1), metavar="N",
+                       help=f"int8: calibration images drawn (default: {DEFAULT_NUM_CALIB})")
+    model.add_argument("--num-classes", type=at_least(1),
+                       help="classifier size of the checkpoint, for fine-tunes on other label sets (default: 1000)")
+    p.add_argument("--checkpoint", metavar="PATH|random",
+                   help="weights of the model (model form) or of --reference (file form); default: the tag's, or the "
+                        "model's real weights where known")
     p.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder (default: %(default)s)")
     p.add_argument("--limit", type=at_least(1), default=64, help="number of images (default: %(default)s)")
-    p.add_argument("--batch", type=at_least(1), default=1, help="batch size fed to each runtime (default: %(default)s)")
-    p.add_argument("--onnx", type=Path, help="use this ONNX file for ONNX-consuming runtimes instead of exporting")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="fp32 files (default), or each runtime's INT8 file of one quantization plan, compared pairwise")
-    p.add_argument("--calib", type=Path, metavar="DIR",
-                   help="int8: calibration images for the plan (default: ../shared/data/imagenet-sample)")
-    p.add_argument("--num-calib", type=at_least(1), metavar="N",
-                   help=f"int8: calibration images drawn (default: {DEFAULT_NUM_CALIB})")
     p.add_argument("--threads", type=at_least(1))
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     load_option_args(p)
     force_arg(p)
-    num_classes_arg(p)
     p.set_defaults(func=cmd_parity)
 
 

@@ -36,6 +36,10 @@ class OpTimingUnavailable(T2TEdgeError):
     exit_code = 2
 
 
+class BlocksUnavailable(T2TEdgeError):
+    """`t2tedge parity --blocks` on a runtime that exposes no block outputs."""
+
+
 def first_line(exc: BaseException, limit: int = 200, text: str | None = None) -> str:
     """The first non-empty line of `exc`'s message (or of `text`, a cleaned copy of it), at most `limit`
     characters; the exception's type name when there is none. Third-party libraries raise with pages of context

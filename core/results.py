@@ -5,6 +5,7 @@
 | `Table4Result` (rows: `Table4Cell`) | `t2tedge.table4/1` | `table4.json` |
 | `ProfileRecord` (one `Table4Cell`) | `t2tedge.profile/1` | what `t2tedge profile` writes; merges into a table |
 | `OpProfileRecord` (rows: `OpTime`) | `t2tedge.op-profile/1` | what `t2tedge profile --ops` writes |
+| `ParityRecord` (rows: `ParityPair`) | `t2tedge.parity/1` | what `t2tedge parity FILE... --json` writes |
 
 The quantizer's records (its report, config, plan and the sidecar summary) build on the same `Record` in
 `t2tedge.quantize.records`. `to_dict()` gives the JSON form; `from_dict()` checks it field by field and names the first field that is wrong.
@@ -397,7 +398,83 @@ class OpProfileRecord(Record):
     runtime_info: dict[str, Any] = field(default_factory=dict)
 
 
-RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord)
+# ---- parity ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParityFile(Record):
+    """One file of `t2tedge parity FILE...` (or the reference, `runtime` torch): `status` "ran", or "skipped" with
+    the `reason` (its runtime is not here). `blocks`: how its block outputs were read (`--blocks`), or why not."""
+
+    name: str
+    runtime: str
+    precision: str
+    status: str
+    path: str | None = None
+    sha256: str | None = None
+    reason: str | None = None
+    blocks: str | None = None
+    runtime_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BlockScore(Record):
+    """One block's output in both files of a pair, aligned by module path and layout: SQNR of the second against
+    the first (capped at 150 dB: float32 rounding) and the worst per-image cosine; `note` says why there is no
+    number (a runtime fused the block away, or the shapes cannot be aligned)."""
+
+    block: str
+    sqnr_db: float | None = None
+    cosine: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class ParityPair(Record):
+    """Two files' logits on the same images, with the tolerance of their precisions (`tolerance_key`, see
+    `t2tedge.harness.parity.TOLERANCES`); `blocks` when compared block by block: `first_divergent`, the first block
+    past the tolerance's cosine, and `most_loss`, the block that adds the most error power (relative to the
+    signal) to what the blocks before it passed on."""
+
+    first: str
+    second: str
+    tolerance_key: str
+    tolerance: dict[str, float]
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    top1_agreement: float
+    top5_overlap: float
+    sqnr_db: float
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    blocks: list[BlockScore] = field(default_factory=list)
+    first_divergent: str | None = None
+    most_loss: str | None = None
+
+
+@dataclass
+class ParityRecord(Record):
+    """`t2tedge parity FILE...`: every pair of the files, and each file against the reference when one is given,
+    on `images` images of `data`; `blocks`, every block of the model in the order it runs, when any pair was
+    compared block by block (on the first `block_images` images)."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.parity/1"
+    version: str
+    machine: MachineInfo
+    model: str
+    data: str
+    images: int
+    files: list[ParityFile]
+    pairs: list[ParityPair]
+    passed: bool
+    reference: str | None = None
+    blocks: list[str] = field(default_factory=list)
+    block_images: int | None = None
+
+
+RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord, ParityRecord)
 
 
 def schema_file_name(cls: type[Record]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from t2tedge.errors import OpTimingUnavailable, RuntimeUnavailable, T2TEdgeError
+from t2tedge.errors import BlocksUnavailable, OpTimingUnavailable, RuntimeUnavailable, T2TEdgeError
 
 
 @dataclass
@@ -55,6 +55,21 @@ class OpTrace:
     runs: int
     arena_mb: float | None = None
     outside_ops: str = ""
+
+
+@dataclass
+class BlockOutputs:
+    """What `Runtime.probe_blocks` read from one file: each block's output for every image (probe path, as
+    `t2tedge.op_blocks.probe_of` names it -> array with the images first), in the order the model runs them;
+    `hidden`: blocks in the file the runtime does not expose, and why; `means`: how the outputs were read."""
+
+    means: str
+    outputs: dict[str, np.ndarray]
+    hidden: dict[str, str] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # every block, exposed or hidden, as the model runs them
+
+    def blocks(self) -> list[str]:
+        return self.order or list(self.outputs)
 
 
 def timed_runs(run: Callable[[], Any], runs: int, warmup: int,
@@ -114,6 +129,13 @@ class Runtime(ABC):
         """Load `artifact` with the runtime's profiler on, run `batch` `warmup` + `runs` times, and read every op's
         time over the `runs`. Adapters with an `op_profiler` override it."""
         raise OpTimingUnavailable(f"{cls.name}: {cls.no_op_timing}")
+
+    @classmethod
+    def probe_blocks(cls, artifact: Any, images: np.ndarray, *, family: str | None, threads: int | None = None,
+                     **options: Any) -> BlockOutputs:
+        """Run `images` (NCHW float32, one at a time) through `artifact` with the output of every model block
+        exposed by the runtime's own means. Adapters that can override it."""
+        raise BlocksUnavailable(f"{cls.name} exposes no block outputs")
 
 
 _ADAPTERS: dict[str, type[Runtime]] = {}

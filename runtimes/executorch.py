@@ -19,9 +19,9 @@ import numpy as np
 
 from t2tedge import metadata_keys as keys
 from t2tedge.batching import run_in_chunks
-from t2tedge.errors import T2TEdgeError, first_line, missing_package
+from t2tedge.errors import BlocksUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
+from t2tedge.runtimes.base import BlockOutputs, OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
 from t2tedge.sidecar import read_sidecar
 
 INSTALL = "'t2t-edge[executorch]'"
@@ -186,6 +186,33 @@ class ExecuTorch(Runtime):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_chunks(self._infer, self.input_shape[0], np.ascontiguousarray(batch, dtype=np.float32))[0]
+
+    @classmethod
+    def probe_blocks(cls, artifact: Any, images: np.ndarray, *, family: str | None, threads: int | None = None,
+                     **options: Any) -> BlockOutputs:
+        """The blocks of the program (the sidecar's `t2tedge.op_paths`, one list per delegate call), each said to
+        be inside its delegate call but the last, whose output is the program's: ExecuTorch logs a delegate call's
+        outputs (ETDump debug buffers), never the tensors inside one, and XNNPACK takes our programs whole."""
+        from t2tedge.op_blocks import probe_of
+
+        instance = cls.load(artifact, threads=threads)
+        calls = instance.metadata.get(keys.OP_PATHS) or []
+        if not calls:
+            raise BlocksUnavailable(f"{Path(artifact).name} has no t2tedge.op_paths in its sidecar (exported by an "
+                                    "older t2tedge or another tool): its blocks are unknown")
+        # Each block where its last op is: the order in which block outputs are made.
+        last: dict[str, tuple[int, int]] = {}
+        ops = [(number, path) for number, call in enumerate(calls, 1) for _, path in call]
+        for index, (number, path) in enumerate(ops):
+            probe = probe_of(path, family)
+            if probe is not None:
+                last[probe] = (index, number)
+        blocks = [(probe, number) for probe, (_, number) in sorted(last.items(), key=lambda item: item[1][0])]
+        backends = ", ".join(instance.instructions["delegate_calls"]) or "delegate"
+        hidden = {probe: f"inside {backends} call {number} of {len(calls)}" for probe, number in blocks[:-1]}
+        outputs = {blocks[-1][0]: instance.run(images)} if blocks else {}
+        return BlockOutputs("the program's output; ExecuTorch logs delegate calls' outputs, not the ops inside them",
+                            outputs, hidden, [probe for probe, _ in blocks])
 
     @classmethod
     def trace_ops(cls, artifact: Any, batch: np.ndarray, *, runs: int, warmup: int, threads: int | None = None,

@@ -17,9 +17,9 @@ import numpy as np
 
 from t2tedge import metadata_keys as keys
 from t2tedge.batching import run_in_chunks
-from t2tedge.errors import T2TEdgeError, first_line, missing_package
+from t2tedge.errors import BlocksUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.native_output import native_output_captured
-from t2tedge.runtimes.base import Runtime, RuntimeDescription
+from t2tedge.runtimes.base import BlockOutputs, Runtime, RuntimeDescription
 from t2tedge.sidecar import read_sidecar
 
 INSTALL = "'t2t-edge[litert]'"
@@ -52,6 +52,13 @@ def ops_outside_delegate(ops: list[dict[str, Any]], outputs: list[int]) -> colle
             outside[op["index"]] = op["op_name"]
         pending.extend(op["inputs"])
     return collections.Counter(outside.values())
+
+
+def _dequantized(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if np.dtype(detail["dtype"]) == np.float32:
+        return np.array(values, dtype=np.float32, copy=True)
+    scale, zero_point = detail["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 class LiteRT(Runtime):
@@ -126,6 +133,52 @@ class LiteRT(Runtime):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_chunks(self._infer, self.fixed_batch, self._to_input(np.asarray(batch, dtype=np.float32)))[0]
+
+    @classmethod
+    def probe_blocks(cls, artifact: Any, images: np.ndarray, *, family: str | None, threads: int | None = None,
+                     **options: Any) -> BlockOutputs:
+        """Every tensor kept (`experimental_preserve_all_tensors`) and each block's output read back, dequantized
+        with its own scale and zero point where it is int8. Runs LiteRT's built-in kernels: XNNPACK, the delegate
+        the file runs with otherwise, keeps its intermediate tensors to itself."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from t2tedge.op_blocks import probe_tensors, scope_path
+
+        path = Path(artifact)
+        try:
+            with native_output_captured():
+                interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count(),
+                                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                                          experimental_preserve_all_tensors=True)
+                interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise T2TEdgeError(f"LiteRT cannot load {path}: {first_line(exc)}") from None
+        details = {t["index"]: t for t in interpreter.get_tensor_details()}
+        ops = interpreter._get_ops_details()  # the public API lists no ops
+        made = {tensor for op in ops for tensor in op["outputs"]}
+        nodes = []
+        for op in ops:
+            inputs = [i for i in op["inputs"] if i >= 0]
+            # An op's scope is in its output's name; the last layer's output is named for serving, its weights are not.
+            own = next((scope_path(details[t]["name"], family) for t in op["outputs"]
+                        if scope_path(details[t]["name"], family) is not None), None)
+            if own is None:
+                own = next((p for p in (scope_path(details[t]["name"], family) for t in inputs if t not in made) if p), None)
+            nodes.append((str(op["index"]), own, [str(i) for i in inputs], [str(o) for o in op["outputs"]]))
+        converts = [str(op["index"]) for op in ops if op["op_name"] in ("QUANTIZE", "DEQUANTIZE")]
+        outputs_of = [str(d["index"]) for d in interpreter.get_output_details()]
+        probes = probe_tensors(nodes, family, outputs_of, converts)
+        if not probes:
+            raise BlocksUnavailable(f"{path.name}: its tensor names carry no module scopes")
+        instance = cls(interpreter, str(path), threads, False, read_sidecar(path))
+        runs = []
+        for i in range(len(images)):
+            interpreter.set_tensor(instance.input["index"], instance._to_input(images[i:i + 1]))
+            interpreter.invoke()
+            runs.append([_dequantized(interpreter.get_tensor(int(t)), details[int(t)]) for t in probes.values()])
+        outputs = {probe: np.concatenate([run[k] for run in runs]) for k, probe in enumerate(probes)}
+        return BlockOutputs("preserved intermediate tensors (experimental_preserve_all_tensors), LiteRT's built-in "
+                            "kernels: XNNPACK keeps its intermediates to itself", outputs)
 
     def describe(self) -> RuntimeDescription:
         from ai_edge_litert import __version__ as version  # type: ignore[attr-defined]

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, first_line, missing_package
+from t2tedge.errors import BlocksUnavailable, RuntimeUnavailable, T2TEdgeError, first_line, missing_package
 from t2tedge.ort_session import disabled_optimizers, run_in_fixed_batches
 from t2tedge.op_blocks import module_path
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
+from t2tedge.runtimes.base import BlockOutputs, OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime's CPU-side execution providers: the default kernels, or XNNPACK (mobile builds ship it).
@@ -175,6 +175,36 @@ class OnnxRuntimeCPU(Runtime):
         return OpTrace(profiler=cls.op_profiler, ops=ops, wall_ms=1e3 * float(np.mean(wall)), runs=runs,
                        outside_ops="session.run overhead: feeding inputs, copying outputs, the thread pool between "
                                    "kernels")
+
+    @classmethod
+    def probe_blocks(cls, artifact: Any, images: np.ndarray, *, family: str | None, threads: int | None = None,
+                     **options: Any) -> BlockOutputs:
+        """Each block's output made a graph output of a copy of the file (Polygraphy's `--onnx-outputs mark`): a
+        quantized file yields the float tensor its quantizer reads. The copy runs with the file's own session
+        options; a tensor made an output cannot be fused away, so kernels around it may differ from the file's."""
+        import onnx
+
+        from t2tedge.op_blocks import probe_tensors
+
+        if not str(artifact).endswith(".onnx"):
+            raise BlocksUnavailable(f"{Path(artifact).name}: block outputs are read from .onnx files, not ORT format")
+        proto = onnx.load(str(artifact))
+        nodes = [(n.name, module_path(n.name) if n.name.startswith("/") else None, n.input, n.output)
+                 for n in proto.graph.node if n.op_type != "Constant"]
+        quantizers = [n.name for n in proto.graph.node if n.op_type in CONVERT_OPS]
+        probes = probe_tensors(nodes, family, [o.name for o in proto.graph.output], quantizers)
+        if not probes:
+            raise BlocksUnavailable(f"{Path(artifact).name}: its node names carry no module paths")
+        known = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in probes.values() if t not in known)
+        with tempfile.TemporaryDirectory(prefix="t2tedge-ort-blocks-") as tmp:
+            marked = Path(tmp) / Path(artifact).name
+            onnx.save(proto, str(marked))
+            instance = cls.load(marked, threads=threads, **options)
+            names = list(probes.values())
+            runs = [instance.session.run(names, {instance.input_name: images[i:i + 1]}) for i in range(len(images))]
+        outputs = {probe: np.concatenate([run[k] for run in runs]) for k, probe in enumerate(probes)}
+        return BlockOutputs("graph outputs added to a copy of the file", outputs)
 
     def describe(self) -> RuntimeDescription:
         import onnxruntime as ort

@@ -10,15 +10,15 @@ from __future__ import annotations
 import collections
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from t2tedge import metadata_keys as keys
-from t2tedge.errors import T2TEdgeError, missing_package, native_message
+from t2tedge.errors import BlocksUnavailable, T2TEdgeError, missing_package, native_message
 from t2tedge.batching import run_in_chunks
 from t2tedge.op_blocks import graph_module_paths, module_path
-from t2tedge.runtimes.base import OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
+from t2tedge.runtimes.base import BlockOutputs, OpTrace, Runtime, RuntimeDescription, TracedOp, steady_runs, timed_runs
 
 # OpenVINO's INFERENCE_PRECISION_HINT values, as the CLI's --precision-hint takes them.
 PRECISION_HINTS = ("f32", "bf16", "f16")
@@ -62,6 +62,46 @@ def _layer_precision(name: str, layer_type: str, exec_type: str) -> str:
             "fp16" if kernel.endswith("f16") else "fp32")
 
 
+def _checked_path(artifact: str | os.PathLike) -> Path:
+    path = Path(artifact)
+    if path.suffix not in SUFFIXES:
+        raise T2TEdgeError(f"OpenVINO runs .onnx files or IR (.xml + .bin), not {path.name}")
+    if not path.is_file():
+        raise T2TEdgeError(f"model file not found: {path}")
+    if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
+    return path
+
+
+def _config(threads: int | None, precision_hint: str, performance_hint: str, perf_counters: bool) -> dict[str, Any]:
+    if precision_hint not in PRECISION_HINTS:
+        raise T2TEdgeError(f"unknown precision hint {precision_hint!r}; choose {', '.join(PRECISION_HINTS)}")
+    if performance_hint not in PERFORMANCE_HINTS:
+        raise T2TEdgeError(f"unknown performance hint {performance_hint!r}; choose {', '.join(PERFORMANCE_HINTS)}")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": performance_hint}
+    if perf_counters:
+        config["PERF_COUNT"] = True
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def _read_and_compile(path: Path, config: dict[str, Any], edit: Callable[[Any], None] | None = None):
+    """(the model as read and edited, compiled on the CPU with `config`); `edit` changes the model first."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+        if edit is not None:
+            edit(model)
+        return model, core.compile_model(model, "CPU", config)
+    except T2TEdgeError:
+        raise
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line texts
+        raise T2TEdgeError(f"OpenVINO cannot load {path}: {native_message(exc)}") from None
+
+
 class OpenVINO(Runtime):
     name = "openvino"
     consumes = "onnx"  # an .onnx file, or IR (.xml with its .bin beside it)
@@ -92,32 +132,66 @@ class OpenVINO(Runtime):
         """`precision_hint`: f32 (default), bf16 or f16, the precision OpenVINO may run float ops in; an INT8
         file's quantized ops run in int8 under any hint. `threads`: INFERENCE_NUM_THREADS (None: all cores).
         `perf_counters`: compile with PERF_COUNT on (`trace_ops`)."""
-        import openvino as ov
-
-        if precision_hint not in PRECISION_HINTS:
-            raise T2TEdgeError(f"unknown precision hint {precision_hint!r}; choose {', '.join(PRECISION_HINTS)}")
-        if performance_hint not in PERFORMANCE_HINTS:
-            raise T2TEdgeError(f"unknown performance hint {performance_hint!r}; choose {', '.join(PERFORMANCE_HINTS)}")
-        path = Path(artifact)
-        if path.suffix not in SUFFIXES:
-            raise T2TEdgeError(f"OpenVINO runs .onnx files or IR (.xml + .bin), not {path.name}")
-        if not path.is_file():
-            raise T2TEdgeError(f"model file not found: {path}")
-        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
-            raise T2TEdgeError(f"OpenVINO IR {path.name} needs its weights {path.with_suffix('.bin').name} beside it")
-        core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint,
-                                  "PERFORMANCE_HINT": performance_hint}
-        if perf_counters:
-            config["PERF_COUNT"] = True
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            model = core.read_model(str(path))
-            compiled = core.compile_model(model, "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line texts
-            raise T2TEdgeError(f"OpenVINO cannot load {path}: {native_message(exc)}") from None
+        path = _checked_path(artifact)
+        config = _config(threads, precision_hint, performance_hint, perf_counters)
+        model, compiled = _read_and_compile(path, config)
         return cls(compiled, str(path), threads, precision_hint, performance_hint, read_openvino_metadata(model))
+
+    @classmethod
+    def probe_blocks(cls, artifact: Any, images: np.ndarray, *, family: str | None, threads: int | None = None,
+                     precision_hint: str = "f32", performance_hint: str = "LATENCY", **options: Any) -> BlockOutputs:
+        """Each block's output added to the model's results (`Model.add_outputs`) before it is compiled: an INT8
+        file yields the float tensor its FakeQuantize reads. A result cannot be fused away, so layers around it may
+        run other kernels than the file's own compile."""
+        from t2tedge.op_blocks import probe_tensors
+
+        path = _checked_path(artifact)
+        config = _config(threads, precision_hint, performance_hint, False)
+        found: dict[str, str] = {}
+
+        def port_name(value) -> str:
+            return f"{value.get_node().get_friendly_name()}:{value.get_index()}"
+
+        def expose(model) -> None:
+            ports = {}
+            nodes = []
+            for op in model.get_ordered_ops():
+                kind = op.get_type_name()
+                if kind in ("Constant", "Parameter", "Result"):
+                    continue
+                outputs = [port_name(value) for value in op.outputs()]
+                ports.update(zip(outputs, op.outputs()))
+                scoped = next((n for value in op.outputs() for n in sorted(value.get_names()) if n.startswith("/")), None)
+                nodes.append([op.get_friendly_name(), module_path(scoped) if scoped else None,
+                              [port_name(value) for value in op.input_values()], outputs, kind in CONVERT_LAYERS])
+            # Our exports' tensor names keep the module scope. OpenVINO decomposes an op into unnamed layers that feed
+            # the one keeping its name (LayerNormalization's MVN, Multiply, Add), or names a part after it
+            # (/head/Gemm/WithoutBiases): a layer without a scoped tensor takes the scope of what it feeds, else of
+            # its own name; the rest (None) join the block of what they read.
+            readers: dict[str, list[int]] = {}
+            for index, node in enumerate(nodes):
+                for tensor in node[2]:
+                    readers.setdefault(tensor, []).append(index)
+            for node in reversed(nodes):
+                if node[1] is None:
+                    fed = [nodes[i][1] for tensor in node[3] for i in readers.get(tensor, ()) if nodes[i][1]]
+                    node[1] = fed[0] if fed else module_path(node[0]) if node[0].startswith("/") else None
+            results = [port_name(r.input_value(0)) for r in model.get_results()]
+            probes = probe_tensors([tuple(n[:4]) for n in nodes], family, results, [n[0] for n in nodes if n[4]])
+            found.update(probes)
+            model.add_outputs([ports[tensor] for tensor in probes.values() if tensor not in results])
+
+        model, compiled = _read_and_compile(path, config, expose)
+        if not found:
+            raise BlocksUnavailable(f"{path.name}: its layer names carry no module paths")
+        slot = {port_name(r.input_value(0)): i for i, r in enumerate(model.get_results())}
+        request = compiled.create_infer_request()
+        runs = []
+        for i in range(len(images)):
+            result = request.infer({0: np.ascontiguousarray(images[i:i + 1], dtype=np.float32)})
+            runs.append([np.array(result[slot[tensor]], dtype=np.float32, copy=True) for tensor in found.values()])
+        outputs = {probe: np.concatenate([run[k] for run in runs]) for k, probe in enumerate(found)}
+        return BlockOutputs("results added to the model before compiling (Model.add_outputs)", outputs)
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         # copy: the request reuses its output buffer on the next call.

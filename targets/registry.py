@@ -263,6 +263,11 @@ class Target:
         artifact = self.open_artifact(Path(path)) if self.open_artifact else Path(path)
         return self.runtime_class().load(artifact, threads=threads, **options)
 
+    def probe_blocks(self, path: str | os.PathLike, images: Any, family: str | None, threads: int | None = None):
+        """The artifact at `path` run on `images` with every block's output exposed (`Runtime.probe_blocks`)."""
+        artifact = self.open_artifact(Path(path)) if self.open_artifact else Path(path)
+        return self.runtime_class().probe_blocks(artifact, images, family=family, threads=threads)
+
     def files(self, path: Path) -> tuple[Path, ...]:
         """The artifact and every file that travels with it (IR weights, sidecar metadata)."""
         return (path, *self.companions(path))

@@ -56,6 +56,15 @@ def world(tmp_path_factory, weights_dir, val_dir):
 
     write_fp16_onnx(files["mnv2"], root / "fp16" / "mobilenet_v2_100_fp16.onnx", None)
     files["fp16"] = root / "fp16" / "mobilenet_v2_100_fp16.onnx"
+    (root / "m.engine").write_bytes(b"a TensorRT engine, built on another machine")
+    files["engine"] = root / "m.engine"
+    other = onnx.load(str(files["t2t"]))  # the T2T-ViT-7 file, stamped as preprocessed with other statistics
+    for prop in other.metadata_props:
+        if prop.key == "t2tedge.preprocess":
+            prop.value = json.dumps({**json.loads(prop.value), "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    (root / "other_prep").mkdir()
+    onnx.save(other, str(root / "other_prep" / "t2t_vit_7.onnx"))
+    files["t2t_prep"] = root / "other_prep" / "t2t_vit_7.onnx"
     (root / "fake.onnx").write_text("not a model\n")
     files["fake"] = root / "fake.onnx"
     (root / "fake.tflite").write_text("not a model\n")
@@ -173,6 +182,27 @@ CASES = [
      "holds t2t_vit_7, but --model names mobilenet_v2_100"),
     ("parity names another model", ["parity", M, "--onnx", "{t2t}", "--limit", "2", "--data", "{val}"], 1,
      "holds t2t_vit_7"),
+    ("parity FILEs of two models", ["parity", "{mnv2}", "{t2t}", "--limit", "2", "--data", "{val}"], 1,
+     "t2t_vit_7.onnx holds t2t_vit_7, mobilenet_v2_100.onnx holds mobilenet_v2_100"),
+    ("parity FILE whose runtime is missing", ["parity", "{t2t}", "{engine}", "--limit", "2", "--data", "{val}"], 2,
+     "fewer than two of the files run here (m.engine: "),
+    ("parity one FILE only", ["parity", "{t2t}", "--data", "{val}"], 2,
+     "parity compares two files or more, or one file with --reference MODEL.TAG"),
+    ("parity --reference preprocesses otherwise", ["parity", "{t2t_prep}", "--reference", "t2t_vit_7", "--limit",
+                                                   "2", "--data", "{val}"], 1,
+     "--reference t2t_vit_7 preprocesses images otherwise than the files stamp (mean: "),
+    ("parity --junit under a file", ["parity", "{t2t}", "{t2t_prep}", "--junit", "{file}/r.xml"], 2,
+     "is a file, not a folder"),
+    ("parity FILEs with --precision", ["parity", "{t2t}", "{t2t_prep}", "--precision", "int8"], 2,
+     "--precision goes with the model form (t2tedge parity MODEL); files run as they are on disk"),
+    ("parity MODEL with --blocks", ["parity", M, "--blocks"], 2, "--blocks goes with the file form"),
+    ("parity --tolerance of no metric", ["parity", "{t2t}", "{t2t_prep}", "--tolerance", "int8:cosin=0.9"], 2,
+     "--tolerance 'int8:cosin=0.9': expected [KEY:]METRIC=VALUE"),
+    ("parity --png without --blocks", ["parity", "{t2t}", "{t2t_prep}", "--png", "{out}/b.png"], 2,
+     "--png draws SQNR per block; add --blocks"),
+    ("parity FILEs --checkpoint without --reference", ["parity", "{t2t}", "{t2t_prep}", "--checkpoint", "random",
+                                                       "--data", "{val}"], 2,
+     "--checkpoint gives the reference's weights; add --reference MODEL"),
     ("eval expects other classes", ["eval", "t2t_vit_7", "--onnx", "{t2t}", "--num-classes", "10", "--limit", "2",
                                     "--data", "{val}"], 1, "has 1000 classes, but the command expects 10"),
     ("eval of a text file named .onnx", ["eval", M, "--onnx", "{fake}", "--data", "{val}"], 1,
