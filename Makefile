@@ -8,7 +8,7 @@ OUT ?= artifacts
 MODELS ?= $(shell $(PY) -c 'from t2tedge.harness.table4_grid import TABLE4_MODELS; print(*TABLE4_MODELS)')
 PYTEST_ARGS ?=
 
-.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity bench-parity table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-int8 bench-table4 profile-report clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity bench-parity arm-check table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-int8 bench-table4 profile-report clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -22,6 +22,7 @@ help:
 	@echo "make quantize     INT8 QDQ models (calibrated on ../shared imagenet-sample) to $(OUT)/int8"
 	@echo "make parity       parity of the files make export-* wrote, against each other and PyTorch (JUNIT=DIR for CI)"
 	@echo "make bench-parity how long file parity (4 files, 64 images) and block parity (2 files, 16 images) take"
+	@echo "make arm-check    our files and the device bundle on ARM kernels under qemu-user (builds .arm-env/ once)"
 	@echo "make table4       Table 4 grid (torch/onnxruntime/openvino x fp32/int8 here) to results/ (RAY=auto|host:port)"
 	@echo "make table4-imagenette  the grid on Imagenette-trained models (val, calibrated on train) to results/imagenette"
 	@echo "make bench-onnx   ORT latency: our T2T-ViT-7 export vs a naive export, and GEMM peak"
@@ -142,3 +143,9 @@ profile-report: setup
 
 clean:
 	rm -rf $(OUT) results .pytest_cache
+
+# ARM kernels without a device (opt-in, not in make test): builds .arm-env/ once from Debian arm64 packages, PyPI
+# aarch64 wheels and qemu-user-static, then runs our files and the device bundle under emulated cortex-a53/-a76.
+# LIMIT=N images per model (default 64), CPUS=cortex-a53,cortex-a76.
+arm-check: setup
+	$(PY) scripts/arm_check.py $(if $(LIMIT),--limit $(LIMIT)) $(if $(CPUS),--cpus $(CPUS))

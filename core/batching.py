@@ -22,3 +22,8 @@ def run_in_chunks(run: Callable[[np.ndarray], list[np.ndarray]], fixed_batch: in
         outputs = run(chunk)
         chunks.append([o[:fixed_batch - pad] for o in outputs] if pad else outputs)
     return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
+    """A runtime's logits on `images`, fed `batch` at a time."""
+    return np.concatenate([runtime.run(images[i:i + batch]) for i in range(0, len(images), batch)])

@@ -6,6 +6,7 @@
 | `ProfileRecord` (one `Table4Cell`) | `t2tedge.profile/1` | what `t2tedge profile` writes; merges into a table |
 | `OpProfileRecord` (rows: `OpTime`) | `t2tedge.op-profile/1` | what `t2tedge profile --ops` writes |
 | `ParityRecord` (rows: `ParityPair`) | `t2tedge.parity/1` | what `t2tedge parity FILE... --json` writes |
+| `ArmCheckRecord` (rows: `ArmParityRow`) | `t2tedge.arm-check/1` | what `make arm-check` writes |
 
 The quantizer's records (its report, config, plan and the sidecar summary) build on the same `Record` in
 `t2tedge.quantize.records`. `to_dict()` gives the JSON form; `from_dict()` checks it field by field and names the first field that is wrong.
@@ -432,7 +433,7 @@ class BlockScore(Record):
 @dataclass
 class ParityPair(Record):
     """Two files' logits on the same images, with the tolerance of their precisions (`tolerance_key`, see
-    `t2tedge.harness.parity.TOLERANCES`); `blocks` when compared block by block: `first_divergent`, the first block
+    `t2tedge.harness.comparison.TOLERANCES`); `blocks` when compared block by block: `first_divergent`, the first block
     past the tolerance's cosine, and `most_loss`, the block that adds the most error power (relative to the
     signal) to what the blocks before it passed on."""
 
@@ -474,7 +475,45 @@ class ParityRecord(Record):
     block_images: int | None = None
 
 
-RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord, ParityRecord)
+# ---- ARM kernels under emulation -----------------------------------------------------------------------------
+
+
+@dataclass
+class ArmParityRow(Record):
+    """One file on one emulated ARM CPU against the same file on x86: `verdict` "bit-identical", "within
+    tolerance", "broken", or "not run" (`note` says why)."""
+
+    model: str
+    file: str
+    runtime: str
+    precision: str
+    cpu: str
+    verdict: str
+    max_abs: float | None = None
+    top1_agreement: float | None = None
+    cosine: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class ArmCheckRecord(Record):
+    """`make arm-check`: every file on every emulated CPU against x86, the wheels the ARM environment holds and the
+    runtimes it could not hold, the bundle's profiles in words, the wall time of each model x CPU."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.arm-check/1"
+    version: str
+    machine: MachineInfo
+    data: str
+    images: int
+    cpus: list[str]
+    wheels: list[str]
+    no_aarch64_wheel: dict[str, str]
+    seconds: dict[str, float]
+    rows: list[ArmParityRow]
+    profiles: list[str] = field(default_factory=list)
+
+
+RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord, ParityRecord, ArmCheckRecord)
 
 
 def schema_file_name(cls: type[Record]) -> str:

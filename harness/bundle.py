@@ -29,7 +29,8 @@ RUNNER = """#!/bin/sh
 # Profile every artifact of this bundle on this device (t2t-edge {version}).
 # Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino
 # | ai-edge-litert | executorch (with torch).
-# Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; THREADS=N; OPS=1 adds per-op profiles
+# Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; WARMUP=10; THROUGHPUT_BATCH=8; THREADS=N;
+# OPS=1 adds per-op profiles
 # (NAME.ops.json, t2tedge.op-profile/1; `t2tedge profile --compare` draws them on the host).
 cd "$(dirname "$0")" || exit 1
 PYTHONPATH=. exec "${{PYTHON:-python3}}" -c 'import sys; from t2tedge.harness.bundle import run_bundle; sys.exit(run_bundle("."))'
@@ -127,6 +128,8 @@ def run_bundle(root: str | os.PathLike) -> int:
     root = Path(root)
     manifest = json.loads((root / "manifest.json").read_text())
     runs, threads, data = os.environ.get("RUNS", "50"), os.environ.get("THREADS"), os.environ.get("DATA")
+    latency = LatencySettings(runs=int(runs), warmup=int(os.environ.get("WARMUP", "10")),
+                              throughput_batch=int(os.environ.get("THROUGHPUT_BATCH", "8")))
     failures = 0
     (root / "results").mkdir(exist_ok=True)
     for artifact in manifest["artifacts"]:
@@ -141,7 +144,7 @@ def run_bundle(root: str | os.PathLike) -> int:
             print(f"== {artifact['name']} {' '.join(f'{k}={v}' for k, v in options.items())}".rstrip(), flush=True)
             try:
                 record = profile_artifact(root / "artifacts" / artifact["name"], runtime=artifact["runtime"],
-                                          data=data, settings=LatencySettings(runs=int(runs)),
+                                          data=data, settings=latency,
                                           threads=int(threads) if threads else None, **options)
             except RuntimeUnavailable as exc:  # this device lacks that runtime or provider: nothing measured, no failure
                 print(f"   skipped: {exc}")

@@ -27,14 +27,12 @@ from t2tedge.data import discover_images, load_batch, split
 from t2tedge.errors import BlocksUnavailable, DataError, RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.fileio import sha256_file
 from t2tedge.harness.latency import machine_info
-from t2tedge.harness.parity import TOLERANCES, compare, run_batched
-from t2tedge.metrics import sqnr_db
+from t2tedge.batching import run_batched
+from t2tedge.harness.comparison import SQNR_CAP_DB, TOLERANCES, capped_sqnr_db, compare_pair
 from t2tedge.results import BlockScore, ParityFile, ParityPair, ParityRecord
 from t2tedge.runtimes.base import BlockOutputs
 from t2tedge.targets import Target, target_for_file
 
-# SQNR of identical outputs is infinite; float32 rounding sits near 140 dB.
-SQNR_CAP_DB = 150.0
 # The cosine a block must keep in a pair whose tolerance bounds no cosine (fp32 bounds max |diff| of the logits).
 FP32_BLOCK_COSINE = 0.9999
 # Lossier precisions first: a pair takes the tolerance of its lossier file.
@@ -293,17 +291,8 @@ def _precision(entry: _Entry) -> str:
 
 def _compare_pair(first: _Entry, second: _Entry, settings: FileParitySettings) -> ParityPair:
     key = pair_tolerance(_precision(first), _precision(second))
-    tolerance = {**TOLERANCES[key], **settings.tolerances.get(key, {})}
-    result = compare(first.logits, second.logits, key, tolerance)
-    return ParityPair(first=first.name, second=second.name, tolerance_key=key, tolerance=tolerance,
-                      sqnr_db=capped_sqnr_db(first.logits, second.logits),
-                      **{k: result[k] for k in ("max_abs", "mean_abs", "max_rel", "cosine", "top1_agreement",
-                                                "top5_overlap", "passed", "failures")})
-
-
-def capped_sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """SQNR of `candidate` against `reference`, at most SQNR_CAP_DB (identical outputs: JSON has no infinity)."""
-    return min(sqnr_db(reference, candidate), SQNR_CAP_DB)
+    return compare_pair(first.name, second.name, first.logits, second.logits, key,
+                        {**TOLERANCES[key], **settings.tolerances.get(key, {})})
 
 
 def _probe(entry: _Entry, images: np.ndarray, family: str | None, threads: int | None) -> None:

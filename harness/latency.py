@@ -25,6 +25,11 @@ def measure_latency(runtime, batch: np.ndarray, warmup: int = 10, runs: int = 50
                         mean_ms=float(times.mean()), runs=runs, warmup=warmup)
 
 
+# Set by `make arm-check` for runs under qemu-user: the emulated CPU, named in every record as emulated, so its
+# latency never reads as a real device's.
+EMULATED = "T2TEDGE_EMULATED"
+
+
 def machine_info() -> MachineInfo:
     cpu = platform.processor() or platform.machine()
     try:
@@ -32,5 +37,7 @@ def machine_info() -> MachineInfo:
             cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
     except OSError:
         pass
+    if os.environ.get(EMULATED):
+        cpu = f"{os.environ[EMULATED]} (emulated)"
     return MachineInfo(cpu=cpu, cores=os.cpu_count(), system=f"{platform.system()} {platform.release()}",
                        python=platform.python_version(), hostname_hash=hostname_digest())

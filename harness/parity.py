@@ -1,19 +1,11 @@
-"""Runtime parity: the same real images through several runtimes, compared pairwise with the first.
-
-Default tolerances per precision of the compared runtime (documented in docs/runtimes.md):
-- fp32: max abs diff <= 1e-4 and top-1 agreement 100%;
-- fp16: cosine >= 0.999 and top-1 agreement >= 99%;
-- bf16: cosine >= 0.99 and top-1 agreement >= 95%;
-- int8: cosine >= 0.98 and top-1 agreement >= 90% (an INT8 file against the fp32 reference);
-- int8 files of two runtimes made from one quantization plan (`--precision int8`): top-1 agreement >= 98% and
-  cosine >= 0.99, set from the spread of kernels' rounding measured in docs/quantization-plan.md.
-"""
+"""Runtime parity on one model: the same real images through several runtimes, each on the file `t2tedge export`
+writes for it, compared pairwise with the first (`t2tedge parity MODEL`; the files users ship:
+t2tedge.harness.file_parity). Tolerances: t2tedge.harness.comparison."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,65 +15,10 @@ from t2tedge.data import discover, load_batch, split
 from t2tedge.errors import RuntimeUnavailable, T2TEdgeError, UsageError
 from t2tedge.fileio import temp_staging_dir
 from t2tedge.harness.artifacts import artifact_for, takes_onnx
+from t2tedge.batching import run_batched
+from t2tedge.harness.comparison import compare_pair
 from t2tedge.models import get_spec
 from t2tedge.targets import DEFAULT_NUM_CALIB, BuildRequest, get_target, int8_origin, int8_prerequisite, int8_request
-
-TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
-    "fp16": {"cosine": 0.999, "top1_agreement": 0.99},
-    # bf16 keeps 8 significant bits: OpenVINO's bf16 path measured 20-44 dB logits SQNR (MobileNetV2, T2T-ViT-7).
-    "bf16": {"cosine": 0.99, "top1_agreement": 0.95},
-    "int8": {"cosine": 0.98, "top1_agreement": 0.90},
-    # Two runtimes' INT8 files of one plan: what differs is each kernel's rounding and what a runtime did not honour.
-    "int8_vs_int8": {"cosine": 0.99, "top1_agreement": 0.98},
-    # LiteRT's dynamic-range int8 (int8 weights, activations quantized per batch by the kernels).
-    "w8": {"cosine": 0.98, "top1_agreement": 0.90},
-}
-
-
-@dataclass
-class PairReport:
-    reference: str
-    candidate: str
-    precision: str
-    max_abs: float
-    mean_abs: float
-    max_rel: float
-    cosine: float
-    top1_agreement: float
-    top5_overlap: float
-    tolerance: dict[str, float]
-    passed: bool
-    failures: list[str] = field(default_factory=list)
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32",
-            tolerance: dict[str, float] | None = None) -> dict[str, Any]:
-    """Polygraphy-style comparison of two logit arrays (N, classes)."""
-    if reference.shape != candidate.shape:
-        raise T2TEdgeError(f"output shapes differ: {reference.shape} vs {candidate.shape}")
-    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
-    diff = np.abs(ref - cand)
-    finite = bool(np.isfinite(cand).all())
-    cos = np.sum(ref * cand, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-30)
-    top5_ref, top5_cand = np.argsort(-ref, axis=1)[:, :5], np.argsort(-cand, axis=1)[:, :5]
-    overlap = np.mean([len(set(a) & set(b)) / 5.0 for a, b in zip(top5_ref, top5_cand)])
-    metrics = {
-        "max_abs": float(diff.max()),
-        "mean_abs": float(diff.mean()),
-        "max_rel": float((diff / (np.abs(ref) + 1e-6)).max()),
-        "cosine": float(cos.min()),
-        "top1_agreement": float(np.mean(ref.argmax(1) == cand.argmax(1))),
-        "top5_overlap": float(overlap),
-    }
-    tolerance = tolerance or TOLERANCES.get(precision, TOLERANCES["fp32"])
-    failures = [] if finite else ["non-finite outputs"]
-    for key, bound in tolerance.items():
-        value = metrics[key]
-        if (key in ("max_abs", "mean_abs", "max_rel") and not value <= bound) or \
-                (key not in ("max_abs", "mean_abs", "max_rel") and not value >= bound):
-            failures.append(f"{key}={value:.6g} (limit {bound:g})")
-    return {**metrics, "tolerance": tolerance, "passed": not failures, "failures": failures}
 
 
 def parity_images(model_name: str, data: str | os.PathLike, n: int, seed: int = 0,
@@ -116,10 +53,6 @@ def int8_artifacts(targets: Sequence[Any], model_name: str, checkpoint: str | os
     files = {target.name: file_of(target) for target in targets if not target.reference}
     how = {target.name: int8_origin(target) for target in targets if not target.reference}
     return files, how
-
-
-def run_batched(runtime, images: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([runtime.run(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike, n: int = 64, batch: int = 1,
@@ -181,10 +114,8 @@ def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike
                 else [(reference, b) for b in names[1:]])
     pairs = []
     for first, second in compared:
-        held = described[second]["precision"]
-        tolerance = TOLERANCES["int8_vs_int8"] if precision == "int8" else None
-        result = compare(outputs[first], outputs[second], held, tolerance)
-        pairs.append(asdict(PairReport(reference=first, candidate=second, precision=held, **result)))
+        key = "int8_vs_int8" if precision == "int8" else described[second]["precision"]
+        pairs.append(compare_pair(first, second, outputs[first], outputs[second], key).to_dict())
     return {
         "model": model_name, "images": len(images), "batch": batch, "data": str(data), "precision": precision,
         "checkpoint": str(checkpoint) if checkpoint else "untrained (random init)",
@@ -196,10 +127,10 @@ def run_parity(model_name: str, runtimes: Sequence[str], data: str | os.PathLike
 def format_report(report: dict[str, Any]) -> str:
     header = (f"parity {report['model']}: {report['images']} images, batch {report['batch']}, "
               f"weights {report['checkpoint']}")
-    columns = ["pair", "prec", "max_abs", "mean_abs", "max_rel", "cos_min", "top1_agree", "top5_overlap", "result"]
+    columns = ["pair", "tolerance", "max_abs", "mean_abs", "max_rel", "cos_min", "top1_agree", "top5_overlap", "result"]
     rows = [columns]
     for p in report["pairs"]:
-        rows.append([f"{p['reference']} vs {p['candidate']}", p["precision"], f"{p['max_abs']:.3e}",
+        rows.append([f"{p['first']} vs {p['second']}", p["tolerance_key"], f"{p['max_abs']:.3e}",
                      f"{p['mean_abs']:.3e}", f"{p['max_rel']:.3e}", f"{p['cosine']:.6f}",
                      f"{100 * p['top1_agreement']:.1f}%", f"{100 * p['top5_overlap']:.1f}%",
                      "PASS" if p["passed"] else "FAIL: " + "; ".join(p["failures"])])

@@ -14,7 +14,8 @@ import torch
 
 from t2tedge.cli import main
 from t2tedge.errors import T2TEdgeError
-from t2tedge.harness.parity import compare, parity_images
+from t2tedge.harness.comparison import compare
+from t2tedge.harness.parity import parity_images
 from t2tedge.models import create_model
 
 pytest.importorskip("executorch", reason="the executorch extra is not installed (make setup installs it)")

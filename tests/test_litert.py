@@ -14,7 +14,8 @@ import torch
 
 from t2tedge.cli import main
 from t2tedge.errors import T2TEdgeError
-from t2tedge.harness.parity import compare, parity_images
+from t2tedge.harness.comparison import compare
+from t2tedge.harness.parity import parity_images
 
 pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed (make setup installs it)")
 pytest.importorskip("litert_torch", reason="the litert extra is not installed (make setup installs it)")

@@ -13,7 +13,8 @@ import pytest
 from t2tedge.cli import main
 from t2tedge.errors import T2TEdgeError
 from t2tedge.export import export_onnx
-from t2tedge.harness.parity import compare, parity_images, run_parity
+from t2tedge.harness.comparison import compare
+from t2tedge.harness.parity import parity_images, run_parity
 from t2tedge.quantize import preset
 from t2tedge.quantize.pipeline import QuantizeSettings, quantize_model
 
@@ -45,7 +46,7 @@ def test_openvino_fp32_matches_torch_on_real_images(name, val_dir, weights_dir, 
     report = run_parity(name, ["torch", "openvino"], val_dir, n=16, batch=4, checkpoint=checkpoint)
     (pair,) = report["pairs"]
     assert report["passed"], pair["failures"]
-    assert pair["precision"] == "fp32" and pair["max_abs"] <= 1e-4 and pair["top1_agreement"] == 1.0
+    assert pair["tolerance_key"] == "fp32" and pair["max_abs"] <= 1e-4 and pair["top1_agreement"] == 1.0
     assert report["runtimes"]["openvino"]["details"]["inference_precision"] == "f32"
 
 

@@ -12,7 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from t2tedge.cli import main
-from t2tedge.harness.parity import compare, run_parity
+from t2tedge.harness.comparison import compare
+from t2tedge.harness.parity import run_parity
 
 TABLE4 = ["t2t_vit_7", "t2t_vit_12", "mobilenet_v1_100", "mobilenet_v2_100", "mobilenet_v2_140"]
 

@@ -163,12 +163,12 @@ def test_int8_parity_between_runtimes_on_real_images(tmp_path, sample_dir, val_d
     code = main(["parity", M, "--precision", "int8", "--runtimes", "onnxruntime,executorch,litert", "--calib",
                  str(sample_dir), "--num-calib", "8", "--data", str(val_dir), "--limit", "16", "--json", str(out)])
     report = json.loads(out.read_text())
-    pairs = {(p["reference"], p["candidate"]): p for p in report["pairs"]}
+    pairs = {(p["first"], p["second"]): p for p in report["pairs"]}
     assert sorted(pairs) == [("executorch", "litert"), ("onnxruntime", "executorch"), ("onnxruntime", "litert")]
     assert report["int8_made"] == {"onnxruntime": "the plan's own QDQ file", "executorch": "applies the plan (--plan)",
                                    "litert": "applies the plan (--plan)"}
     for pair in pairs.values():  # bench, 300 images: 99.7-100%, cosine >= 0.99
-        assert pair["precision"] == "int8" and pair["top1_agreement"] >= 0.98 and pair["cosine"] >= 0.99, pair
+        assert pair["tolerance_key"] == "int8_vs_int8" and pair["top1_agreement"] >= 0.98 and pair["cosine"] >= 0.99, pair
     assert code == 0 and "int8 executorch: applies the plan" in capsys.readouterr().out
     assert main(["parity", M, "--precision", "int8", "--runtimes", "torch,onnxruntime"]) == 2
 

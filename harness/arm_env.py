@@ -1,0 +1,225 @@
+"""An aarch64 Python environment on an x86 Linux host, run under qemu-user: our files on ARM kernels, no device.
+
+`make arm-check` builds it once under `.arm-env/` in the project (ignored by git) from the package registries:
+
+- Debian bookworm's arm64 packages: Python 3.11 and the C and C++ runtime the wheels need, resolved from Debian's
+  package index (the index checked against the suite's Release file, each .deb against the index, by sha256) and
+  unpacked with `dpkg -x` into a sysroot;
+- PyPI's manylinux aarch64 wheels: numpy, pillow, tqdm and every runtime that publishes one for Python 3.11
+  (`WHEELS`; `NO_AARCH64_WHEEL` names those that do not), installed by this host's pip with `--platform`;
+- Debian's amd64 qemu-user-static, unpacked the same way (no root, nothing installed on the host).
+
+qemu-user runs the sysroot's python3.11 with `-L sysroot` (every absolute path the program opens is looked up in the
+sysroot first) and `-cpu MODEL`, so the runtimes see that CPU's features through the auxiliary vector. ONNX
+Runtime also reads `/proc/cpuinfo`, which qemu 7.2 passes through from the x86 host: `cpuinfo_text` writes the
+emulated CPU's into the sysroot (`sysroot/proc/cpuinfo`), where `-L` finds it first. qemu 7.2's SME emulation
+returns wrong XNNPACK int8 results on `-cpu max`; the CPU models here have no SME.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from t2tedge.errors import DataError, T2TEdgeError
+
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+# What the sysroot needs: Python 3.11 (bookworm's, the ABI of the cp311 wheels) and the C++ runtime and OpenMP
+# the runtimes' wheels link. Their dependencies are resolved from the index.
+DEBIAN_ROOTS = ("python3.11", "libpython3.11-stdlib", "libstdc++6", "libgcc-s1", "libgomp1")
+# Packages the resolver never follows: what a chroot needs to boot or administer, never what a program loads.
+DEBIAN_SKIP = frozenset({"debconf", "dpkg", "install-info", "media-types", "tzdata", "mime-support", "readline-common",
+                         "debianutils", "base-files", "netbase", "perl-base", "libc-bin", "gcc-12-base"})
+QEMU_PACKAGE = "qemu-user-static"
+PYTHON = "3.11"
+PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64",
+             "manylinux_2_31_aarch64", "manylinux_2_34_aarch64", "manylinux_2_35_aarch64")
+# The aarch64 wheels installed, pinned to this project's versions where the project pins them.
+WHEELS = ("numpy", "pillow", "tqdm", "onnx", "onnxruntime==1.32.0", "ai-edge-litert==1.4.0")
+# Runtimes this project pins that PyPI has no aarch64 Linux wheel of for Python 3.11 (checked 2026-12-06).
+NO_AARCH64_WHEEL = {
+    "ai-edge-litert==2.3.0": "aarch64 Linux wheels stop at 1.4.0 (2.x ships x86-64 Linux and macOS only): ARM runs "
+                             "1.4.0, so a LiteRT difference may be the version's as well as the kernels'",
+    "openvino==2026.4.1": "aarch64 Linux wheels stop at 2025.2.0, which cannot read 2026.x IR",
+    "executorch==1.5.1": "has an aarch64 wheel, but its Python runtime needs torch (an aarch64 wheel of ~200 MB "
+                         "whose import alone takes minutes under emulation): not run here",
+}
+# Two phone cores: without and with the Armv8.2 dot-product instructions (int8 GEMM's fast path).
+CPUS = {
+    "cortex-a53": {"part": "0xd03", "variant": "0x0", "revision": "4", "architecture": "8",
+                   "features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"},
+    "cortex-a76": {"part": "0xd0b", "variant": "0x4", "revision": "1", "architecture": "8",
+                   "features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+                               "dcpop asimddp ssbs"},
+}
+
+
+@dataclass(frozen=True)
+class DebianPackage:
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    depends: tuple[str, ...]
+
+
+def parse_packages(text: str) -> dict[str, DebianPackage]:
+    """Debian's Packages index (one stanza per package) -> name -> package; `depends` keeps the first alternative
+    of each Depends and Pre-Depends entry, without versions or architecture qualifiers."""
+    packages = {}
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line.startswith((" ", "\t")) and key:
+                fields[key] += " " + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if "Package" not in fields or "Filename" not in fields:
+            continue
+        depends = []
+        for field in ("Pre-Depends", "Depends"):
+            for entry in filter(None, (e.strip() for e in fields.get(field, "").split(","))):
+                first = entry.split("|")[0].strip()
+                depends.append(re.split(r"[\s(:]", first, maxsplit=1)[0])
+        packages[fields["Package"]] = DebianPackage(fields["Package"], fields.get("Version", ""), fields["Filename"],
+                                                    fields.get("SHA256", ""), tuple(depends))
+    return packages
+
+
+def resolve(packages: Mapping[str, DebianPackage], roots: Iterable[str] = DEBIAN_ROOTS,
+            skip: frozenset[str] = DEBIAN_SKIP) -> list[DebianPackage]:
+    """`roots` and everything they depend on (but `skip`), in a stable order; a name the index lacks (a virtual
+    package) is skipped too, a root it lacks is an error."""
+    chosen: dict[str, DebianPackage] = {}
+    pending = list(roots)
+    for root in roots:
+        if root not in packages:
+            raise DataError(f"Debian {SUITE} arm64 has no package {root}")
+    while pending:
+        name = pending.pop(0)
+        if name in chosen or name in skip or name not in packages:
+            continue
+        chosen[name] = packages[name]
+        pending.extend(packages[name].depends)
+    return sorted(chosen.values(), key=lambda p: p.name)
+
+
+def cpuinfo_text(cpu: str, cores: int = 2) -> str:
+    """/proc/cpuinfo as an aarch64 Linux kernel writes it for `cores` cores of `cpu` (a key of CPUS)."""
+    spec = CPUS[cpu]
+    block = ("processor\t: {n}\nBogoMIPS\t: 48.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+             "CPU architecture: {architecture}\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n")
+    return "\n".join(block.format(n=n, **spec) for n in range(cores)) + "\n"
+
+
+def _fetch(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            return response.read()
+    except OSError as exc:
+        raise T2TEdgeError(f"cannot download {url}: {exc}") from None
+
+
+def _checked(data: bytes, sha256: str, what: str) -> bytes:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"{what}: sha256 differs from Debian's index; the download is damaged or tampered with")
+    return data
+
+
+def debian_index(arch: str, cache: Path) -> dict[str, DebianPackage]:
+    """Debian's main Packages index of `arch`, checked against the suite's Release file (sha256)."""
+    release = _fetch(f"{DEBIAN_MIRROR}/dists/{SUITE}/Release").decode()
+    member = f"main/binary-{arch}/Packages.xz"
+    match = re.search(rf"^ ([0-9a-f]{{64}})\s+\d+\s+{re.escape(member)}$", release.split("SHA256:")[1], re.M)
+    if not match:
+        raise DataError(f"Debian's {SUITE} Release lists no {member}")
+    data = _checked(_fetch(f"{DEBIAN_MIRROR}/dists/{SUITE}/{member}"), match.group(1), member)
+    return parse_packages(lzma.decompress(data).decode())
+
+
+def _unpack_debs(packages: Iterable[DebianPackage], into: Path, cache: Path, say) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    for package in packages:
+        deb = cache / Path(package.filename).name
+        if not deb.is_file() or hashlib.sha256(deb.read_bytes()).hexdigest() != package.sha256:
+            say(f"download {package.name} {package.version}")
+            deb.write_bytes(_checked(_fetch(f"{DEBIAN_MIRROR}/{package.filename}"), package.sha256, package.name))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+
+
+@dataclass(frozen=True)
+class ArmEnv:
+    """A built environment: `qemu` (qemu-aarch64-static), `sysroot` (the arm64 userland), `site` (the wheels)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())  # qemu runs in other folders
+
+    @property
+    def qemu(self) -> Path:
+        return self.root / "qemu" / "usr" / "bin" / "qemu-aarch64-static"
+
+    @property
+    def sysroot(self) -> Path:
+        return self.root / "sysroot"
+
+    @property
+    def site(self) -> Path:
+        return self.root / "site"
+
+    @property
+    def python(self) -> Path:
+        return self.sysroot / "usr" / "bin" / f"python{PYTHON}"
+
+    def ready(self) -> bool:
+        return (self.root / ".built").is_file() and self.qemu.is_file() and self.python.is_file()
+
+    def run(self, cpu: str, argv: list[str], cwd: Path, env: Mapping[str, str] | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run the sysroot's Python with `argv` under qemu as `cpu`, its /proc/cpuinfo written first."""
+        if cpu not in CPUS:
+            raise T2TEdgeError(f"unknown CPU model {cpu!r}; choose {', '.join(CPUS)}")
+        proc = self.sysroot / "proc"
+        proc.mkdir(exist_ok=True)
+        (proc / "cpuinfo").write_text(cpuinfo_text(cpu))
+        environment = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "PYTHONPATH": str(self.site),
+                       "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        return subprocess.run([str(self.qemu), "-L", str(self.sysroot), "-cpu", cpu, str(self.python), *argv],
+                              cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def build_env(root: str | os.PathLike, say=print) -> ArmEnv:
+    """Build (or reuse) the environment under `root`; see the module docstring."""
+    env = ArmEnv(Path(root))
+    if env.ready():
+        return env
+    if shutil.which("dpkg-deb") is None:
+        raise T2TEdgeError("dpkg-deb is not here (a Debian or Ubuntu host builds the ARM environment)")
+    cache = env.root / "downloads"
+    for folder in (env.sysroot, env.site, env.root / "qemu"):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    say(f"Debian {SUITE} arm64: Python {PYTHON} and its libraries")
+    _unpack_debs(resolve(debian_index("arm64", cache)), env.sysroot, cache, say)
+    say("Debian amd64: qemu-user-static")
+    _unpack_debs(resolve(debian_index("amd64", cache), [QEMU_PACKAGE], frozenset(DEBIAN_SKIP) | {"libc6"}),
+                 env.root / "qemu", cache, say)
+    say(f"PyPI aarch64 wheels: {', '.join(WHEELS)}")
+    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-warn-conflicts", "--only-binary=:all:",
+                    "--python-version", PYTHON, *platforms, "--target", str(env.site), *WHEELS], check=True)
+    (env.root / ".built").write_text("\n".join(WHEELS) + "\n")
+    return env
