@@ -31,7 +31,7 @@ from t2tedge.batching import run_batched
 from t2tedge.harness.comparison import SQNR_CAP_DB, TOLERANCES, capped_sqnr_db, compare_pair
 from t2tedge.results import BlockScore, ParityFile, ParityPair, ParityRecord
 from t2tedge.runtimes.base import BlockOutputs
-from t2tedge.targets import Target, target_for_file
+from t2tedge.targets import Target, known_suffixes, target_for_file
 
 # The cosine a block must keep in a pair whose tolerance bounds no cosine (fp32 bounds max |diff| of the logits).
 FP32_BLOCK_COSINE = 0.9999
@@ -126,8 +126,24 @@ def _class_count(meta: dict[str, Any]) -> int | None:
     return len(value) if value else None
 
 
+def _without_companions(paths: list[Path]) -> list[Path]:
+    """`paths` less the files that travel with another of them (an IR's .bin, a sidecar .json): `parity release/*`
+    names them too."""
+    companions = set()
+    for path in paths:
+        try:
+            companions.update(p.resolve() for p in target_for_file(path).files(path)[1:])
+        except T2TEdgeError:
+            continue
+    return [p for p in paths if p.resolve() not in companions]
+
+
 def _inspect(path: Path) -> _Entry:
-    target = target_for_file(path)
+    try:
+        target = target_for_file(path)
+    except DataError:
+        raise UsageError(f"{path.name} is no model file parity runs ({', '.join(s for s in known_suffixes() if s != '.pth')}); "
+                         f"name the model files, e.g. release/*.onnx release/*.tflite") from None
     if target.reference:
         raise UsageError(f"{path.name} is a reference state dict, not a file users ship; name the reference with "
                          f"--reference MODEL.TAG or --checkpoint")
@@ -217,7 +233,7 @@ def run_file_parity(paths: Sequence[str | os.PathLike], settings: FileParitySett
                     progress: Callable[[str], None] | None = None) -> ParityRecord:
     """Compare the files at `paths` (and the reference) on the same images; see the module docstring."""
     say = progress or (lambda message: None)
-    paths = [Path(p) for p in paths]
+    paths = _without_companions([Path(p) for p in paths])
     if len(paths) + (1 if settings.reference else 0) < 2:
         raise UsageError("parity compares two files or more, or one file with --reference MODEL.TAG")
     if len({p.resolve() for p in paths}) != len(paths):

@@ -102,3 +102,13 @@ def test_the_verdict_of_arm_logits_against_x86():
     noisy = x86 + rng.normal(scale=0.05, size=x86.shape).astype(np.float32)
     assert verdict(x86, noisy, "int8")[0] == "within tolerance"  # two INT8 runs of one file: int8_vs_int8
     assert verdict(x86, -x86, "int8")[0] == "broken"
+
+
+def test_records_made_under_emulation_name_their_cpu_as_emulated(monkeypatch):
+    from t2tedge.harness.latency import EMULATED, machine_info
+
+    real = machine_info()
+    monkeypatch.setenv(EMULATED, "cortex-a53 under qemu-user on the host")
+    emulated = machine_info()
+    assert emulated.cpu == "cortex-a53 under qemu-user on the host (emulated)"
+    assert emulated != real  # Table 4 keys cells by machine: an emulated cell never replaces a real one

@@ -186,6 +186,8 @@ CASES = [
      "t2t_vit_7.onnx holds t2t_vit_7, mobilenet_v2_100.onnx holds mobilenet_v2_100"),
     ("parity FILE whose runtime is missing", ["parity", "{t2t}", "{engine}", "--limit", "2", "--data", "{val}"], 2,
      "fewer than two of the files run here (m.engine: "),
+    ("parity of a file that is no model", ["parity", "{t2t}", "{config}", "--data", "{val}"], 2,
+     "unknown_keys.json is no model file parity runs"),
     ("parity one FILE only", ["parity", "{t2t}", "--data", "{val}"], 2,
      "parity compares two files or more, or one file with --reference MODEL.TAG"),
     ("parity --reference preprocesses otherwise", ["parity", "{t2t_prep}", "--reference", "t2t_vit_7", "--limit",

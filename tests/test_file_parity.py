@@ -200,3 +200,9 @@ def test_a_copy_is_a_fine_pair_and_one_file_named_twice_is_refused(shipped, subj
     data = ["--data", str(subject.val), "--limit", "2"]
     assert main(["parity", str(shipped["onnx"]), str(copy), *data]) == 0
     assert main(["parity", str(shipped["onnx"]), str(shipped["onnx"]), *data]) == 2
+
+
+def test_the_files_that_travel_with_a_model_file_are_not_compared(shipped, subject):
+    ir_folder = sorted(shipped["ir"].parent.iterdir())  # t2t_vit_7.xml and its t2t_vit_7.bin
+    assert {p.suffix for p in ir_folder} == {".xml", ".bin"}
+    assert main(["parity", *map(str, ir_folder), str(shipped["onnx"]), "--data", str(subject.val), "--limit", "2"]) == 0
