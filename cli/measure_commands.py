@@ -162,10 +162,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def _parity_files(args: argparse.Namespace, sources: list[str]) -> int:
-    from t2tedge.fileio import atomic_write_text
     from t2tedge.harness.file_parity import FileParitySettings, parse_tolerances, run_file_parity
-    from t2tedge.harness.parity_views import (append_step_summary, format_table, junit_xml, render_blocks_png,
-                                              render_markdown)
+    from t2tedge.harness.parity_views import format_table, write_views
 
     given = [name for name in _MODEL_FORM if getattr(args, name, None) is not None]
     if given or given_load_options(args):
@@ -188,26 +186,9 @@ def _parity_files(args: argparse.Namespace, sources: list[str]) -> int:
                                   block_images=args.block_images or 16, force=args.force, pairs=args.pairs or "all")
     record = run_file_parity(sources, settings, progress=lambda line: print(line, file=sys.stderr))
     print(format_table(record))
-    markdown = render_markdown(record)
-    written = []
-    if args.json:
-        atomic_write_text(args.json, record.to_json())
-        written.append(str(args.json))
-    if args.junit:
-        atomic_write_text(args.junit, junit_xml(record))
-        written.append(str(args.junit))
-    if args.markdown:
-        atomic_write_text(args.markdown, markdown)
-        written.append(str(args.markdown))
-    if args.png:
-        try:
-            render_blocks_png(record, args.png)
-            written.append(str(args.png))
-        except ImportError:
-            say_note("no PNG: matplotlib is not installed (pip install 't2t-edge[plot]')")
-    summary = append_step_summary(markdown)
-    if summary:
-        written.append(f"{summary} (appended)")
+    written = write_views(record, json_path=args.json, junit=args.junit, markdown=args.markdown, png=args.png)
+    if args.png and str(args.png) not in written:
+        say_note("no PNG: matplotlib is not installed (pip install 't2t-edge[plot]')")
     if written:
         print(f"wrote {', '.join(written)}")
     return 0 if record.passed else 1

@@ -154,3 +154,27 @@ def render_blocks_png(record: ParityRecord, path: str | os.PathLike) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def write_views(record: ParityRecord, json_path: Path | None = None, junit: Path | None = None,
+                markdown: Path | None = None, png: Path | None = None) -> list[str]:
+    """Write the record and each view asked for, and append the Markdown to $GITHUB_STEP_SUMMARY when that is set;
+    what was written, in words (no PNG without matplotlib)."""
+    from t2tedge.fileio import atomic_write_text
+
+    written = []
+    summary = render_markdown(record)
+    for path, text in ((json_path, record.to_json), (junit, lambda: junit_xml(record)), (markdown, lambda: summary)):
+        if path is not None:
+            atomic_write_text(path, text())
+            written.append(str(path))
+    if png is not None:
+        try:
+            render_blocks_png(record, png)
+            written.append(str(png))
+        except ImportError:
+            pass
+    appended = append_step_summary(summary)
+    if appended:
+        written.append(f"{appended} (appended)")
+    return written
