@@ -120,7 +120,8 @@ def cpuinfo_text(cpu: str, cores: int = 2) -> str:
     """/proc/cpuinfo as an aarch64 Linux kernel writes it for `cores` cores of `cpu` (a key of CPUS)."""
     spec = CPUS[cpu]
     block = ("processor\t: {n}\nBogoMIPS\t: 48.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
-             "CPU architecture: {architecture}\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n")
+             "CPU architecture: {architecture}\nCPU variant\t: {variant}\nCPU part\t: {part}\n"
+             "CPU revision\t: {revision}\n")
     return "\n".join(block.format(n=n, **spec) for n in range(cores)) + "\n"
 
 
@@ -219,7 +220,8 @@ def build_env(root: str | os.PathLike, say=print) -> ArmEnv:
                  env.root / "qemu", cache, say)
     say(f"PyPI aarch64 wheels: {', '.join(WHEELS)}")
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-warn-conflicts", "--only-binary=:all:",
-                    "--python-version", PYTHON, *platforms, "--target", str(env.site), *WHEELS], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-warn-conflicts",
+                    "--only-binary=:all:", "--python-version", PYTHON, *platforms, "--target", str(env.site), *WHEELS],
+                   check=True)
     (env.root / ".built").write_text("\n".join(WHEELS) + "\n")
     return env

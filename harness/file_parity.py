@@ -142,8 +142,9 @@ def _inspect(path: Path) -> _Entry:
     try:
         target = target_for_file(path)
     except DataError:
-        raise UsageError(f"{path.name} is no model file parity runs ({', '.join(s for s in known_suffixes() if s != '.pth')}); "
-                         f"name the model files, e.g. release/*.onnx release/*.tflite") from None
+        shipped = ", ".join(s for s in known_suffixes() if s != ".pth")
+        raise UsageError(f"{path.name} is no model file parity runs ({shipped}); name the model files, e.g. "
+                         f"release/*.onnx release/*.tflite") from None
     if target.reference:
         raise UsageError(f"{path.name} is a reference state dict, not a file users ship; name the reference with "
                          f"--reference MODEL.TAG or --checkpoint")
@@ -166,7 +167,8 @@ def _check_same_model(entries: Sequence[_Entry], force: bool) -> tuple[str, str 
     (the first two unless `force`)."""
     stamped = [e for e in entries if e.meta]
     if not stamped:
-        raise DataError("none of the files can be read here (every runtime is missing); nothing to compare")
+        reasons = "; ".join(f"{e.name}: {e.skipped}" for e in entries)
+        raise RuntimeUnavailable(f"none of the files runs here ({reasons})")
     for entry in stamped:
         if not entry.meta.get(keys.MODEL) or not entry.meta.get(keys.PREPROCESS):
             raise DataError(f"{entry.name} carries no t2tedge.model / t2tedge.preprocess stamps: export it with "
@@ -420,8 +422,9 @@ def _file_record(entry: _Entry) -> ParityFile:
                           runtime_info=entry.runtime.describe().to_dict(),
                           blocks=entry.probes.means if entry.probes else None)
     if entry.skipped:
-        return ParityFile(name=entry.name, runtime=entry.target.name, precision=str(entry.meta.get(keys.PRECISION, "?")),
-                          status="skipped", path=str(entry.path), reason=entry.skipped)
+        # Its stamps are read by its runtime, which is not here.
+        return ParityFile(name=entry.name, runtime=entry.target.name, precision="unknown", status="skipped",
+                          path=str(entry.path), reason=entry.skipped)
     return ParityFile(name=entry.name, runtime=entry.target.name, precision=_precision(entry), status="ran",
                       path=str(entry.path), sha256=sha256_file(entry.path) if entry.path.is_file() else None,
                       runtime_info=entry.runtime.describe().to_dict(),

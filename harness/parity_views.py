@@ -31,8 +31,8 @@ def _where(pair: ParityPair) -> str:
 def format_table(record: ParityRecord) -> str:
     """What the terminal shows: one line per pair, the files skipped, where failing pairs part ways."""
     ran = [f for f in record.files if f.status == "ran" and f.runtime_info and f.path]
-    lines = [f"parity {record.model}: {len(ran)} files{' and the reference ' + record.reference if record.reference else ''}"
-             f" on {record.images} images of {record.data}"]
+    reference = f" and the reference {record.reference}" if record.reference else ""
+    lines = [f"parity {record.model}: {len(ran)} files{reference} on {record.images} images of {record.data}"]
     rows = [PAIR_COLUMNS] + [_pair_cells(p) for p in record.pairs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(PAIR_COLUMNS) - 1)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
