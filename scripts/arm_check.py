@@ -1,5 +1,5 @@
-"""`make arm-check`: T2T-ViT-7 (the Imagenette subject) and MobileNetV2, fp32 and int8, for ONNX Runtime and LiteRT,
-on x86 and under emulated ARM CPUs (qemu-user), with the device bundle run by its own runner there.
+"""`make arm-check`: T2T-ViT-7 (the Imagenette subject) and MobileNetV2, fp32 and int8, for ONNX Runtime (.onnx and
+.ort) and LiteRT, on x86 and under emulated ARM CPUs (qemu-user), with the device bundle run by its own runner there.
 
 Builds the ARM environment once under .arm-env/ (t2tedge.harness.arm_env; a second run reuses it), exports the
 files with `t2tedge export`, and writes OUT/arm-check.json (t2tedge.arm-check/1), OUT/arm-check.md and the bundle's
@@ -32,7 +32,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=64, help="images per model (default: %(default)s)")
     parser.add_argument("--cpus", default=",".join(CPUS), help="emulated CPU models (default: %(default)s)")
     parser.add_argument("--models", default="t2t_vit_7.imagenette,mobilenet_v2_100")
-    parser.add_argument("--targets", default="onnxruntime,litert")
+    parser.add_argument("--targets", default="onnxruntime,ort,litert",
+                        help="onnxruntime (.onnx), ort (ONNX Runtime format, ARM-optimized), litert (.tflite)")
     parser.add_argument("--precisions", default="fp32,int8")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -48,12 +49,20 @@ def main() -> int:
         files = []
         for target in args.targets.split(","):
             for precision in args.precisions.split(","):
-                out = work / "files" / target
-                calib = ["--num-calib", "64"] if precision == "int8" else []
-                if t2tedge(["export", target, model, "--precision", precision, "--out", str(out), *calib]) != 0:
-                    return 1
+                # ort: ONNX Runtime's own format, converted from the .onnx with ARM's optimizations baked in.
+                builder = "onnxruntime" if target == "ort" else target
+                out = work / "files" / builder
                 stem = model.split(".")[0] + ("" if precision == "fp32" else f"_{precision}")
-                files.append(out / (stem + {"onnxruntime": ".onnx", "litert": ".tflite"}[target]))
+                made = out / (stem + {"onnxruntime": ".onnx", "litert": ".tflite"}[builder])
+                calib = ["--num-calib", "64"] if precision == "int8" else []
+                if not made.is_file() and t2tedge(["export", builder, model, "--precision", precision, "--out",
+                                                   str(out), *calib]) != 0:
+                    return 1
+                if target == "ort":
+                    if t2tedge(["export", "ort", str(made), "--platform", "arm", "--out", str(work / "files" / "ort")]):
+                        return 1
+                    made = work / "files" / "ort" / (stem + ".ort")
+                files.append(made)
         settings = ArmCheckSettings(data=folder, limit=args.limit, cpus=tuple(args.cpus.split(",")))
         record, model_profiles = run_arm_check(env, files, settings, work / "arm", say=print)
         records.append(record)
