@@ -324,7 +324,8 @@ def _probe(entry: _Entry, images: np.ndarray, family: str | None, threads: int |
 
 
 def _reference_probes(model, images: np.ndarray, family: str | None) -> BlockOutputs:
-    """Forward hooks on every module that is a block (`probe_of` its own path)."""
+    """Forward hooks on every module that is a block (`probe_of` its own path); not on the ones that pass their input
+    on in eval mode (Dropout, Identity), which no exported file keeps."""
     import torch
 
     from t2tedge.op_blocks import probe_of
@@ -332,7 +333,7 @@ def _reference_probes(model, images: np.ndarray, family: str | None) -> BlockOut
     captured: dict[str, list[np.ndarray]] = {}
     handles = []
     for name, module in model.named_modules():
-        if name and probe_of(name, family) == name:
+        if name and probe_of(name, family) == name and not isinstance(module, (torch.nn.Dropout, torch.nn.Identity)):
             def hook(module, inputs, output, name=name):
                 if isinstance(output, torch.Tensor):
                     captured.setdefault(name, []).append(output.detach().float().numpy().copy())
