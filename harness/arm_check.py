@@ -15,19 +15,18 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import numpy as np
 
 from t2tedge import __version__
 from t2tedge import metadata_keys as keys
-from t2tedge.data import discover_images, load_batch, split
 from t2tedge.errors import T2TEdgeError
 from t2tedge.harness.arm_env import CPUS, NO_AARCH64_WHEEL, WHEELS, ArmEnv
 from t2tedge.harness.bundle import make_bundle
 from t2tedge.harness.latency import EMULATED, machine_info
 from t2tedge.harness.comparison import TOLERANCES, compare
+from t2tedge.harness.file_parity import stamped_images
 from t2tedge.results import ArmCheckRecord, ArmParityRow, ProfileRecord
 from t2tedge.targets import target_for_file
 
@@ -134,11 +133,9 @@ def run_arm_check(env: ArmEnv, files: Sequence[Path], settings: ArmCheckSettings
     rows: list[ArmParityRow] = []
     records: list[ProfileRecord] = []
     seconds: dict[str, float] = {}
-    samples = discover_images(settings.data)
     for model, paths in by_model.items():
         preprocess = json.loads(metas[paths[0].name][keys.PREPROCESS])
-        chosen, _ = split(samples, settings.limit, seed=settings.seed)
-        images, _ = load_batch(chosen, SimpleNamespace(**preprocess))
+        images = stamped_images(settings.data, settings.limit, settings.seed, preprocess)
         x86 = {p.name: target_for_file(p).load(p, threads=settings.threads).run(images) for p in paths}
         bundle = make_bundle(paths, work / f"{model}.tar.gz")
         for cpu in settings.cpus:

@@ -126,6 +126,14 @@ def _class_count(meta: dict[str, Any]) -> int | None:
     return len(value) if value else None
 
 
+def stamped_images(folder: Path, limit: int, seed: int, preprocess: dict[str, Any]) -> np.ndarray:
+    """`limit` images of `folder` (any photos; labels unread) drawn with `seed`, preprocessed as a file's
+    `t2tedge.preprocess` stamp (`preprocess`, its JSON read) says: what every file of a comparison is fed."""
+    samples, _ = split(discover_images(folder), limit, seed=seed)
+    images, _ = load_batch(samples, SimpleNamespace(**preprocess))
+    return images
+
+
 def _without_companions(paths: list[Path]) -> list[Path]:
     """`paths` less the files that travel with another of them (an IR's .bin, a sidecar .json): `parity release/*`
     names them too."""
@@ -269,8 +277,7 @@ def run_file_parity(paths: Sequence[str | os.PathLike], settings: FileParitySett
         raise RuntimeUnavailable(f"fewer than two of the files run here ({skipped})")
     if not any(_paired(a, b, settings.pairs) for a, b in itertools.combinations(runnable, 2)):
         raise UsageError(f"--pairs {settings.pairs}: no two of these files make a pair (no runtime has two files here)")
-    samples, _ = split(discover_images(settings.data), settings.limit, seed=settings.seed)
-    images, _ = load_batch(samples, SimpleNamespace(**preprocess))
+    images = stamped_images(settings.data, settings.limit, settings.seed, preprocess)
     for entry in entries:
         if entry.skipped:
             continue
