@@ -27,6 +27,18 @@ from t2tedge.quantize.requantization import keep_outputs_float, skip_requantizat
 
 
 @contextlib.contextmanager
+def one_blas_thread():
+    """numpy's BLAS on one thread for the call: GPTQ's second moments, Cholesky factors and bias shifts sum in an
+    order that depends on OpenBLAS's thread count, and a rounding that flips changes the file's bytes. A build in a
+    Ray worker (OMP_NUM_THREADS=1) then wrote another file than the same build in a 2-thread process; with this
+    every process writes the same bytes, and the cost is nothing we can measure (T2T-ViT-7: 16 s build either way)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
 def _quiet_ort_logging():
     """ORT logs a pre-processing recommendation through the root logger on every call (our exports are
     already simplified); silence it for the call only, leaving the caller's logging as it was."""
@@ -98,7 +110,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         qdq = onnx.load(str(staged))
         rounded = []
         if config.weight_rounding == "gptq":
-            rounded = _gptq_weights(qdq, proto, fp32_path, reader, ranges_cache.with_suffix(".rounding.npz"))
+            with one_blas_thread():
+                rounded = _gptq_weights(qdq, proto, fp32_path, reader, ranges_cache.with_suffix(".rounding.npz"))
         pixel_grid = {"applied": False, "reason": "off in the config"}
         if config.pixel_grid_input:
             pixel_grid = align_input_quantization(qdq)
@@ -107,8 +120,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, destination: str | os.PathLike, 
         int8_pools = quantize_global_pooling(qdq)
         correction = {"mode": config.bias_correction, "applied": False}
         if config.bias_correction != "off":
-            correction = _bias_correction(qdq, proto, reader, config.bias_correction,
-                                          ranges_cache.with_suffix(f".{config.weight_rounding}.bias.npz"))
+            with one_blas_thread():
+                correction = _bias_correction(qdq, proto, reader, config.bias_correction,
+                                              ranges_cache.with_suffix(f".{config.weight_rounding}.bias.npz"))
         meta = {p.key: p.value for p in qdq.metadata_props}
         meta.update({keys.PRECISION: "int8", keys.QUANT_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
                      keys.SOURCE_FP32: Path(fp32_path).name})

@@ -162,3 +162,36 @@ def test_int8_logits_stay_float_so_near_ties_do_not_collapse(mobilenet_v1_varian
     assert np.all(top2[:, 1] > top2[:, 0])
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["t2tedge.quant_config"])["weight_rounding"] == "gptq"
+
+
+def test_the_quantizer_rounds_and_corrects_with_blas_on_one_thread(tmp_path, monkeypatch):
+    """OpenBLAS sums GPTQ's second moments and Cholesky factors in an order set by its thread count, so a build in
+    a one-thread process (a Ray worker) wrote other bytes than a 2-thread one: the quantizer pins BLAS to one
+    thread while it rounds weights and corrects biases, and gives the caller's setting back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from conftest import ArrayCalibration
+    from t2tedge.quantize import QuantConfig, quantize_onnx
+    from t2tedge.quantize import bias_correction, weight_rounding
+    from test_bias_correction import _two_linear_layers
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen: dict[str, set[int]] = {}
+    for module, name in ((weight_rounding, "round_weights"), (bias_correction, "correct_biases")):
+        original = getattr(module, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen[_name] = blas_threads()
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    _two_linear_layers(tmp_path / "fp32.onnx")
+    images = np.random.default_rng(1).exponential(size=(16, 8, 16)).astype(np.float32)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}  # the spy would see 2 without the quantizer's pin: the test can fail
+        quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", ArrayCalibration(images),
+                      QuantConfig(weight_rounding="gptq", bias_correction="on"))
+        assert blas_threads() == {2}
+    assert seen == {"round_weights": {1}, "correct_biases": {1}}, seen
