@@ -8,7 +8,7 @@ OUT ?= artifacts
 MODELS ?= $(shell $(PY) -c 'from t2tedge.harness.table4_grid import TABLE4_MODELS; print(*TABLE4_MODELS)')
 PYTEST_ARGS ?=
 
-.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity bench-parity arm-check table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-int8 bench-table4 profile-report clean help
+.PHONY: table4-imagenette setup test test-slow export-onnx export-coreml export-openvino export-litert export-executorch quantize parity bench-parity arm-check table4 bench-onnx bench-coreml bench-ptq bench-openvino bench-litert bench-executorch bench-int8 bench-speed bench-table4 profile-report clean help
 
 help:
 	@echo "make setup        create $(VENV) and install t2t-edge (torch CPU wheel pinned)"
@@ -31,6 +31,7 @@ help:
 	@echo "make bench-litert LiteRT parity/delegation for the five models; fp32/int8/w8/PT2E peer vs ONNX Runtime"
 	@echo "make bench-executorch ExecuTorch delegation/parity for the five models; fp32/w8/int8/plain peer vs ORT, LiteRT"
 	@echo "make bench-int8   INT8 of one quantization plan on every target: agreement with fp32 and ORT INT8, latency"
+	@echo "make bench-speed  does INT8 pay? fp32/int8/w8 p50 and agreement per target, the auto choice, the CPU's int8 support"
 	@echo "make profile-report per-op profiles (T2T-ViT-7, MobileNetV2; fp32, INT8; every CPU runtime) to docs/results"
 	@echo "make bench-table4 Table 4 cells vs t2tedge profile of the files t2tedge export writes (after table4-imagenette)"
 	@echo "make bench-openvino OpenVINO fp32/INT8 vs NNCF's INT8 and ONNX Runtime: top-1, agreement, SQNR, latency"
@@ -136,6 +137,10 @@ bench-executorch: setup
 # One quantization plan on every target: INT8 agreement with fp32 and with the ONNX Runtime INT8 file, SQNR, latency.
 bench-int8: setup
 	$(PY) benchmarks/bench_int8.py --out results/bench_int8.json
+
+# Times; run it alone on the machine. LIMIT=N scores N images per model (default: all).
+bench-speed: setup
+	$(PY) benchmarks/bench_speed.py --out results/bench_speed.json $(if $(LIMIT),--limit $(LIMIT))
 
 # Builds its files once under artifacts/profile-report; run it alone on the machine (it times).
 profile-report: setup

@@ -6,9 +6,9 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from t2tedge.cli.options import at_least, check_image_folder, checkpoint_arg, resolve_checkpoint
+from t2tedge.cli.options import at_least, check_image_folder, checkpoint_arg, fraction, resolve_checkpoint
 from t2tedge.cli.ort_commands import ort_format_parser
-from t2tedge.errors import DataError
+from t2tedge.errors import DataError, UsageError
 from t2tedge.fileio import ensure_writable_dir, ensure_writable_file
 from t2tedge.targets import DEFAULT_NUM_CALIB
 
@@ -27,9 +27,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         from t2tedge.models import get_spec
 
         get_spec(model)
+    auto = args.precision == "auto"
+    if not auto:
+        given = [flag for name, flag in AUTO_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only applies to --precision auto")
     given = [name for name in ("checkpoint", "calib", "num_calib", "num_classes", "precision")
-             if getattr(args, name) is not None]
-    precision = args.precision or (onnx_precision(source) if source is not None else target.default_precision)
+             if getattr(args, name) is not None and not (auto and name in ("precision", "calib", "num_calib"))]
+    precision = "fp32" if auto else args.precision or (
+        onnx_precision(source) if source is not None else target.default_precision)
     options = {o.name: getattr(args, o.name) for o in target.export_options if getattr(args, o.name) is not None}
     request = BuildRequest(model=model, precision=precision, out_dir=args.out, source=source,
                            calib=args.calib, num_calib=args.num_calib or DEFAULT_NUM_CALIB,
@@ -39,12 +45,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_image_folder(request.calib, "--calib", "calibration folder not found")
     if source is None:
         request = replace(request, checkpoint=resolve_checkpoint(model, args.checkpoint))
+    if auto:
+        return _export_auto(target, request, args)
     path = build_artifact(target, request)
     detail = target.summarize(path) if target.summarize else ""
     companions = [p.name for p in target.files(path)[1:] if p.exists()]
     print(f"wrote {path}" + (f" and {', '.join(companions)}" if companions else "")
           + f" ({target.size_bytes(path) / 1e6:.1f} MB, {target.name} {precision}" + (f"; {detail}" if detail else "")
           + ")")
+    return 0
+
+
+# The options of --precision auto (attribute, flag): refused with any other precision.
+AUTO_OPTIONS = (("target_agreement", "--target-agreement"), ("candidates", "--candidates"),
+                ("num_heldout", "--num-heldout"), ("runs", "--runs"), ("threads", "--threads"))
+
+
+def _export_auto(target, request, args: argparse.Namespace) -> int:
+    from t2tedge.harness.auto_precision import AutoPrecisionSettings, search
+    from t2tedge.models import get_spec
+
+    settings = AutoPrecisionSettings(
+        target_agreement=args.target_agreement if args.target_agreement is not None else 0.99,
+        candidates=tuple(args.candidates.split(",")) if args.candidates else None,
+        num_heldout=args.num_heldout or 200, runs=args.runs or 30, threads=args.threads)
+    path, record = search(target, request, settings, get_spec(request.model).preprocess)
+    chosen = next(c for c in record.candidates if c.precision == record.chosen)
+    for c in record.candidates:
+        print(f"  {c.precision:5s} p50 {c.p50_ms:8.2f} ms ({c.ratio_to_fp32:.2f}x fp32)  agreement "
+              f"{100 * c.agreement:6.2f}%{'  <- chosen' if c is chosen else ''}")
+    print(f"wrote {path} ({target.size_bytes(path) / 1e6:.1f} MB, {target.name} {record.chosen}: the fastest file "
+          f"with top-1 agreement >= {settings.target_agreement:.4g} on {record.images} held-out images) and "
+          f"{path.name.split('.')[0]}.auto.json/.md beside it")
     return 0
 
 
@@ -89,9 +121,11 @@ def export_parser(sub) -> None:
             p.add_argument("source", metavar="MODEL", help="a model name; MODEL.TAG brings its weights and classes")
         checkpoint_arg(p)
         # Every precision of the vocabulary parses; those the target does not build are refused with the reason.
-        p.add_argument("--precision", choices=PRECISIONS, metavar="{" + ",".join(target.builds) + "}",
+        p.add_argument("--precision", choices=(*PRECISIONS, "auto"), metavar="{" + ",".join(target.builds) + ",auto}",
                        help=f"{' | '.join(target.builds)} (default: {target.default_precision}"
-                            + ("; a file's own precision for FILE.onnx" if target.from_onnx else "") + ")")
+                            + ("; a file's own precision for FILE.onnx" if target.from_onnx else "")
+                            + "); auto: build each, time each alone here, write the fastest whose top-1 agreement "
+                              "with the fp32 file reaches --target-agreement")
         reads = ("int8 calibration images" + ("; fp16: the images its range check runs on"
                                              if "fp16" in target.calibrated else ""))
         p.add_argument("--calib", type=Path, metavar="DIR", help=f"{reads} (default: ../shared/data/imagenet-sample)")
@@ -103,6 +137,15 @@ def export_parser(sub) -> None:
             else:
                 p.add_argument(option.flag, dest=option.name, choices=option.choices, help=option.help,
                                type=at_least(*option.bounds) if option.kind is int else None)
+        auto = p.add_argument_group("--precision auto")
+        auto.add_argument("--target-agreement", type=fraction(open_low=True), metavar="FRACTION",
+                          help="top-1 agreement with the fp32 file the chosen file must reach (default: 0.99)")
+        auto.add_argument("--candidates", metavar="P,P",
+                          help=f"precisions to try (default: every one {target.name} builds and times here)")
+        auto.add_argument("--num-heldout", type=at_least(1), metavar="N",
+                          help="images of --calib, never calibrated on, that score agreement (default: 200)")
+        auto.add_argument("--runs", type=at_least(1), help="timed batch-1 runs per file (default: 30)")
+        auto.add_argument("--threads", type=at_least(1), help="intra-op threads when timing (default: all cores)")
         p.add_argument("--out", type=Path, default=target.default_out, help="output folder (default: %(default)s)")
         p.add_argument("--num-classes", type=at_least(1),
                        help="classifier size of the checkpoint, for fine-tunes on other label sets (default: 1000)")

@@ -513,7 +513,41 @@ class ArmCheckRecord(Record):
     profiles: list[str] = field(default_factory=list)
 
 
-RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord, ParityRecord, ArmCheckRecord)
+@dataclass
+class AutoCandidate(Record):
+    """One precision `export --precision auto` built and measured: batch-1 p50 of the file timed alone, top-1
+    agreement with the target's fp32 file on the held-out images; `note` says why a candidate was not measured."""
+
+    precision: str
+    file: str
+    bytes: int
+    p50_ms: float | None = None
+    ratio_to_fp32: float | None = None
+    agreement: float | None = None
+    meets_target: bool = False
+    note: str | None = None
+
+
+@dataclass
+class AutoPrecisionRecord(Record):
+    """`t2tedge export TARGET MODEL --precision auto`: every candidate precision with its measured latency and
+    agreement, and the one written (`chosen`: the fastest that meets `target_agreement`)."""
+
+    SCHEMA: ClassVar[str] = "t2tedge.auto-precision/1"
+    version: str
+    machine: MachineInfo
+    model: str
+    target: str
+    target_agreement: float
+    images: int
+    threads: int | None
+    runs: int
+    candidates: list[AutoCandidate]
+    chosen: str
+
+
+RESULT_TYPES: tuple[type[Record], ...] = (Table4Result, ProfileRecord, OpProfileRecord, ParityRecord, ArmCheckRecord,
+                                          AutoPrecisionRecord)
 
 
 def schema_file_name(cls: type[Record]) -> str:
