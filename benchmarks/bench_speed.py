@@ -55,6 +55,41 @@ def int8_dot_products() -> str:
     return ", ".join(found) if found else "none (int8 products through 16-bit multiply-adds, which may saturate)"
 
 
+def gemm_peaks(threads: int, size: int = 1024, runs: int = 20) -> dict[str, float]:
+    """ONNX Runtime's best MatMul rate here on size^3 products: fp32 (GFLOP/s) and uint8 x int8 -> int32
+    (MatMulInteger, GOP/s): the floor a model's MACs cannot beat on this CPU."""
+    import time
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    cases = {"fp32_gflops": ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT,
+                             rng.standard_normal((size, size), dtype=np.float32),
+                             rng.standard_normal((size, size), dtype=np.float32)),
+             "int8_gops": ("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32,
+                           rng.integers(0, 255, (size, size), dtype=np.uint8),
+                           rng.integers(-127, 127, (size, size), dtype=np.int8))}
+    peaks = {}
+    for key, (op, a_type, b_type, c_type, a, b) in cases.items():
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "gemm",
+                                  [helper.make_tensor_value_info("a", a_type, [size, size]),
+                                   helper.make_tensor_value_info("b", b_type, [size, size])],
+                                  [helper.make_tensor_value_info("c", c_type, [size, size])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        best = float("inf")
+        for i in range(runs + 3):
+            start = time.perf_counter()
+            session.run(None, {"a": a, "b": b})
+            if i >= 3:
+                best = min(best, time.perf_counter() - start)
+        peaks[key] = 2 * size**3 / best / 1e9
+    return peaks
+
+
 def node_macs(fp32_onnx: Path) -> dict[str, int]:
     """MACs of each Conv / MatMul / Gemm node of a static-shape fp32 ONNX file (batch 1)."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_onnx)))
@@ -95,10 +130,12 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.set_defaults(runs=100)
     args = parser.parse_args()
-    rows = []
+    rows, floors = [], {}
     cpu = machine_info().cpu
     dot = int8_dot_products()
-    print(f"CPU: {cpu}; int8 dot products: {dot}; {args.threads} threads, batch 1", flush=True)
+    peaks = gemm_peaks(args.threads)
+    print(f"CPU: {cpu}; int8 dot products: {dot}; {args.threads} threads, batch 1; ONNX Runtime GEMM peak "
+          f"{peaks['fp32_gflops']:.0f} GFLOP/s fp32, {peaks['int8_gops']:.0f} GOP/s u8 x s8", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         for name in args.models.split(","):
             checkpoint, overrides, label = weights_for(name)
@@ -118,6 +155,12 @@ def main() -> int:
                     files[target.name, "w8"] = artifact_for(target, name, checkpoint, work / "w8", precision="w8",
                                                             num_classes=classes)
             macs = node_macs(files["onnxruntime", "fp32"]) if ("onnxruntime", "fp32") in files else {}
+            if macs:
+                floor = 2 * sum(macs.values()) / 1e6
+                print(f"{name}: {sum(macs.values()) / 1e9:.2f} GMACs in Conv/MatMul/Gemm: at the GEMM peaks "
+                      f"{floor / peaks['fp32_gflops']:.2f} ms fp32, {floor / peaks['int8_gops']:.2f} ms int8", flush=True)
+                floors[name] = {"gmacs": sum(macs.values()) / 1e9, "fp32_ms": floor / peaks["fp32_gflops"],
+                                "int8_ms": floor / peaks["int8_gops"]}
             share = float_mac_share(macs, files["onnxruntime", "int8"]) if macs else None
             print(f"{name}: timing {len(files)} files alone ...", flush=True)
             latency = timed_alone({f"{t} {p}": path for (t, p), path in files.items()}, name, args.threads, args.runs)
@@ -154,7 +197,8 @@ def main() -> int:
               f"{100 * r['agreement_fp32']:.2f}% | {share} | {r['size_mb']:.1f} | {'**auto**' if r['auto'] else ''} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps({"machine": machine_info().to_dict(), "int8_dot_products": dot,
-                                            "threads": args.threads, "rows": rows}, indent=2) + "\n")
+                                            "threads": args.threads, "gemm_peaks": peaks, "floors": floors,
+                                            "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

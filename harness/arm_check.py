@@ -15,7 +15,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -120,9 +120,13 @@ def _bundle_on_arm(env: ArmEnv, bundle: Path, images: np.ndarray, cpu: str, sett
 
 
 def run_arm_check(env: ArmEnv, files: Sequence[Path], settings: ArmCheckSettings, work: Path,
-                  say: Callable[[str], None] = print) -> tuple[ArmCheckRecord, list[ProfileRecord]]:
+                  say: Callable[[str], None] = print, x86_stand_ins: Mapping[str, Path] | None = None
+                  ) -> tuple[ArmCheckRecord, list[ProfileRecord]]:
     """Compare `files` on x86 and on each emulated CPU of `settings`; returns the record and the bundle's profile
-    records (one per file and CPU)."""
+    records (one per file and CPU). `x86_stand_ins`: file name -> the file whose x86 logits it is judged against
+    (an INT8 `.ort` file on an x86 CPU whose int8 dot products saturate is wrong there as it is: its source `.onnx`,
+    run with uint8 weights, gives the x86 logits; the row says so)."""
+    x86_stand_ins = dict(x86_stand_ins or {})
     files = [Path(f) for f in files]
     by_model: dict[str, list[Path]] = {}
     metas = {}
@@ -136,7 +140,10 @@ def run_arm_check(env: ArmEnv, files: Sequence[Path], settings: ArmCheckSettings
     for model, paths in by_model.items():
         preprocess = json.loads(metas[paths[0].name][keys.PREPROCESS])
         images = stamped_images(settings.data, settings.limit, settings.seed, preprocess)
-        x86 = {p.name: target_for_file(p).load(p, threads=settings.threads).run(images) for p in paths}
+        x86 = {}
+        for p in paths:
+            source = x86_stand_ins.get(p.name, p)
+            x86[p.name] = target_for_file(source).load(source, threads=settings.threads).run(images)
         bundle = make_bundle(paths, work / f"{model}.tar.gz")
         for cpu in settings.cpus:
             run = _bundle_on_arm(env, bundle, images, cpu, settings, work / model, say)
@@ -151,9 +158,12 @@ def run_arm_check(env: ArmEnv, files: Sequence[Path], settings: ArmCheckSettings
                                              note=run.failed.get(path.name, "no logits written")))
                     continue
                 outcome, result = verdict(x86[path.name], run.logits[path.name], precision)
+                stand_in = x86_stand_ins.get(path.name)
                 rows.append(ArmParityRow(model=model, file=path.name, runtime=runtime, precision=precision, cpu=cpu,
                                          verdict=outcome, max_abs=result["max_abs"],
-                                         top1_agreement=result["top1_agreement"], cosine=result["cosine"]))
+                                         top1_agreement=result["top1_agreement"], cosine=result["cosine"],
+                                         note=f"x86 logits from {stand_in.name} (this x86 CPU's int8 dot products "
+                                              f"saturate on the file as it is)" if stand_in else None))
     record = ArmCheckRecord(version=__version__, machine=machine_info(), data=str(settings.data),
                             images=settings.limit, cpus=list(settings.cpus), wheels=list(WHEELS),
                             no_aarch64_wheel=dict(NO_AARCH64_WHEEL), seconds=seconds, rows=rows,
@@ -173,6 +183,9 @@ def render_markdown(record: ArmCheckRecord) -> str:
                    else f"{row.note} | ")
         lines.append(f"| {row.model} | `{row.file}` | {row.runtime} | {row.precision} | {row.cpu} | {row.verdict} | "
                      f"{numbers} |")
+    noted = [row for row in record.rows if row.note and row.max_abs is not None]
+    if noted:
+        lines += [""] + [f"- `{row.file}` on {row.cpu}: {row.note}" for row in noted]
     lines += ["", "Not run on ARM here (no aarch64 wheel of the version this project pins, or too slow under "
                   "emulation):", ""]
     lines += [f"- `{name}`: {why}" for name, why in record.no_aarch64_wheel.items()]

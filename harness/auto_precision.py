@@ -57,6 +57,10 @@ class AutoPrecisionSettings:
 def candidate_precisions(target: Target, asked: Sequence[str] | None) -> tuple[str, ...]:
     """The precisions an auto search of `target` tries: `asked` (each one the target must build and time here),
     or every such precision. The fp32 file is always built: agreement is measured against it."""
+    missing = target.unavailable_reason()
+    if missing:
+        raise UsageError(f"--precision auto times each candidate on this machine, and {target.name} cannot run "
+                         f"here: {missing}")
     timeable = [p for p in target.builds if p not in target.not_measured_here]
     if asked is None:
         return tuple(timeable)

@@ -24,6 +24,7 @@ def main() -> int:
     from t2tedge.harness.arm_check import ArmCheckSettings, render_markdown, run_arm_check
     from t2tedge.harness.arm_env import CPUS, build_env
     from t2tedge.models import trained_subject
+    from t2tedge.ort_int8_weights import int8_dot_may_saturate
     from t2tedge.paths import shared_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +47,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     for model in args.models.split(","):
         folder = data.get(model) or shared_path("data", "imagenet-val1300")
-        files = []
+        files, stand_ins = [], {}
         for target in args.targets.split(","):
             for precision in args.precisions.split(","):
                 # ort: ONNX Runtime's own format, converted from the .onnx with ARM's optimizations baked in.
@@ -61,10 +62,12 @@ def main() -> int:
                 if target == "ort":
                     if t2tedge(["export", "ort", str(made), "--platform", "arm", "--out", str(work / "files" / "ort")]):
                         return 1
-                    made = work / "files" / "ort" / (stem + ".ort")
+                    source, made = made, work / "files" / "ort" / (stem + ".ort")
+                    if precision == "int8" and int8_dot_may_saturate():
+                        stand_ins[made.name] = source
                 files.append(made)
         settings = ArmCheckSettings(data=folder, limit=args.limit, cpus=tuple(args.cpus.split(",")))
-        record, model_profiles = run_arm_check(env, files, settings, work / "arm", say=print)
+        record, model_profiles = run_arm_check(env, files, settings, work / "arm", say=print, x86_stand_ins=stand_ins)
         records.append(record)
         profiles.extend(model_profiles)
     record = dataclasses.replace(records[0], data="; ".join(r.data for r in records),

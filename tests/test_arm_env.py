@@ -112,3 +112,21 @@ def test_records_made_under_emulation_name_their_cpu_as_emulated(monkeypatch):
     emulated = machine_info()
     assert emulated.cpu == "cortex-a53 under qemu-user on the host (emulated)"
     assert emulated != real  # Table 4 keys cells by machine: an emulated cell never replaces a real one
+
+
+def test_a_row_judged_against_a_stand_in_says_so_in_the_page():
+    """An INT8 .ort file is judged against its source .onnx on an x86 CPU whose int8 products saturate: the page
+    must say which file gave the x86 logits, beside the numbers."""
+    from t2tedge.harness.arm_check import render_markdown
+    from t2tedge.harness.latency import machine_info
+    from t2tedge.results import ArmCheckRecord, ArmParityRow
+
+    note = "x86 logits from m_int8.onnx (this x86 CPU's int8 dot products saturate on the file as it is)"
+    rows = [ArmParityRow(model="m", file="m_int8.ort", runtime="ort", precision="int8", cpu="cortex-a76",
+                         verdict="within tolerance", max_abs=0.01, top1_agreement=1.0, cosine=0.999, note=note),
+            ArmParityRow(model="m", file="m.ort", runtime="ort", precision="fp32", cpu="cortex-a76",
+                         verdict="bit-identical", max_abs=0.0, top1_agreement=1.0, cosine=1.0)]
+    record = ArmCheckRecord(version="0", machine=machine_info(), data="val", images=2, cpus=["cortex-a76"],
+                            wheels=[], no_aarch64_wheel={}, seconds={}, rows=rows)
+    page = render_markdown(record)
+    assert f"- `m_int8.ort` on cortex-a76: {note}" in page and page.count("x86 logits from") == 1
