@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,37 @@ def data_for(name: str, limit: int | None, num_calib: int) -> tuple[list[Sample]
         return evaluation, calibration_samples(subject.train, num_calib), subject.num_classes
     evaluation = evenly_spread(discover(evaluation_folder(name)), limit)
     return evaluation, calibration_samples(shared_path("data", "imagenet-sample"), num_calib, exclude=evaluation), 1000
+
+
+@dataclass
+class PlannedModel:
+    """A model as the INT8 benchmarks measure it: weights, evaluation images, calibration and each target's INT8
+    file of the one plan (calibrated once, on images disjoint from `evaluation`)."""
+
+    checkpoint: Path | None
+    overrides: dict
+    label: str
+    evaluation: list[Sample]
+    calibration: list[Sample]
+    classes: int
+    images: np.ndarray
+    labels: np.ndarray
+    int8: dict[str, Path]
+    int8_made: dict[str, str]
+
+
+def planned_model(name: str, targets, work: Path, limit: int | None, num_calib: int) -> PlannedModel:
+    from t2tedge.data import load_batch
+    from t2tedge.harness.parity import int8_artifacts
+    from t2tedge.models import get_spec
+
+    checkpoint, overrides, label = weights_for(name)
+    evaluation, calibration, classes = data_for(name, limit, num_calib)
+    subject = trained_subject(name)
+    calib = subject.train if subject is not None else shared_path("data", "imagenet-sample")
+    images, labels = load_batch(evaluation, get_spec(name).preprocess)
+    int8, how = int8_artifacts(targets, name, checkpoint, work / "int8", calib, num_calib, evaluation, classes)
+    return PlannedModel(checkpoint, overrides, label, evaluation, calibration, classes, images, labels, int8, how)
 
 
 def logits_of(runtime, images: np.ndarray) -> np.ndarray:

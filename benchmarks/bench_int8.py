@@ -20,17 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from t2tedge.data import load_batch
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.artifacts import artifact_for
 from t2tedge.harness.latency import machine_info
-from t2tedge.harness.parity import int8_artifacts
 from t2tedge.metrics import sqnr_db
-from t2tedge.models import get_spec, trained_subject
-from t2tedge.paths import shared_path
 from t2tedge.targets import get_target, target_for_file
 
-from bench_common import bench_arguments, data_for, logits_of, timed_alone, weights_for
+from bench_common import bench_arguments, logits_of, planned_model, timed_alone
 
 TARGETS = ("onnxruntime", "openvino", "executorch", "litert")
 
@@ -49,15 +45,13 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         for name in args.models.split(","):
-            checkpoint, overrides, label = weights_for(name)
-            evaluation, calibration, classes = data_for(name, args.limit, args.num_calib)
-            subject = trained_subject(name)
-            calib = subject.train if subject is not None else shared_path("data", "imagenet-sample")
-            images, labels = load_batch(evaluation, get_spec(name).preprocess)
             work = Path(tmp) / name
             targets = [get_target(t) for t in args.targets.split(",")]
-            int8, how = int8_artifacts(targets, name, checkpoint, work / "int8", calib, args.num_calib, evaluation,
-                                       classes)
+            planned = planned_model(name, targets, work, args.limit, args.num_calib)
+            checkpoint, overrides, label, calibration = (planned.checkpoint, planned.overrides, planned.label,
+                                                         planned.calibration)
+            classes, images, labels, int8, how = (planned.classes, planned.images, planned.labels, planned.int8,
+                                                  planned.int8_made)
             files = {}
             for target in targets:
                 files[f"{target.name} fp32"] = artifact_for(target, name, checkpoint, work / "fp32",

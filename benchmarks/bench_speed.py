@@ -19,19 +19,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from t2tedge.data import load_batch
 from t2tedge.errors import DataError
 from t2tedge.fileio import atomic_write_text
 from t2tedge.harness.artifacts import artifact_for
 from t2tedge.harness.auto_precision import choose_fastest
 from t2tedge.harness.latency import machine_info
-from t2tedge.harness.parity import int8_artifacts
-from t2tedge.models import get_spec, trained_subject
-from t2tedge.paths import shared_path
 from t2tedge.results import AutoCandidate
 from t2tedge.targets import get_target, target_for_file
 
-from bench_common import bench_arguments, data_for, logits_of, timed_alone, weights_for
+from bench_common import bench_arguments, logits_of, planned_model, timed_alone
 
 TARGETS = ("onnxruntime", "openvino", "litert", "executorch")
 # Agreement each model's `auto` must reach (the targets: T2T-ViT-7 99%, MobileNetV2 98.7%).
@@ -138,19 +134,14 @@ def main() -> int:
           f"{peaks['fp32_gflops']:.0f} GFLOP/s fp32, {peaks['int8_gops']:.0f} GOP/s u8 x s8", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         for name in args.models.split(","):
-            checkpoint, overrides, label = weights_for(name)
-            evaluation, _, classes = data_for(name, args.limit, args.num_calib)
-            subject = trained_subject(name)
-            calib = subject.train if subject is not None else shared_path("data", "imagenet-sample")
-            images, _ = load_batch(evaluation, get_spec(name).preprocess)
             work = Path(tmp) / name
             targets = [get_target(t) for t in args.targets.split(",")]
-            int8, _ = int8_artifacts(targets, name, checkpoint, work / "int8", calib, args.num_calib, evaluation,
-                                     classes)
+            planned = planned_model(name, targets, work, args.limit, args.num_calib)
+            checkpoint, classes, images, label = planned.checkpoint, planned.classes, planned.images, planned.label
             files: dict[tuple[str, str], Path] = {}
             for target in targets:
                 files[target.name, "fp32"] = artifact_for(target, name, checkpoint, work / "fp32", num_classes=classes)
-                files[target.name, "int8"] = int8[target.name]
+                files[target.name, "int8"] = planned.int8[target.name]
                 if "w8" in target.builds and "w8" not in target.not_measured_here:
                     files[target.name, "w8"] = artifact_for(target, name, checkpoint, work / "w8", precision="w8",
                                                             num_classes=classes)

@@ -516,7 +516,7 @@ class ArmCheckRecord(Record):
 @dataclass
 class AutoCandidate(Record):
     """One precision `export --precision auto` built and measured: batch-1 p50 of the file timed alone, top-1
-    agreement with the target's fp32 file on the held-out images; `note` says why a candidate was not measured."""
+    agreement with the target's fp32 file on the held-out images."""
 
     precision: str
     file: str
@@ -525,7 +525,6 @@ class AutoCandidate(Record):
     ratio_to_fp32: float | None = None
     agreement: float | None = None
     meets_target: bool = False
-    note: str | None = None
 
 
 @dataclass
