@@ -62,13 +62,13 @@ AUTO_OPTIONS = (("target_agreement", "--target-agreement"), ("candidates", "--ca
 
 
 def _export_auto(target, request, args: argparse.Namespace) -> int:
-    from t2tedge.harness.auto_precision import AutoPrecisionSettings, search
+    from t2tedge.harness.auto_precision import AutoPrecisionSettings, report_stem, search
     from t2tedge.models import get_spec
 
-    settings = AutoPrecisionSettings(
-        target_agreement=args.target_agreement if args.target_agreement is not None else 0.99,
-        candidates=tuple(args.candidates.split(",")) if args.candidates else None,
-        num_heldout=args.num_heldout or 200, runs=args.runs or 30, threads=args.threads)
+    given = {name: getattr(args, name) for name, _ in AUTO_OPTIONS if getattr(args, name) is not None}
+    if "candidates" in given:
+        given["candidates"] = tuple(given["candidates"].split(","))
+    settings = AutoPrecisionSettings(**given)
     path, record = search(target, request, settings, get_spec(request.model).preprocess)
     chosen = next(c for c in record.candidates if c.precision == record.chosen)
     for c in record.candidates:
@@ -76,7 +76,7 @@ def _export_auto(target, request, args: argparse.Namespace) -> int:
               f"{100 * c.agreement:6.2f}%{'  <- chosen' if c is chosen else ''}")
     print(f"wrote {path} ({target.size_bytes(path) / 1e6:.1f} MB, {target.name} {record.chosen}: the fastest file "
           f"with top-1 agreement >= {settings.target_agreement:.4g} on {record.images} held-out images) and "
-          f"{path.name.split('.')[0]}.auto.json/.md beside it")
+          f"{report_stem(path).name}.json/.md beside it")
     return 0
 
 
@@ -101,7 +101,10 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
 
 
 def export_parser(sub) -> None:
+    from t2tedge.harness.auto_precision import AutoPrecisionSettings
     from t2tedge.targets import PRECISION_MEANINGS, PRECISIONS, targets
+
+    AUTO_DEFAULTS = AutoPrecisionSettings()
 
     export = sub.add_parser(
         "export", help="export a model to a target's file: one shape for every target",
@@ -139,12 +142,15 @@ def export_parser(sub) -> None:
                                type=at_least(*option.bounds) if option.kind is int else None)
         auto = p.add_argument_group("--precision auto")
         auto.add_argument("--target-agreement", type=fraction(open_low=True), metavar="FRACTION",
-                          help="top-1 agreement with the fp32 file the chosen file must reach (default: 0.99)")
+                          help=f"top-1 agreement with the fp32 file the chosen file must reach (default: "
+                               f"{AUTO_DEFAULTS.target_agreement})")
         auto.add_argument("--candidates", metavar="P,P",
                           help=f"precisions to try (default: every one {target.name} builds and times here)")
         auto.add_argument("--num-heldout", type=at_least(1), metavar="N",
-                          help="images of --calib, never calibrated on, that score agreement (default: 200)")
-        auto.add_argument("--runs", type=at_least(1), help="timed batch-1 runs per file (default: 30)")
+                          help=f"images of --calib, never calibrated on, that score agreement (default: "
+                               f"{AUTO_DEFAULTS.num_heldout})")
+        auto.add_argument("--runs", type=at_least(1),
+                          help=f"timed batch-1 runs per file (default: {AUTO_DEFAULTS.runs})")
         auto.add_argument("--threads", type=at_least(1), help="intra-op threads when timing (default: all cores)")
         p.add_argument("--out", type=Path, default=target.default_out, help="output folder (default: %(default)s)")
         p.add_argument("--num-classes", type=at_least(1),

@@ -143,8 +143,13 @@ def search(target: Target, request: BuildRequest, settings: AutoPrecisionSetting
         path = built[chosen.precision]
         publish_together({p: request.out_dir / p.name for p in target.files(path) if p.exists()})
     final = request.out_dir / path.name
-    write_views(record, final.with_name(final.name.split(".")[0] + ".auto"))
+    write_views(record, report_stem(final))
     return final, record
+
+
+def report_stem(path: Path) -> Path:
+    """Where the record of the search that chose `path` goes: `MODEL_P.onnx` -> `MODEL_P.auto` (+ .json/.md/.png)."""
+    return path.with_name(path.name.split(".")[0] + ".auto")
 
 
 def render_markdown(record: AutoPrecisionRecord) -> str:
