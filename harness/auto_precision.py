@@ -120,12 +120,14 @@ def search(target: Target, request: BuildRequest, settings: AutoPrecisionSetting
                                 exclude=tuple(request.exclude) + tuple(samples))
             target.check_request(candidate)
             built[precision] = build_artifact(target, candidate)
-        reference = _logits(target, built[REFERENCE], images, settings.threads).argmax(1)
+        top1 = {REFERENCE: _logits(target, built[REFERENCE], images, settings.threads).argmax(1)}
         rows = []
         for precision in precisions:
             path = built[precision]
             say(f"auto: timing and scoring {path.name}")
-            agreement = float(np.mean(_logits(target, path, images, settings.threads).argmax(1) == reference))
+            if precision not in top1:  # the fp32 file's predictions are the reference, run once
+                top1[precision] = _logits(target, path, images, settings.threads).argmax(1)
+            agreement = float(np.mean(top1[precision] == top1[REFERENCE]))
             p50 = time_alone(path, target.name, timing, settings.threads, tmp)["latency_b1"].p50_ms
             rows.append(AutoCandidate(precision=precision, file=path.name, bytes=target.size_bytes(path),
                                       p50_ms=round(p50, 4), agreement=round(agreement, 6),
@@ -134,12 +136,11 @@ def search(target: Target, request: BuildRequest, settings: AutoPrecisionSetting
         if fp32_p50 is None:  # fp32 was not a candidate: time it still, for the ratios
             fp32_p50 = time_alone(built[REFERENCE], target.name, timing, settings.threads, tmp)["latency_b1"].p50_ms
         rows = [replace(r, ratio_to_fp32=round(r.p50_ms / fp32_p50, 4)) for r in rows]
+        chosen = choose_fastest(rows, settings.target_agreement)  # none: nothing is written
         record = AutoPrecisionRecord(version=__version__, machine=machine_info(), model=request.model,
                                      target=target.name, target_agreement=settings.target_agreement,
                                      images=len(images), threads=settings.threads, runs=settings.runs,
-                                     candidates=rows, chosen="")
-        chosen = choose_fastest(rows, settings.target_agreement)  # none: nothing is written
-        record = replace(record, chosen=chosen.precision)
+                                     candidates=rows, chosen=chosen.precision)
         path = built[chosen.precision]
         publish_together({p: request.out_dir / p.name for p in target.files(path) if p.exists()})
     final = request.out_dir / path.name
