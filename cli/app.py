@@ -126,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("t2tedge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `t2tedge list | head`: the reader has what it wanted; end as a piped Unix tool does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so flushing at exit cannot fail again
+        return 141
     except Terminated:
         print("t2tedge: terminated", file=sys.stderr)
         return 143

@@ -246,7 +246,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     settings = QuantizeSettings(calib=args.calib, num_calib=args.num_calib, seed=args.seed, target=args.target,
                                 onnx_path=args.onnx, checkpoint=checkpoint,
                                 keep_float=tuple(comma_list(args.exclude)) if args.exclude else (), search=search,
-                                sqnr_threshold=args.sqnr_threshold)
+                                int8_products=args.int8_products, sqnr_threshold=args.sqnr_threshold)
     out, report = publish_quantized(args.model, config, args.out, settings, **class_override(args))
     cache = report.trt_calibration_cache
     print(f"wrote {out} ({len(report.quantized_nodes)} nodes quantized, {len(report.float_nodes)} kept float), "
@@ -374,7 +374,8 @@ def parity_parser(sub) -> None:
 
 
 def quantize_parser(sub) -> None:
-    from t2tedge.quantize.config import BIAS_CORRECTIONS, CALIBRATION_METHODS, QUANTIZATION_TARGETS, WEIGHT_ROUNDINGS
+    from t2tedge.quantize.config import (BIAS_CORRECTIONS, CALIBRATION_METHODS, INT8_PRODUCTS, QUANTIZATION_TARGETS,
+                                        WEIGHT_ROUNDINGS)
 
     p = sub.add_parser("quantize", help="post-training INT8 (QDQ ONNX) calibrated on real images")
     p.add_argument("model")
@@ -409,6 +410,11 @@ def quantize_parser(sub) -> None:
     p.add_argument("--exclude", metavar="OP_TYPES|NODE_NAMES",
                    help="comma list kept in float: ONNX op types (MatMul) or node names / fnmatch patterns")
     p.add_argument("--config", type=Path, help="a QuantConfig JSON (global, per-op-type, per-node-name settings)")
+    p.add_argument("--int8-products", choices=INT8_PRODUCTS,
+                   help="products of two activations in int8: none keeps them float (the preset: on ONNX Runtime "
+                        "and OpenVINO they gain conversions and no time, docs/quantization.md); attention: those "
+                        "next to a Softmax (q.k^T, attention.v); all: the Performer's too (default: the preset's "
+                        "none, or what --config says)")
     p.add_argument("--sensitivity", action="store_true",
                    help="score every quantizable node (left in float alone) on held-out images; report sorted")
     p.add_argument("--target-agreement", type=fraction(open_low=True), metavar="FRACTION",

@@ -159,6 +159,60 @@ def has_constant_input(node: onnx.NodeProto, initializers: set[str]) -> bool:
     return any(name in initializers for name in node.input[1:2])
 
 
+# Which products of two activations (MatMuls with no weight) an INT8 file quantizes. none: every one stays float
+# (the default: on ONNX Runtime and OpenVINO each costs 3-4 conversions and buys no time, docs/quantization.md);
+# attention: the products next to a Softmax (a block's q.k^T and attention.v); all: the Performer's kernel
+# products as well (16 dB of logits SQNR on T2T-ViT-7, docs/openvino.md).
+INT8_PRODUCTS = ("none", "attention", "all")
+# Ops that sit between an attention product and its Softmax in exported graphs (scale, mask, layout).
+_ATTENTION_GLUE = ("Mul", "Div", "Add", "Where", "Reshape", "Transpose", "Cast", "Identity", "Dropout")
+
+
+def activation_products(graph: onnx.GraphProto) -> list[str]:
+    """Names of the MatMuls whose second input is no initializer: products of two activations."""
+    initializers = {init.name for init in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not has_constant_input(n, initializers)]
+
+
+def attention_products(graph: onnx.GraphProto, reach: int = 3) -> list[str]:
+    """The activation products within `reach` glue ops of a Softmax: the one whose output the Softmax normalises
+    (scores) and those that read its output (attention . values)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def feeds_softmax(tensor: str, steps: int) -> bool:
+        for user in consumers.get(tensor, []):
+            if user.op_type == "Softmax" or (steps and user.op_type in _ATTENTION_GLUE
+                                             and feeds_softmax(user.output[0], steps - 1)):
+                return True
+        return False
+
+    def from_softmax(tensor: str, steps: int) -> bool:
+        node = producers.get(tensor)
+        return node is not None and (node.op_type == "Softmax" or (
+            steps > 0 and node.op_type in _ATTENTION_GLUE and from_softmax(node.input[0], steps - 1)))
+
+    products = set(activation_products(graph))
+    return [n.name for n in graph.node if n.name in products and (
+        feeds_softmax(n.output[0], reach) or any(from_softmax(name, reach) for name in n.input[:2]))]
+
+
+def with_int8_products(config: QuantConfig, products: str, graph: onnx.GraphProto) -> QuantConfig:
+    """A copy of `config` whose activation products are quantized as `products` says (INT8_PRODUCTS)."""
+    if products not in INT8_PRODUCTS:
+        raise T2TEdgeError(f"unknown int8 products {products!r}; choose {', '.join(INT8_PRODUCTS)}")
+    if products == "none":
+        return replace(config, quantize_activation_matmul=False)
+    quantized = replace(config, quantize_activation_matmul=True)
+    if products == "all":
+        return quantized
+    attention = set(attention_products(graph))
+    return quantized.with_float([name for name in activation_products(graph) if name not in attention], graph)
+
+
 # ORT folds these into the quantized range of their producer (a Conv+ReLU6 output is calibrated on [0, 6],
 # not on the pre-activation range) only when they are themselves among the nodes to quantize.
 FOLDABLE_ACTIVATIONS = ("Relu", "Clip")

@@ -25,7 +25,7 @@ from t2tedge.data import DEFAULT_NUM_CALIB, Sample, discover_images, load_batch,
 from t2tedge.errors import DataError
 from t2tedge.models import get_spec
 from t2tedge.quantize.calibration import ImageCalibrationReader, calibration_samples
-from t2tedge.quantize.config import QuantConfig
+from t2tedge.quantize.config import QuantConfig, with_int8_products
 from t2tedge.quantize.quantization_plan import arrays_path, plan_from_qdq, plan_path_for
 from t2tedge.quantize.ptq import quantize_onnx
 from t2tedge.quantize.records import (CalibrationCacheInfo, CalibrationInfo, LayerSqnrReport, PlanReference,
@@ -192,7 +192,9 @@ class QuantizeSettings:
     `num_calib` images from with `seed`, never any of `never_calibrate_on` (a grid's evaluation images). `onnx_path`:
     an fp32 export of ours to quantize (else the model is exported with `checkpoint` and `export_options`, by default
     those of `t2tedge export onnx`: static batch 1, so the INT8 file has the fp32 file's shapes). `keep_float`: op
-    types or node names kept float. `target`: the runtime whose scheme `config` follows (names the file)."""
+    types or node names kept float (they win over `int8_products`). `int8_products`: which products of two activations
+    are quantized (config.INT8_PRODUCTS; None: as `config` says). `target`: the runtime whose scheme `config` follows
+    (names the file)."""
 
     calib: Path
     num_calib: int = DEFAULT_NUM_CALIB
@@ -201,6 +203,7 @@ class QuantizeSettings:
     onnx_path: Path | None = None
     checkpoint: Path | None = None
     keep_float: tuple[str, ...] = ()
+    int8_products: str | None = None
     search: SearchSettings = SearchSettings()
     sqnr_threshold: float = 10.0
     export_options: Any = None
@@ -234,6 +237,8 @@ def quantize_model(model_name: str, config: QuantConfig, out_dir: str | os.PathL
             model_name, settings.checkpoint, out_dir=tmp, options=settings.export_options or OnnxExportOptions(),
             **overrides)
         graph = onnx.load(str(fp32), load_external_data=False).graph
+        if settings.int8_products is not None:
+            config = with_int8_products(config, settings.int8_products, graph)
         if settings.keep_float:
             config = config.with_float(list(settings.keep_float), graph, strict=True)
         batch = 16 if graph.input[0].type.tensor_type.shape.dim[0].dim_param else 1

@@ -68,7 +68,8 @@ class QuantPlan(Record):
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata={"json": False})
     float_layers: list[str] = field(default_factory=list)
     # Quantized in the reference file but with no module of the model behind them (the Performer's products with
-    # its fixed random features): targets built from the PyTorch model keep them float.
+    # its fixed random features, and products of two activations where the recipe quantizes them): targets built
+    # from the PyTorch model keep them float and list them as deviations.
     reference_only: list[str] = field(default_factory=list)
     source: str = ""
 
@@ -263,6 +264,10 @@ def plan_from_qdq(qdq_path: str | os.PathLike, model: Any, *, model_name: str, w
         if node.op_type not in DEFAULT_OP_TYPES or len(node.input) < 2:
             continue
         weight_dq, input_range = dequantized(node.input[1]), activation_range(node.input[0])
+        if weight_dq is not None and weight_dq.input[0] not in inits and input_range is not None:
+            # A product of two quantized activations (`--int8-products`): no module and no weights behind it.
+            reference_only.append(module_path(node.name) + f" (activation product {node.name})")
+            continue
         if weight_dq is None or weight_dq.input[0] not in inits or input_range is None:
             continue
         q = numpy_helper.to_array(inits[weight_dq.input[0]])

@@ -658,6 +658,17 @@ def test_an_interruption_inside_a_c_extensions_import_is_still_one(monkeypatch, 
     assert capsys.readouterr().err.strip() == f"t2tedge: {word}"
 
 
+def test_a_reader_that_stops_early_gets_no_error():
+    """`t2tedge list | head -1`: the pipe closes under the listing, which ends quietly as piped Unix tools do."""
+    process = subprocess.Popen([sys.executable, "-m", "t2tedge.cli", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # what `head -1` does after its line; the listing is still being written
+    stderr = process.communicate()[1].decode()
+    assert first.startswith(b"model") and process.returncode in (0, 141), (process.returncode, stderr)
+    assert stderr == ""
+
+
 def test_sigterm_during_quantize_cleans_up(world, tmp_path, sample_dir):
     temp, out = tmp_path / "tmp", tmp_path / "out"
     temp.mkdir()

@@ -207,6 +207,15 @@ def _range(q_node, inits) -> tuple[float, float]:
     return ((0 - zero) * scale, (255 - zero) * scale)
 
 
+def _onnx_of(net: nn.Module, shape: tuple[int, ...], path):
+    """`net` traced to ONNX at `path`: input `image` with a free batch, output `logits`."""
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(shape),), buffer, dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "n"}})
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
 class Attention(nn.Module):
     """A bias-free projection whose output feeds exp (as T2T-ViT's qkv feeds the Performer), and one with a bias."""
 
@@ -227,11 +236,7 @@ def test_requantization_ranges_take_min_max_for_outputs_without_a_bias(tmp_path)
 
     torch.manual_seed(0)
     net = Attention().eval()
-    buffer = io.BytesIO()
-    torch.onnx.export(net, (torch.zeros(1, 4, 8),), buffer, dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["logits"], dynamic_axes={"image": {0: "n"}})
-    fp32 = tmp_path / "attn.onnx"
-    fp32.write_bytes(buffer.getvalue())
+    fp32 = _onnx_of(net, (1, 4, 8), tmp_path / "attn.onnx")
     images = np.random.default_rng(0).standard_normal((32, 4, 8)).astype(np.float32) * 3
     qdq = tmp_path / "attn_int8.onnx"
     config = QuantConfig(method="mse", bias_correction="off", pixel_grid_input=False, weight_rounding="nearest")
@@ -249,3 +254,67 @@ def test_requantization_ranges_take_min_max_for_outputs_without_a_bias(tmp_path)
         proj = net.proj(torch.from_numpy(images)).numpy()
     low, high = ranges[proj_out]  # after its bias Add, by the recipe's method (MSE): never beyond min-max
     assert proj.min() - 1e-5 <= low < 0 < high <= proj.max() + 1e-5
+
+
+class SoftmaxAttention(nn.Module):
+    """One head of a block's attention (q.k^T, softmax, attention.v) and a Performer-style kernel product (exp
+    features, no softmax): the two kinds of products of two activations T2T-ViT has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).split(8, dim=-1)
+        attention = ((q @ k.transpose(-2, -1)) * 8 ** -0.5).softmax(-1)
+        features = torch.exp(q * 0.1)
+        kernel = features @ (features.transpose(-2, -1) @ v)
+        return self.proj(attention @ v + kernel * 0.01)
+
+
+def _products_with_both_inputs_dequantized(path) -> set[str]:
+    graph = onnx.load(str(path)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    inits = {i.name for i in graph.initializer}
+
+    def dequantized_activation(name: str) -> bool:
+        node = producers.get(name)
+        return node is not None and node.op_type == "DequantizeLinear" and node.input[0] not in inits
+
+    return {n.name for n in graph.node if n.op_type == "MatMul" and all(map(dequantized_activation, n.input[:2]))}
+
+
+def test_int8_products_quantize_the_attention_products_the_recipe_names_and_the_plan_lists_them(tmp_path):
+    """--int8-products: none keeps every product of two activations float, attention quantizes both operands of
+    q.k^T and attention.v (next to the softmax) and leaves the Performer-style products float, all takes those too;
+    the plan lists the quantized products as reference-only, so the targets that apply it name them as deviations."""
+    from t2tedge.quantize.config import activation_products, attention_products, with_int8_products
+    from t2tedge.quantize.quantization_plan import unhonoured
+
+    torch.manual_seed(0)
+    net = SoftmaxAttention().eval()
+    fp32 = _onnx_of(net, (1, 6, 8), tmp_path / "attn.onnx")
+    graph = onnx.load(str(fp32)).graph
+    products = activation_products(graph)
+    attention = attention_products(graph)
+    assert len(products) == 4 and len(attention) == 2, (products, attention)
+    softmax_out = next(n.output[0] for n in graph.node if n.op_type == "Softmax")
+    assert any(softmax_out in n.input for n in graph.node if n.name in attention)
+
+    images = np.random.default_rng(0).standard_normal((16, 6, 8)).astype(np.float32)
+    base = QuantConfig(method="minmax", bias_correction="off", pixel_grid_input=False, weight_rounding="nearest")
+    expected = {"none": set(), "attention": set(attention), "all": set(products)}
+    for mode, quantized in expected.items():
+        config = with_int8_products(base, mode, graph)
+        qdq = tmp_path / f"{mode}.onnx"
+        quantize_onnx(fp32, qdq, ArrayCalibration(images), config, ranges_cache=tmp_path / f"{mode}.ranges.json")
+        assert _products_with_both_inputs_dequantized(qdq) == quantized, mode
+        plan = plan_from_qdq(qdq, net, model_name="attn", weights="w", recipe=config,
+                             calibration=CalibrationInfo(folder="random", images=16, seed=0))
+        listed = {entry.split("activation product ")[1].rstrip(")") for entry in plan.reference_only
+                  if "activation product" in entry}
+        assert listed == quantized, mode
+        deviations = {d["layer"] for d in unhonoured(plan, list(plan.layers), [])}
+        assert {entry for entry in plan.reference_only} <= deviations
+        assert sorted(plan.layers) == ["proj", "qkv"]
