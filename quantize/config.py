@@ -177,11 +177,9 @@ def activation_products(graph: onnx.GraphProto) -> list[str]:
 def attention_products(graph: onnx.GraphProto, reach: int = 3) -> list[str]:
     """The activation products within `reach` glue ops of a Softmax: the one whose output the Softmax normalises
     (scores) and those that read its output (attention . values)."""
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    from t2tedge.onnx_graph import consumers as readers_of, producers as producers_of
+
+    producers, consumers = producers_of(graph), readers_of(graph)
 
     def feeds_softmax(tensor: str, steps: int) -> bool:
         for user in consumers.get(tensor, []):
