@@ -49,11 +49,7 @@ def planned(tmp_path_factory):
         net.stem[1].running_mean.uniform_(-0.5, 0.5)
         net.stem[1].running_var.uniform_(0.5, 2.0)
     out = tmp_path_factory.mktemp("plan")
-    buffer = io.BytesIO()
-    torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), buffer, dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "n"}})
-    fp32 = out / "net.onnx"
-    fp32.write_bytes(buffer.getvalue())
+    fp32 = _onnx_of(net, (1, 3, 16, 16), out / "net.onnx")
     images = np.random.default_rng(0).uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)
     qdq = out / "net_int8.onnx"
     quantize_onnx(fp32, qdq, ArrayCalibration(images), QuantConfig(method="minmax", bias_correction="off",
@@ -274,9 +270,10 @@ class SoftmaxAttention(nn.Module):
 
 
 def _products_with_both_inputs_dequantized(path) -> set[str]:
+    from t2tedge.onnx_graph import producers as producers_of
+
     graph = onnx.load(str(path)).graph
-    producers = {out: node for node in graph.node for out in node.output}
-    inits = {i.name for i in graph.initializer}
+    producers, inits = producers_of(graph), {i.name for i in graph.initializer}
 
     def dequantized_activation(name: str) -> bool:
         node = producers.get(name)
@@ -316,5 +313,5 @@ def test_int8_products_quantize_the_attention_products_the_recipe_names_and_the_
                   if "activation product" in entry}
         assert listed == quantized, mode
         deviations = {d["layer"] for d in unhonoured(plan, list(plan.layers), [])}
-        assert {entry for entry in plan.reference_only} <= deviations
+        assert set(plan.reference_only) <= deviations
         assert sorted(plan.layers) == ["proj", "qkv"]
