@@ -6,22 +6,30 @@
   package index (the index checked against the suite's Release file, each .deb against the index, by sha256) and
   unpacked with `dpkg -x` into a sysroot;
 - PyPI's manylinux aarch64 wheels: numpy, pillow, tqdm and every runtime that publishes one for Python 3.11
-  (`WHEELS`; `NO_AARCH64_WHEEL` names those that do not), installed by this host's pip with `--platform`;
+  (`WHEELS`; ExecuTorch with the CPU build of torch it runs on, `TORCH_WHEELS`, in a folder of its own that only
+  the runtimes in `TORCH_RUNTIMES` see; `NO_AARCH64_WHEEL` names what ARM cannot run at this project's pins),
+  installed by this host's pip with `--platform`, then compiled to
+  bytecode by this host's Python 3.11 (bytecode is the same on every CPU; compiling torch's modules under
+  emulation at each start would take minutes);
 - Debian's amd64 qemu-user-static, unpacked the same way (no root, nothing installed on the host).
 
 qemu-user runs the sysroot's python3.11 with `-L sysroot` (every absolute path the program opens is looked up in the
 sysroot first) and `-cpu MODEL`, so the runtimes see that CPU's features through the auxiliary vector. ONNX
 Runtime also reads `/proc/cpuinfo`, which qemu 7.2 passes through from the x86 host: `cpuinfo_text` writes the
 emulated CPU's into the sysroot (`sysroot/proc/cpuinfo`), where `-L` finds it first. qemu 7.2's SME emulation
-returns wrong XNNPACK int8 results on `-cpu max`; the CPU models here have no SME.
+returns wrong XNNPACK int8 results on `-cpu max`; the CPU models here have no SME. ExecuTorch's program reader
+starts the aarch64 `flatc` of its wheel as a child process, which the host kernel cannot run without qemu (no
+binfmt_misc here): `FLATC_EXECUTABLE` names a host script that runs it under qemu.
 """
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import lzma
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,13 +54,24 @@ PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_
              "manylinux_2_31_aarch64", "manylinux_2_34_aarch64", "manylinux_2_35_aarch64")
 # The aarch64 wheels installed, pinned to this project's versions where the project pins them.
 WHEELS = ("numpy", "pillow", "tqdm", "onnx", "onnxruntime==1.32.0", "ai-edge-litert==1.4.0")
+# ExecuTorch's Python runtime links torch's libraries. torch 2.10.0 is the last CPU build of torch on PyPI for
+# aarch64 (from 2.11 its aarch64 wheel is a CUDA build: libtorch_cpu links libcudart and libcupti), and executorch
+# 1.1.0 the last release built on it. Installed without dependency resolution, because pip evaluates environment
+# markers against this x86-64 host and would pull torch's CUDA packages; what their imports need is listed. They
+# live apart (site-torch/), on the path of the runtimes that need them only: torch's aarch64 build uses Armv8.1+
+# instructions (SIGILL on cortex-a53), and the bundle's profile imports torch wherever it can, for MACs.
+TORCH_WHEELS = ("torch==2.10.0", "executorch==1.1.0", "typing-extensions", "filelock", "sympy", "mpmath",
+                  "networkx", "jinja2", "markupsafe", "fsspec", "packaging", "pyyaml", "ruamel.yaml", "tabulate",
+                  "flatbuffers")
+TORCH_RUNTIMES = ("executorch",)
 # Runtimes this project pins that PyPI has no aarch64 Linux wheel of for Python 3.11 (checked 2026-12-06).
 NO_AARCH64_WHEEL = {
     "ai-edge-litert==2.3.0": "aarch64 Linux wheels stop at 1.4.0 (2.x ships x86-64 Linux and macOS only): ARM runs "
                              "1.4.0, so a LiteRT difference may be the version's as well as the kernels'",
     "openvino==2026.4.1": "aarch64 Linux wheels stop at 2025.2.0, which cannot read 2026.x IR",
-    "executorch==1.5.1": "has an aarch64 wheel, but its Python runtime needs torch (an aarch64 wheel of ~200 MB "
-                         "whose import alone takes minutes under emulation): not run here",
+    "executorch==1.5.1": "its aarch64 wheel needs torch 2.13, whose aarch64 wheel on PyPI is a CUDA build: ARM "
+                         "runs executorch 1.1.0 on torch 2.10.0 (the last CPU build), which loads 1.5.1's programs; "
+                         "a difference may be the version's as well as the kernels'",
 }
 # Two phone cores: without and with the Armv8.2 dot-product instructions (int8 GEMM's fast path).
 CPUS = {
@@ -185,8 +204,23 @@ class ArmEnv:
     def python(self) -> Path:
         return self.sysroot / "usr" / "bin" / f"python{PYTHON}"
 
+    @property
+    def torch_site(self) -> Path:
+        return self.root / "site-torch"
+
+    def python_path(self, runtime: str) -> str:
+        """The wheel folders a process running `runtime` imports from."""
+        return f"{self.site}:{self.torch_site}" if runtime in TORCH_RUNTIMES else str(self.site)
+
+    @property
+    def flatc(self) -> Path:
+        return self.root / "bin" / "flatc"
+
     def ready(self) -> bool:
-        return (self.root / ".built").is_file() and self.qemu.is_file() and self.python.is_file()
+        """Built, and built from this recipe: an environment of another package list is built again."""
+        marker = self.root / ".built"
+        return (marker.is_file() and marker.read_text() == recipe_text() and self.qemu.is_file()
+                and self.python.is_file())
 
     def run(self, cpu: str, argv: list[str], cwd: Path, env: Mapping[str, str] | None = None,
             timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -197,9 +231,21 @@ class ArmEnv:
         proc.mkdir(exist_ok=True)
         (proc / "cpuinfo").write_text(cpuinfo_text(cpu))
         environment = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "PYTHONPATH": str(self.site),
-                       "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+                       "PYTHONDONTWRITEBYTECODE": "1", "FLATC_EXECUTABLE": str(self.flatc), **(env or {})}
         return subprocess.run([str(self.qemu), "-L", str(self.sysroot), "-cpu", cpu, str(self.python), *argv],
                               cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def recipe_text() -> str:
+    """What `.built` holds: the package lists the environment was built from, by folder."""
+    return "\n".join(("sysroot:", *DEBIAN_ROOTS, "site:", *WHEELS, "site-torch:", *TORCH_WHEELS)) + "\n"
+
+
+def flatc_script(env: ArmEnv) -> str:
+    """A host shell script that runs the aarch64 `flatc` of ExecuTorch's wheel under qemu."""
+    flatc = env.torch_site / "executorch" / "data" / "bin" / "flatc"
+    return (f"#!/bin/sh\nexec {shlex.quote(str(env.qemu))} -L {shlex.quote(str(env.sysroot))} "
+            f"{shlex.quote(str(flatc))} \"$@\"\n")
 
 
 def build_env(root: str | os.PathLike, say=print) -> ArmEnv:
@@ -210,7 +256,7 @@ def build_env(root: str | os.PathLike, say=print) -> ArmEnv:
     if shutil.which("dpkg-deb") is None:
         raise T2TEdgeError("dpkg-deb is not here (a Debian or Ubuntu host builds the ARM environment)")
     cache = env.root / "downloads"
-    for folder in (env.sysroot, env.site, env.root / "qemu"):
+    for folder in (env.sysroot, env.site, env.torch_site, env.root / "qemu", env.flatc.parent):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     say(f"Debian {SUITE} arm64: Python {PYTHON} and its libraries")
@@ -220,8 +266,16 @@ def build_env(root: str | os.PathLike, say=print) -> ArmEnv:
                  env.root / "qemu", cache, say)
     say(f"PyPI aarch64 wheels: {', '.join(WHEELS)}")
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-warn-conflicts",
-                    "--only-binary=:all:", "--python-version", PYTHON, *platforms, "--target", str(env.site), *WHEELS],
-                   check=True)
-    (env.root / ".built").write_text("\n".join(WHEELS) + "\n")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-warn-conflicts",
+           "--only-binary=:all:", "--python-version", PYTHON, *platforms]
+    subprocess.run([*pip, "--target", str(env.site), *WHEELS], check=True)
+    say(f"PyPI aarch64 wheels without dependency resolution: {', '.join(TORCH_WHEELS[:2])} and what they import")
+    subprocess.run([*pip, "--no-deps", "--target", str(env.torch_site), *TORCH_WHEELS], check=True)
+    env.flatc.write_text(flatc_script(env))
+    env.flatc.chmod(0o755)
+    if sys.version_info[:2] == tuple(int(n) for n in PYTHON.split(".")):
+        say("bytecode of the wheels and the standard library (compiled here, not under emulation)")
+        for folder in (env.site, env.torch_site, env.sysroot / "usr" / "lib" / f"python{PYTHON}"):
+            compileall.compile_dir(folder, quiet=2, workers=0)
+    (env.root / ".built").write_text(recipe_text())
     return env

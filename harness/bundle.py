@@ -30,7 +30,7 @@ RUNNER = """#!/bin/sh
 # Needs python3 with numpy, pillow, tqdm and the runtime: onnxruntime | coremltools (macOS) | tensorrt | openvino
 # | ai-edge-litert | executorch (with torch).
 # Optional: DATA=/path/to/labelled/images for accuracy too; RUNS=50; WARMUP=10; THROUGHPUT_BATCH=8; THREADS=N;
-# OPS=1 adds per-op profiles
+# ONLY=NAME,NAME profiles only those artifacts; OPS=1 adds per-op profiles
 # (NAME.ops.json, t2tedge.op-profile/1; `t2tedge profile --compare` draws them on the host).
 cd "$(dirname "$0")" || exit 1
 PYTHONPATH=. exec "${{PYTHON:-python3}}" -c 'import sys; from t2tedge.harness.bundle import run_bundle; sys.exit(run_bundle("."))'
@@ -116,9 +116,23 @@ def _record_name(name: str, options: dict[str, str]) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in "_".join(words)) + ".json"
 
 
+def selected_artifacts(manifest: dict, only: str | None) -> list[dict]:
+    """The manifest's artifacts named in `only` (comma-separated names, as ONLY= gives them), all when it is empty."""
+    if not only:
+        return list(manifest["artifacts"])
+    names = [name.strip() for name in only.split(",") if name.strip()]
+    known = {artifact["name"] for artifact in manifest["artifacts"]}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise T2TEdgeError(f"ONLY names {', '.join(unknown)}, which this bundle does not hold; it holds "
+                           f"{', '.join(sorted(known))}")
+    return [artifact for artifact in manifest["artifacts"] if artifact["name"] in names]
+
+
 def run_bundle(root: str | os.PathLike) -> int:
-    """On the device: check every file against the manifest (size and sha256), then profile each artifact with each
-    of its option sets, one record per run in results/. Returns 1 when a check or a measurement failed."""
+    """On the device: check every file against the manifest (size and sha256), then profile each artifact (those
+    ONLY names, if set) with each of its option sets, one record per run in results/. Returns 1 when a check or a
+    measurement failed, 2 when ONLY names an artifact the bundle does not hold."""
     import sys
 
     from t2tedge.fileio import atomic_write_text
@@ -130,9 +144,14 @@ def run_bundle(root: str | os.PathLike) -> int:
     runs, threads, data = os.environ.get("RUNS", "50"), os.environ.get("THREADS"), os.environ.get("DATA")
     latency = LatencySettings(runs=int(runs), warmup=int(os.environ.get("WARMUP", "10")),
                               throughput_batch=int(os.environ.get("THROUGHPUT_BATCH", "8")))
+    try:
+        artifacts = selected_artifacts(manifest, os.environ.get("ONLY"))
+    except T2TEdgeError as exc:
+        print(f"t2tedge: error: {exc}", file=sys.stderr)
+        return 2
     failures = 0
     (root / "results").mkdir(exist_ok=True)
-    for artifact in manifest["artifacts"]:
+    for artifact in artifacts:
         damaged = [f["path"] for f in artifact["files"] if not (root / f["path"]).is_file()
                    or (root / f["path"]).stat().st_size != f["bytes"] or sha256_file(root / f["path"]) != f["sha256"]]
         if damaged:

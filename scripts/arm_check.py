@@ -1,5 +1,5 @@
 """`make arm-check`: T2T-ViT-7 (the Imagenette subject) and MobileNetV2, fp32 and int8, for ONNX Runtime (.onnx and
-.ort) and LiteRT, on x86 and under emulated ARM CPUs (qemu-user), with the device bundle run by its own runner there.
+.ort), LiteRT and ExecuTorch, on x86 and under emulated ARM CPUs (qemu-user), with the device bundle run by its own runner there.
 
 Builds the ARM environment once under .arm-env/ (t2tedge.harness.arm_env; a second run reuses it), exports the
 files with `t2tedge export`, and writes OUT/arm-check.json (t2tedge.arm-check/1), OUT/arm-check.md and the bundle's
@@ -33,8 +33,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=64, help="images per model (default: %(default)s)")
     parser.add_argument("--cpus", default=",".join(CPUS), help="emulated CPU models (default: %(default)s)")
     parser.add_argument("--models", default="t2t_vit_7.imagenette,mobilenet_v2_100")
-    parser.add_argument("--targets", default="onnxruntime,ort,litert",
-                        help="onnxruntime (.onnx), ort (ONNX Runtime format, ARM-optimized), litert (.tflite)")
+    parser.add_argument("--targets", default="onnxruntime,ort,litert,executorch",
+                        help="onnxruntime (.onnx), ort (ONNX Runtime format, ARM-optimized), litert (.tflite), "
+                             "executorch (.pte, XNNPACK)")
     parser.add_argument("--precisions", default="fp32,int8")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -54,7 +55,7 @@ def main() -> int:
                 builder = "onnxruntime" if target == "ort" else target
                 out = work / "files" / builder
                 stem = model.split(".")[0] + ("" if precision == "fp32" else f"_{precision}")
-                made = out / (stem + {"onnxruntime": ".onnx", "litert": ".tflite"}[builder])
+                made = out / (stem + {"onnxruntime": ".onnx", "litert": ".tflite", "executorch": ".pte"}[builder])
                 calib = ["--num-calib", "64"] if precision == "int8" else []
                 if not made.is_file() and t2tedge(["export", builder, model, "--precision", precision, "--out",
                                                    str(out), *calib]) != 0:
@@ -83,8 +84,11 @@ def main() -> int:
                       f"\nEnvironment: {'reused' if built < 5 else f'built in {built:.0f} s'}; whole run "
                       f"{time.perf_counter() - start:.0f} s.\n")
     broken = [r for r in record.rows if r.verdict == "broken"]
-    print(f"wrote {args.out / 'arm-check.md'}: {len(record.rows)} file x CPU rows, {len(broken)} broken")
-    return 1 if broken else 0
+    not_run = [r for r in record.rows if r.verdict == "not run"]
+    print(f"wrote {args.out / 'arm-check.md'}: {len(record.rows)} file x CPU rows, {len(broken)} broken, "
+          f"{len(not_run)} not run")
+    # Broken kernels fail the check; so does an environment in which nothing ran.
+    return 1 if broken or len(not_run) == len(record.rows) else 0
 
 
 if __name__ == "__main__":

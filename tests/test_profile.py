@@ -143,6 +143,32 @@ def test_bundle_script_fails_on_a_changed_artifact(mnv2_ort, tmp_path):
     assert not list((device / "results").glob("*.json"))
 
 
+def test_bundle_profiles_only_the_artifacts_only_names(mnv2_ort, tmp_path):
+    """ONLY=NAME profiles that artifact of the bundle alone; a name the bundle lacks is a usage error (exit 2) that
+    names what it holds and measures nothing."""
+    import shutil
+
+    second = tmp_path / "second.ort"
+    shutil.copy(mnv2_ort, second)
+    bundle = tmp_path / "b.tar.gz"
+    assert main(["export", "bundle", str(mnv2_ort), str(second), "--out", str(bundle)]) == 0
+    device = tmp_path / "device"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(device, filter="data")
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": "2", "WARMUP": "1"}
+    done = subprocess.run(["sh", "profile.sh"], cwd=device, env={**env, "ONLY": "second.ort"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [ProfileRecord.read(r).cell.artifact for r in (device / "results").glob("*.json")] == ["second.ort"]
+    shutil.rmtree(device / "results")
+    done = subprocess.run(["sh", "profile.sh"], cwd=device, env={**env, "ONLY": "second.ort,third.ort"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"t2tedge: error: ONLY names third.ort, which this bundle does not hold; it holds "
+                                   f"{mnv2_ort.name}, second.ort")
+    assert not (device / "results").exists()
+
+
 def test_bundle_rejects_unknown_artifacts(tmp_path, capsys):
     (tmp_path / "model.pt").write_bytes(b"x")
     assert main(["export", "bundle", str(tmp_path / "model.pt"), "--out", str(tmp_path / "b.tar.gz")]) == 1
