@@ -154,7 +154,7 @@ clean:
 # ARM kernels without a device (opt-in, not in make test): builds .arm-env/ once from Debian arm64 packages, PyPI
 # aarch64 wheels and qemu-user-static, then runs our files and the device bundle under emulated cortex-a53/-a76.
 # LIMIT=N images per model (default 64), CPUS=cortex-a53,cortex-a76, TARGETS=onnxruntime,ort,litert,executorch,
-# MODELS=t2t_vit_7.imagenette,mobilenet_v2_100.
+# ARM_MODELS=t2t_vit_7.imagenette,mobilenet_v2_100 (one or both).
 arm-check: setup
 	$(PY) scripts/arm_check.py $(if $(LIMIT),--limit $(LIMIT)) $(if $(CPUS),--cpus $(CPUS)) \
-		$(if $(TARGETS),--targets $(TARGETS)) $(if $(MODELS),--models $(MODELS))
+		$(if $(TARGETS),--targets $(TARGETS)) $(if $(ARM_MODELS),--models $(ARM_MODELS))

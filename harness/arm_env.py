@@ -8,9 +8,8 @@
 - PyPI's manylinux aarch64 wheels: numpy, pillow, tqdm and every runtime that publishes one for Python 3.11
   (`WHEELS`; ExecuTorch with the CPU build of torch it runs on, `TORCH_WHEELS`, in a folder of its own that only
   the runtimes in `TORCH_RUNTIMES` see; `NO_AARCH64_WHEEL` names what ARM cannot run at this project's pins),
-  installed by this host's pip with `--platform`, then compiled to
-  bytecode by this host's Python 3.11 (bytecode is the same on every CPU; compiling torch's modules under
-  emulation at each start would take minutes);
+  installed by this host's pip with `--platform`, then compiled to bytecode by this host's Python 3.11 (bytecode
+  is the same on every CPU; compiling torch's modules under emulation at each start would take minutes);
 - Debian's amd64 qemu-user-static, unpacked the same way (no root, nothing installed on the host).
 
 qemu-user runs the sysroot's python3.11 with `-L sysroot` (every absolute path the program opens is looked up in the
@@ -58,13 +57,14 @@ WHEELS = ("numpy", "pillow", "tqdm", "onnx", "onnxruntime==1.32.0", "ai-edge-lit
 # aarch64 (from 2.11 its aarch64 wheel is a CUDA build: libtorch_cpu links libcudart and libcupti), and executorch
 # 1.1.0 the last release built on it. Installed without dependency resolution, because pip evaluates environment
 # markers against this x86-64 host and would pull torch's CUDA packages; what their imports need is listed. They
-# live apart (site-torch/), on the path of the runtimes that need them only: torch's aarch64 build uses Armv8.1+
-# instructions (SIGILL on cortex-a53), and the bundle's profile imports torch wherever it can, for MACs.
-TORCH_WHEELS = ("torch==2.10.0", "executorch==1.1.0", "typing-extensions", "filelock", "sympy", "mpmath",
-                  "networkx", "jinja2", "markupsafe", "fsspec", "packaging", "pyyaml", "ruamel.yaml", "tabulate",
-                  "flatbuffers")
+# live apart (site-torch/), on the path of the runtimes that need them only: torch's aarch64 build uses
+# instructions cortex-a53 (Armv8.0) lacks (SIGILL at import), and the bundle's profile imports torch wherever it
+# can, to count MACs.
+TORCH_WHEELS = ("torch==2.10.0", "executorch==1.1.0", "typing-extensions", "filelock", "sympy", "mpmath", "networkx",
+                "jinja2", "markupsafe", "fsspec", "packaging", "pyyaml", "ruamel.yaml", "tabulate", "flatbuffers")
 TORCH_RUNTIMES = ("executorch",)
-# Runtimes this project pins that PyPI has no aarch64 Linux wheel of for Python 3.11 (checked 2026-12-06).
+# Runtimes at this project's pins that ARM cannot run: PyPI has no aarch64 Linux wheel of that version for Python
+# 3.11, or one that needs CUDA (checked 2026-12-07); what runs instead, if anything.
 NO_AARCH64_WHEEL = {
     "ai-edge-litert==2.3.0": "aarch64 Linux wheels stop at 1.4.0 (2.x ships x86-64 Linux and macOS only): ARM runs "
                              "1.4.0, so a LiteRT difference may be the version's as well as the kernels'",
