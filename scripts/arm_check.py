@@ -26,6 +26,7 @@ def main() -> int:
     from t2tedge.models import trained_subject
     from t2tedge.ort_int8_weights import int8_dot_may_saturate
     from t2tedge.paths import shared_path
+    from t2tedge.targets import get_target
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "arm-check")
@@ -55,7 +56,7 @@ def main() -> int:
                 builder = "onnxruntime" if target == "ort" else target
                 out = work / "files" / builder
                 stem = model.split(".")[0] + ("" if precision == "fp32" else f"_{precision}")
-                made = out / (stem + {"onnxruntime": ".onnx", "litert": ".tflite", "executorch": ".pte"}[builder])
+                made = out / (stem + get_target(builder).suffixes[0])  # the file `build` writes
                 calib = ["--num-calib", "64"] if precision == "int8" else []
                 if not made.is_file() and t2tedge(["export", builder, model, "--precision", precision, "--out",
                                                    str(out), *calib]) != 0:
